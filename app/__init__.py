@@ -1,0 +1,1 @@
+"""A browser chat for Qwen vision-language models."""

@@ -1,0 +1,137 @@
+"""Chat history (Gradio messages) to an engine request, and a turn's display messages.
+
+The chatbot's value is the single history. Display-only messages are marked and skipped when
+the request is built: reasoning and stats blocks carry `metadata` (a title), annotated images
+are assistant file/component messages. The assistant's text goes back to the model exactly as
+it was generated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+
+Message = Mapping[str, Any]
+
+
+def _file_of(part: Any) -> Attachment | None:
+    """The attachment in a chatbot content part (normalized dict, FileData dict, or path)."""
+    if isinstance(part, str):
+        return None
+    if isinstance(part, Mapping):
+        if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
+            part = part["file"]
+        elif part.get("type") in ("text", "component"):
+            return None
+        path = part.get("path")
+        if path:
+            return Attachment(path=str(path), name=str(part.get("orig_name") or Path(path).name))
+    path = getattr(part, "path", None)
+    if path:
+        return Attachment(path=str(path), name=str(getattr(part, "orig_name", None) or path))
+    return None
+
+
+def _text_of(part: Any) -> str | None:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping) and part.get("type") == "text":
+        return str(part.get("text", ""))
+    return None
+
+
+def is_display_only(message: Message) -> bool:
+    """Reasoning, stats and annotated images: shown to the user, never sent to the model."""
+    metadata = message.get("metadata") or {}
+    if metadata.get("title"):
+        return True
+    if message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    parts = content if isinstance(content, list) else [content]
+    return all(_text_of(p) is None for p in parts)
+
+
+def history_to_turns(history: Sequence[Message]) -> list[Turn]:
+    """Consecutive messages of one role merge into one turn, as the model saw them."""
+    turns: list[Turn] = []
+    for message in history:
+        role = message.get("role")
+        if role not in ("user", "assistant") or is_display_only(message):
+            continue
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [content]
+        texts = [t for t in (_text_of(p) for p in parts) if t]
+        files = tuple(a for a in (_file_of(p) for p in parts) if a)
+        text = "\n".join(texts)
+        if turns and turns[-1].role == role:
+            last = turns[-1]
+            text = "\n".join(t for t in (last.text, text) if t)
+            turns[-1] = Turn(role, text, last.attachments + files)
+        else:
+            turns.append(Turn(role, text, files))
+    return turns
+
+
+def build_request(
+    history: Sequence[Message], system_prompt: str | None, params: GenerationParams
+) -> ChatRequest:
+    turns = history_to_turns(history)
+    if system_prompt and system_prompt.strip():
+        turns.insert(0, Turn("system", system_prompt.strip()))
+    return ChatRequest(turns=tuple(turns), params=params)
+
+
+def box_to_user_messages(box: Mapping[str, Any] | None) -> list[dict]:
+    """A multimodal box value ({"text", "files"}) as chatbot messages: one per file, then text."""
+    if not box:
+        return []
+    messages: list[dict] = []
+    for item in box.get("files") or []:
+        attachment = (
+            _file_of(item) if not isinstance(item, str) else Attachment(item, Path(item).name)
+        )
+        if attachment:
+            messages.append(
+                {
+                    "role": "user",
+                    "content": {"path": attachment.path, "orig_name": attachment.name},
+                }
+            )
+    text = (box.get("text") or "").strip()
+    if text:
+        messages.append({"role": "user", "content": text})
+    return messages
+
+
+def last_user_turn_start(history: Sequence[Message]) -> int | None:
+    """Index of the first message of the last user turn, or None when there is none."""
+    index = None
+    for i in range(len(history) - 1, -1, -1):
+        if history[i].get("role") == "user":
+            index = i
+        elif index is not None:
+            break
+    return index
+
+
+def split_last_turn(history: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """(history before the last user turn, the last user turn's own messages)."""
+    start = last_user_turn_start(history)
+    if start is None:
+        return list(history), []
+    end = start
+    while end < len(history) and history[end].get("role") == "user":
+        end += 1
+    return list(history[:start]), list(history[start:end])
+
+
+def user_messages_to_box(messages: Sequence[Message]) -> dict:
+    """The multimodal box value that re-sends `messages` (Undo gives back what was typed)."""
+    turn = history_to_turns(messages)
+    if not turn:
+        return {"text": "", "files": []}
+    return {"text": turn[0].text, "files": [a.path for a in turn[0].attachments]}

@@ -1,0 +1,1 @@
+"""Engines turn a chat request into a stream of deltas. Heavy imports stay inside each engine."""

@@ -1,0 +1,154 @@
+"""One typed Settings object; command-line flags and environment variables map onto it.
+
+Every flag can also be set by an environment variable named ``QWEN_DEMO_<FLAG>`` (for Docker and
+Hugging Face Spaces), e.g. ``QWEN_DEMO_CHECKPOINT_PATH`` or ``QWEN_DEMO_LOAD_IN_4BIT=1``. A flag
+given on the command line wins over the environment. Validation happens here, before anything
+heavy is imported or loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
+ENV_PREFIX = "QWEN_DEMO_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint_path: str = DEFAULT_CHECKPOINT
+    cpu_only: bool = False
+    flash_attn2: bool = False
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    max_new_tokens: int = 1024
+    share: bool = False
+    inbrowser: bool = False
+    server_port: int = 7860
+    server_name: str = "127.0.0.1"
+    tiny_random: str | None = None
+    # Pixel budgets (Qwen resize rules): per image, per video frame, and per whole video.
+    min_pixels: int = 28 * 28 * 4
+    max_pixels: int = 1280 * 28 * 28
+    video_fps: float = 2.0
+    video_min_frames: int = 4
+    video_max_frames: int = 64
+    video_max_pixels: int = 448 * 448
+    video_total_pixels: int = 64 * 448 * 448
+    max_pdf_pages: int = 8
+    queue_size: int = 64
+
+    @property
+    def is_offline_trial(self) -> bool:
+        return self.tiny_random is not None
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message is for the person who started the app."""
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="web_demo_mm.py",
+        description="Chat with a Qwen vision-language model in the browser.",
+        epilog=f"Each flag can also be set by the environment variable {ENV_PREFIX}<FLAG>, "
+        f"e.g. {ENV_PREFIX}CHECKPOINT_PATH.",
+    )
+    add = parser.add_argument
+    add("-c", "--checkpoint-path", help=f"hub id or local folder (default {DEFAULT_CHECKPOINT})")
+    add("--cpu-only", action="store_true", default=None, help="run on the CPU even with a GPU")
+    add("--flash-attn2", action="store_true", default=None, help="use flash-attention 2")
+    add("--load-in-4bit", action="store_true", default=None, help="bitsandbytes nf4 weights")
+    add("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="weights' dtype")
+    add("--max-new-tokens", type=int, help="default and upper bound of a reply's length")
+    add("--share", action="store_true", default=None, help="create a public gradio.live link")
+    add("--inbrowser", action="store_true", default=None, help="open the app in a browser")
+    add("--server-port", type=int, help="port (default 7860)")
+    add("--server-name", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    add(
+        "--tiny-random",
+        metavar="FAMILY",
+        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"],
+        help="offline trial: build a tiny random checkpoint of FAMILY and serve it",
+    )
+    add("--min-pixels", type=int, help="smallest image size in pixels fed to the model")
+    add("--max-pixels", type=int, help="largest image size in pixels fed to the model")
+    add("--video-fps", type=float, help="frames sampled per second of video (default 2)")
+    add("--video-min-frames", type=int, help="fewest frames sampled from a video")
+    add("--video-max-frames", type=int, help="most frames sampled from a video")
+    add("--video-max-pixels", type=int, help="largest size of one video frame in pixels")
+    add("--video-total-pixels", type=int, help="pixel budget of all frames of one video")
+    add("--max-pdf-pages", type=int, help="PDF pages read (from the first)")
+    add("--queue-size", type=int, help="requests that may wait; more are told to retry")
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Flags over environment over defaults; raises SettingsError for values that cannot work."""
+    environ = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        flag_value = args.get(field.name)
+        if flag_value is not None:
+            values[field.name] = flag_value
+            continue
+        raw = environ.get(_env_name(field.name))
+        if raw is None:
+            continue
+        kind = type(field.default) if field.default is not None else str
+        try:
+            if kind is bool:
+                values[field.name] = _parse_bool(_env_name(field.name), raw)
+            elif kind in (int, float):
+                values[field.name] = kind(raw)
+            else:
+                values[field.name] = raw or None if field.name == "tiny_random" else raw
+        except ValueError as err:
+            if isinstance(err, SettingsError):
+                raise
+            raise SettingsError(f"{_env_name(field.name)}={raw!r} is not a valid number") from err
+    settings = Settings(**values)  # type: ignore[arg-type]
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if settings.max_new_tokens < 1:
+        raise SettingsError("--max-new-tokens must be at least 1")
+    if not 0 < settings.server_port < 65536:
+        raise SettingsError("--server-port must be between 1 and 65535")
+    if settings.min_pixels < 1 or settings.max_pixels < settings.min_pixels:
+        raise SettingsError("--max-pixels must be at least --min-pixels, both positive")
+    if settings.video_fps <= 0:
+        raise SettingsError("--video-fps must be positive")
+    if not 1 <= settings.video_min_frames <= settings.video_max_frames:
+        raise SettingsError("need 1 <= --video-min-frames <= --video-max-frames")
+    if settings.video_max_pixels < 1 or settings.video_total_pixels < settings.video_max_pixels:
+        raise SettingsError("--video-total-pixels must be at least --video-max-pixels")
+    if settings.max_pdf_pages < 1:
+        raise SettingsError("--max-pdf-pages must be at least 1")
+    if settings.queue_size < 1:
+        raise SettingsError("--queue-size must be at least 1")
+    if settings.load_in_4bit and settings.dtype == "float16" and settings.cpu_only:
+        raise SettingsError("4-bit on the CPU computes in float32 or bfloat16, not float16")

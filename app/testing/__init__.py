@@ -1,0 +1,1 @@
+"""Tiny random checkpoints for tests, benchmarks and the offline trial."""

@@ -1,0 +1,268 @@
+"""Build tiny random Qwen-VL checkpoints offline.
+
+Each checkpoint is real: a byte-level BPE tokenizer trained on the spot with the Qwen special
+tokens and a Qwen-style chat template, a model config from transformers' own config classes, and
+the Qwen image and video processors, all written with ``save_pretrained``. It loads through
+``AutoProcessor`` and ``AutoModelForImageTextToText`` exactly as a hub checkpoint does; its answers
+are random text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<think>",
+    "</think>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+]
+
+# A Qwen-style template: content lists with image/video/text parts, a system prompt, and, where
+# the family thinks (Qwen3.5), the `enable_thinking` switch that the real templates take.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in part -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n"
+    "{%- if thinking_template -%}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}<think>\n\n</think>\n\n"
+    "{%- else -%}<think>\n{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+_CORPUS = (
+    "A photo of a cat on a red sofa. The chart shows sales rising in 2024. "
+    "Describe the image. What is in the video? The receipt total is 12.50 dollars. "
+    "There are two dogs and a person in the park, with trees and a blue sky. "
+    '{"bbox_2d": [10, 20, 300, 400], "label": "cat"} 0123456789 ' * 4
+)
+
+
+def _train_tokenizer(vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
+    return tok
+
+
+def _fast_tokenizer(vocab_size: int, thinking: bool) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(vocab_size),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE.replace(
+        "thinking_template", "true" if thinking else "false"
+    )
+    return tokenizer
+
+
+def _token_ids(tokenizer: Any) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
+
+
+def _config(family: str, vocab: int, token_ids: dict[str, int], eos: int, pad: int, width: int):
+    """A model config with every linear size a multiple of `width` (64 suits 4-bit)."""
+    import transformers as tf
+
+    heads = 2
+    head_dim = width // heads  # 32 at width 64: mrope sections must sum to head_dim / 2
+    text_common = {
+        "vocab_size": vocab,
+        "hidden_size": width,
+        "intermediate_size": width * 2,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "max_position_embeddings": 4096,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "bos_token_id": None,
+    }
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        text_common["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+        }
+    else:
+        text_common["head_dim"] = head_dim
+        text_common["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+            "mrope_interleaved": True,
+        }
+    if family == "qwen2_vl":
+        vision = {
+            "depth": 1,
+            "embed_dim": width,
+            "hidden_size": width,
+            "num_heads": heads,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+        }
+        return tf.Qwen2VLConfig(text_config=text_common, vision_config=vision, **token_ids)
+    if family == "qwen2_5_vl":
+        vision = {
+            "depth": 2,
+            "hidden_size": width,
+            "intermediate_size": width * 2,
+            "num_heads": heads,
+            "out_hidden_size": width,
+            "patch_size": 14,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        }
+        return tf.Qwen2_5_VLConfig(text_config=text_common, vision_config=vision, **token_ids)
+    vision = {
+        "depth": 2,
+        "hidden_size": width,
+        "intermediate_size": width * 2,
+        "num_heads": heads,
+        "out_hidden_size": width,
+        "patch_size": 16,
+        "num_position_embeddings": 64,
+    }
+    if family == "qwen3_vl":
+        vision["deepstack_visual_indexes"] = [1]
+        return tf.Qwen3VLConfig(text_config=text_common, vision_config=vision, **token_ids)
+    if family == "qwen3_5":
+        text = dict(text_common)
+        text.update(
+            {
+                "num_hidden_layers": 2,
+                "layer_types": ["linear_attention", "full_attention"],
+                "linear_key_head_dim": 8,
+                "linear_value_head_dim": 8,
+                "linear_num_key_heads": 8,
+                # 2 x value heads must be a multiple of 64 for bitsandbytes' 4-bit kernels.
+                "linear_num_value_heads": 32,
+                "num_key_value_heads": 1,
+            }
+        )
+        return tf.Qwen3_5Config(text_config=text, vision_config=vision, **token_ids)
+    raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def build_tiny_checkpoint(
+    out_dir: str | Path,
+    family: str = "qwen3_vl",
+    *,
+    width: int = 64,
+    vocab_size: int = 512,
+    suppress_eos: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random checkpoint of `family` into `out_dir` and return the path.
+
+    `suppress_eos` writes a generation config that forbids the end tokens, so that a generation
+    always runs to `max_new_tokens` (benchmarks and Stop tests need a long, predictable stream).
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForImageTextToText, GenerationConfig, Qwen2VLImageProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    thinking = family == "qwen3_5"
+    tokenizer = _fast_tokenizer(vocab_size, thinking)
+    vocab = ((len(tokenizer) + 63) // 64) * 64
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = _config(family, vocab, _token_ids(tokenizer), eos, pad, width)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.eval()
+
+    patch = 14 if family in ("qwen2_vl", "qwen2_5_vl") else 16
+    # Small pixel budgets keep tests fast; they are the checkpoint's defaults, as on the hub.
+    size = {"shortest_edge": (patch * 2) ** 2 * 4, "longest_edge": (patch * 2) ** 2 * 64}
+    image_processor = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, size=size)
+    if family in ("qwen3_vl", "qwen3_5"):
+        from transformers import Qwen3VLVideoProcessor as VideoProcessor
+    else:
+        from transformers import Qwen2VLVideoProcessor as VideoProcessor
+    video_processor = VideoProcessor(patch_size=patch, merge_size=2, size=size)
+    processor = getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=tokenizer.chat_template,
+    )
+    generation = GenerationConfig(
+        eos_token_id=[eos, pad],
+        pad_token_id=pad,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.0,
+        max_new_tokens=256,
+    )
+    if suppress_eos:
+        generation.suppress_tokens = [eos, pad]
+        generation.eos_token_id = None
+    model.generation_config = generation
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "TINY_RANDOM_CHECKPOINT.json").write_text(
+        json.dumps({"family": family, "note": "random weights; answers are meaningless"})
+    )
+    return out
+
+
+def is_tiny_checkpoint(path: str | Path) -> bool:
+    """True when `path` holds a checkpoint made by `build_tiny_checkpoint`."""
+    return (Path(path) / "TINY_RANDOM_CHECKPOINT.json").is_file()

@@ -1,0 +1,405 @@
+"""The Gradio Blocks app: layout and event wiring. Nothing here needs a model.
+
+The chatbot's value is the one history of a browser session; gradio keeps it per session, so no
+session sees another's messages or files. Every reply, from the UI or the `/chat` API, runs
+through `ReplyStreamer`, which turns an engine's deltas into display messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from app.conversation import (
+    box_to_user_messages,
+    build_request,
+    split_last_turn,
+    user_messages_to_box,
+)
+from app.engines.base import ChatRequest, Engine, EngineError, GenerationParams, PromptInfo
+from app.render import format_stats, split_reasoning
+
+log = logging.getLogger(__name__)
+
+GENERATE = "generate"  # one concurrency group: every event that runs the model
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "\\[", "right": "\\]", "display": True},
+]
+
+
+@dataclass(frozen=True)
+class UiOptions:
+    title: str = "Qwen-VL Chat"
+    banner: str | None = None
+    max_new_tokens: int = 1024
+    default_temperature: float | None = None
+    default_top_p: float | None = None
+    default_top_k: int | None = None
+    default_repetition_penalty: float | None = None
+    thinking_toggle: bool = False
+
+
+@dataclass
+class Reply:
+    """A reply being streamed: the raw text, and what the display shows of it."""
+
+    raw: str = ""
+    prompt: PromptInfo = field(default_factory=PromptInfo)
+    stats: str | None = None
+    error: str | None = None
+
+    def answer(self) -> str:
+        return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer
+
+    def messages(self) -> list[dict]:
+        split = split_reasoning(self.raw, self.prompt.opens_in_reasoning)
+        out: list[dict] = []
+        if split.reasoning or split.thinking:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": split.reasoning,
+                    "metadata": {
+                        "title": "Thinking",
+                        "status": "pending" if split.thinking else "done",
+                    },
+                }
+            )
+        if split.answer:
+            out.append({"role": "assistant", "content": split.answer})
+        if self.error:
+            out.append(
+                {"role": "assistant", "content": self.error, "metadata": {"title": "⚠️ Error"}}
+            )
+        if self.stats:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "metadata": {"title": self.stats, "status": "done"},
+                }
+            )
+        return out
+
+
+class ReplyStreamer:
+    """Runs one request on the engine and yields the growing `Reply`; logs one line per request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(self, request: ChatRequest, session: str) -> Iterator[Reply]:
+        reply = Reply()
+        cancel = threading.Event()
+        started = time.perf_counter()
+        attachments = sum(len(t.attachments) for t in request.turns)
+        usage = None
+        outcome = "ok"
+        try:
+            for delta in self.engine.stream(request, cancel):
+                if delta.prompt is not None:
+                    reply.prompt = delta.prompt
+                if delta.text:
+                    reply.raw += delta.text
+                    yield reply
+                if delta.usage is not None:
+                    usage = delta.usage
+                    reply.stats = format_stats(delta.usage)
+            yield reply
+        except EngineError as err:
+            outcome = "error"
+            reply.error = str(err)
+            yield reply
+        except GeneratorExit:
+            outcome = "stopped"
+            raise
+        finally:
+            cancel.set()
+            log.info(
+                "request session=%s attachments=%d tokens_in=%s tokens_out=%s time=%.2fs %s",
+                session[:8],
+                attachments,
+                usage.prompt_tokens if usage else "-",
+                usage.completion_tokens if usage else "-",
+                time.perf_counter() - started,
+                outcome,
+            )
+
+
+def _params(
+    max_new_tokens: float | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: float | None,
+    repetition_penalty: float | None,
+    seed: float | None = None,
+    enable_thinking: bool | None = None,
+) -> GenerationParams:
+    def num(value: float | None, kind: type) -> Any:
+        return None if value is None or value == "" else kind(value)
+
+    return GenerationParams(
+        max_new_tokens=num(max_new_tokens, int),
+        temperature=num(temperature, float),
+        top_p=num(top_p, float),
+        top_k=num(top_k, int),
+        repetition_penalty=num(repetition_penalty, float),
+        seed=None if seed is None or seed < 0 else int(seed),
+        enable_thinking=enable_thinking,
+    )
+
+
+def _session(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "-"
+
+
+def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
+    streamer = ReplyStreamer(engine)
+
+    def stream_into(history: list, request: ChatRequest, session: str) -> Iterator[list]:
+        for reply in streamer(request, session):
+            yield history + reply.messages()
+
+    def respond(
+        box: dict | None,
+        history: list | None,
+        system_prompt: str,
+        max_new_tokens: float,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        repetition_penalty: float,
+        seed: float,
+        thinking: bool,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, list]]:
+        history = list(history or [])
+        new = box_to_user_messages(box)
+        if not new:
+            yield gr.skip(), history
+            return
+        history += new
+        # The box empties only now that its content is safe in the history.
+        yield {"text": "", "files": []}, history
+        params = _params(
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            thinking if options.thinking_toggle else None,
+        )
+        for shown in stream_into(
+            history, build_request(history, system_prompt, params), _session(request)
+        ):
+            yield gr.skip(), shown
+
+    def regenerate(
+        history: list | None,
+        system_prompt: str,
+        max_new_tokens: float,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        repetition_penalty: float,
+        seed: float,
+        thinking: bool,
+        request: gr.Request,
+    ) -> Iterator[list]:
+        before, last_turn = split_last_turn(list(history or []))
+        if not last_turn:
+            yield gr.skip()
+            return
+        history = before + last_turn
+        yield history
+        params = _params(
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            thinking if options.thinking_toggle else None,
+        )
+        yield from stream_into(
+            history, build_request(history, system_prompt, params), _session(request)
+        )
+
+    def undo(history: list | None) -> tuple[list, Any]:
+        before, last_turn = split_last_turn(list(history or []))
+        if not last_turn:
+            return before, gr.skip()
+        # What the user typed and attached comes back into the box: nothing is lost.
+        return before, user_messages_to_box(last_turn)
+
+    def chat_api(
+        message: dict | None = None,
+        system_prompt: str | None = None,
+        max_new_tokens: float | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: float | None = None,
+        repetition_penalty: float | None = None,
+        request: gr.Request = None,  # type: ignore[assignment] - gradio fills it in
+    ) -> Iterator[str]:
+        history = box_to_user_messages(message)
+        if not history:
+            raise gr.Error("The message is empty: send text, files, or both.")
+        params = _params(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
+        answer = ""
+        for reply in streamer(build_request(history, system_prompt, params), _session(request)):
+            if reply.error:
+                raise gr.Error(reply.error, print_exception=False)
+            answer = reply.answer()
+            yield answer
+        yield answer
+
+    with gr.Blocks(title=options.title, fill_height=True) as demo:
+        gr.Markdown(f"## {options.title}")
+        if options.banner:
+            gr.Markdown(f"**{options.banner}**", elem_id="banner")
+        chatbot = gr.Chatbot(
+            label="Chat",
+            elem_id="chatbot",
+            height=560,
+            latex_delimiters=LATEX,
+            sanitize_html=True,
+            render_markdown=True,
+        )
+        box = gr.MultimodalTextbox(
+            placeholder="Ask about your images and videos (drop, paste or upload several)",
+            file_count="multiple",
+            file_types=["image", "video", ".pdf"],
+            sources=["upload"],
+            show_label=False,
+            submit_btn="Send",
+            stop_btn="Stop",
+            elem_id="input",
+        )
+        with gr.Row():
+            regenerate_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
+            undo_btn = gr.Button("Undo last turn", elem_id="undo", size="sm")
+            clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
+            system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system_prompt")
+            with gr.Row():
+                max_new_tokens = gr.Slider(
+                    1,
+                    options.max_new_tokens,
+                    value=options.max_new_tokens,
+                    step=1,
+                    label="Max new tokens",
+                    elem_id="max_new_tokens",
+                )
+                temperature = gr.Slider(
+                    0.0,
+                    2.0,
+                    value=options.default_temperature
+                    if options.default_temperature is not None
+                    else 0.7,
+                    step=0.05,
+                    label="Temperature (0 = greedy)",
+                )
+                top_p = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=options.default_top_p if options.default_top_p is not None else 1.0,
+                    step=0.05,
+                    label="Top-p",
+                )
+            with gr.Row():
+                top_k = gr.Slider(
+                    0,
+                    200,
+                    value=options.default_top_k if options.default_top_k is not None else 50,
+                    step=1,
+                    label="Top-k (0 = off)",
+                )
+                repetition_penalty = gr.Slider(
+                    1.0,
+                    2.0,
+                    value=options.default_repetition_penalty
+                    if options.default_repetition_penalty is not None
+                    else 1.0,
+                    step=0.01,
+                    label="Repetition penalty",
+                )
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            thinking = gr.Checkbox(
+                value=True,
+                label="Thinking (models whose template takes enable_thinking)",
+                visible=options.thinking_toggle,
+            )
+        settings = [
+            system_prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            thinking,
+        ]
+
+        send_event = box.submit(
+            respond,
+            [box, chatbot, *settings],
+            [box, chatbot],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id=GENERATE,
+        )
+        regen_event = regenerate_btn.click(
+            regenerate,
+            [chatbot, *settings],
+            [chatbot],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id=GENERATE,
+        )
+        box.stop(None, None, None, cancels=[send_event, regen_event], api_visibility="private")
+        undo_btn.click(undo, [chatbot], [chatbot, box], api_visibility="private", queue=False)
+        clear_btn.click(
+            lambda: [],
+            None,
+            [chatbot],
+            cancels=[send_event, regen_event],
+            api_visibility="private",
+            queue=False,
+        )
+
+        # The scripting API: hidden components give `/chat` its typed, upload-checked inputs.
+        with gr.Column(visible=False):
+            api_message = gr.MultimodalTextbox(file_count="multiple", label="message")
+            api_system = gr.Textbox(value=None, label="system_prompt")
+            api_numbers = [
+                gr.Number(value=None, label=name)
+                for name in (
+                    "max_new_tokens",
+                    "temperature",
+                    "top_p",
+                    "top_k",
+                    "repetition_penalty",
+                )
+            ]
+            api_reply = gr.Textbox(label="reply")
+            api_trigger = gr.Button(visible=False)
+        api_trigger.click(
+            chat_api,
+            [api_message, api_system, *api_numbers],
+            [api_reply],
+            api_name="chat",
+            concurrency_limit=1,
+            concurrency_id=GENERATE,
+        )
+    return demo
