@@ -73,7 +73,8 @@ def scaled_size(width: int, height: int, max_pixels: int, min_pixels: int = 0) -
         scale = math.sqrt(max_pixels / pixels)
     elif min_pixels and pixels < min_pixels:
         scale = math.sqrt(min_pixels / pixels)
-    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    rounding = math.floor if scale < 1 else round  # never a pixel over the budget
+    w, h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
     if min(w, h) < MIN_SIDE:
         grow = MIN_SIDE / min(w, h)
         w, h = round(w * grow), round(h * grow)
@@ -106,6 +107,10 @@ def sniff_kind(path: str | Path, name: str | None = None) -> Literal["image", "v
 
     try:
         with av.open(str(p)) as container:
+            fmt = container.format.name
+            # image2/*_pipe: FFmpeg trusting the file name (Pillow already said "not an image").
+            if fmt in _NOT_VIDEO_FORMATS or fmt.startswith("image2") or fmt.endswith("_pipe"):
+                raise LookupError(fmt)
             if container.streams.video:
                 return "video"
             if container.streams.audio:
@@ -114,8 +119,23 @@ def sniff_kind(path: str | Path, name: str | None = None) -> Literal["image", "v
         raise
     except Exception:  # noqa: BLE001 - av raises many kinds for non-media bytes
         pass
+    if _looks_like_video_container(head):
+        raise MediaError(f"{label}: the video is damaged or truncated and cannot be opened")
     raise MediaError(
         f"{label}: not an image, video or PDF this app can read (judged by content, not the name)"
+    )
+
+
+# FFmpeg formats that "open" plain text or raw bytes; none of them is a user's video.
+_NOT_VIDEO_FORMATS = {"tty", "txt", "srt", "webvtt", "ass", "lrc", "subviewer", "data", "bin"}
+
+
+def _looks_like_video_container(head: bytes) -> bool:
+    """MP4/MOV (an ftyp box), Matroska/WebM (EBML), AVI (RIFF....AVI)."""
+    return (
+        head[4:8] == b"ftyp"
+        or head.startswith(b"\x1a\x45\xdf\xa3")
+        or (head.startswith(b"RIFF") and head[8:12] == b"AVI ")
     )
 
 
@@ -231,28 +251,46 @@ def open_video(path: str | Path, budget: Budget, name: str | None = None) -> Vid
         frames: list[np.ndarray] = []
         times: list[float] = []
         size: tuple[int, int] | None = None
+
+        def take(frame: Any, t: float) -> None:
+            nonlocal size
+            if size is None:
+                size = scaled_size(frame.width, frame.height, pixels)
+            arr = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+            frames.append(_rotate(arr, int(getattr(frame, "rotation", 0) or 0)))
+            times.append(max(t, 0.0))
+
         next_target = 0
-        decoded_any = False
+        previous: tuple[float, Any] | None = None
         error: Exception | None = None
         try:
             for frame in container.decode(stream):
-                decoded_any = True
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * stream.time_base) - start
-                # A frame is taken for every target it is the first frame at or after; a
-                # variable frame rate is handled because only timestamps are compared.
-                while next_target < len(targets) and t + 0.5 / rate >= targets[next_target]:
-                    if size is None:
-                        size = scaled_size(frame.width, frame.height, pixels)
-                    arr = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-                    frames.append(_rotate(arr, int(getattr(frame, "rotation", 0) or 0)))
-                    times.append(max(t, 0.0))
+                # Each target takes the decoded frame nearest to it in time: only timestamps
+                # are compared, so a variable frame rate samples correctly. Only the previous
+                # frame is held, so memory grows with the sampled frames alone.
+                while next_target < len(targets) and t >= targets[next_target]:
+                    target = targets[next_target]
+                    if previous is not None and target - previous[0] < t - target:
+                        take(previous[1], previous[0])
+                    else:
+                        take(frame, t)
                     next_target += 1
                 if next_target >= len(targets):
                     break
+                previous = (t, frame)
         except Exception as err:  # noqa: BLE001 - corrupt data: keep what decoded
             error = err
+        # Targets past the last decoded frame: the last frame stands for those within one
+        # sampling step of it (a clip ends between samples); a truncated file stops there.
+        if previous is not None:
+            step = 1 / budget.video_fps
+            while next_target < len(targets) and targets[next_target] - previous[0] <= step:
+                take(previous[1], previous[0])
+                next_target += 1
+        decoded_any = previous is not None or bool(frames)
     if not frames:
         if error is not None or not decoded_any:
             raise MediaError(

@@ -351,11 +351,14 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             thinking,
         ]
 
+        # The browser's own events are "undocumented": off the API page, but a script (and the
+        # tests) can drive a multi-turn session exactly as the page does.
         send_event = box.submit(
             respond,
             [box, chatbot, *settings],
             [box, chatbot],
-            api_visibility="private",
+            api_name="ui_send",
+            api_visibility="undocumented",
             concurrency_limit=1,
             concurrency_id=GENERATE,
         )
@@ -363,12 +366,20 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             regenerate,
             [chatbot, *settings],
             [chatbot],
-            api_visibility="private",
+            api_name="ui_regenerate",
+            api_visibility="undocumented",
             concurrency_limit=1,
             concurrency_id=GENERATE,
         )
         box.stop(None, None, None, cancels=[send_event, regen_event], api_visibility="private")
-        undo_btn.click(undo, [chatbot], [chatbot, box], api_visibility="private", queue=False)
+        undo_btn.click(
+            undo,
+            [chatbot],
+            [chatbot, box],
+            api_name="ui_undo",
+            api_visibility="undocumented",
+            queue=False,
+        )
         clear_btn.click(
             lambda: [],
             None,

@@ -1,0 +1,30 @@
+"""Launch the real app in this process on a free loopback port (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from app.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def launched_app(settings: Settings, engine: Any) -> Iterator[str]:
+    """Yield the URL of the app serving `engine`; close the server afterwards."""
+    from app.main import build_app
+
+    demo = build_app(settings, engine)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

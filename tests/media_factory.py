@@ -1,0 +1,120 @@
+"""Media the tests make themselves: images drawn with Pillow, videos encoded with PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def make_image(path: Path, size=(640, 480), color="red", mode="RGB", fmt=None, **save) -> Path:
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).rectangle((10, 10, size[0] // 2, size[1] // 2), fill="blue")
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path, format=fmt, **save)
+    return path
+
+
+def make_video(
+    path: Path,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size=(160, 120),
+    codec: str = "libx264",
+    audio: bool = False,
+    rotate: int | None = None,
+    vfr_times: list[float] | None = None,
+    fmt: str | None = None,
+) -> Path:
+    """An H.264 (or other) clip whose frame i shows gray level 8*i (mod 256) for timing checks.
+
+    `vfr_times` gives each frame's timestamp in seconds (a variable frame rate).
+    """
+    width, height = size
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.time_base = Fraction(1, 1000)
+        if rotate is not None:
+            stream.set_display_rotation(rotate)  # counter-clockwise, as phones record it
+        audio_stream = container.add_stream("aac", rate=16000) if audio else None
+        times = vfr_times or [i / fps for i in range(round(seconds * fps))]
+        for i, t in enumerate(times):
+            pixels = np.full((height, width, 3), (8 * i) % 256, np.uint8)
+            pixels[: height // 4, : width // 4] = (255, 0, 0)  # a red corner shows orientation
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = round(t * 1000)
+            frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio_stream is not None:
+            _encode_tone(container, audio_stream, seconds)
+    return path
+
+
+def _encode_tone(container, stream, seconds: float) -> None:
+    samples = int(16000 * seconds)
+    tone = (np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000) * 0.3).astype(np.float32)
+    step = 1024
+    for start in range(0, samples, step):
+        chunk = tone[start : start + step]
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        frame.pts = start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def make_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        _encode_tone(container, stream, seconds)
+    return path
+
+
+def make_gif(path: Path, frames: int = 6, size=(80, 60), duration_ms: int = 100) -> Path:
+    images = [Image.new("RGB", size, (40 * i % 256, 0, 0)) for i in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def make_pdf(path: Path, pages: int = 3) -> Path:
+    images = [Image.new("RGB", (595, 842), "white") for _ in range(pages)]
+    for i, image in enumerate(images):
+        ImageDraw.Draw(image).text((50, 50), f"Page {i + 1}", fill="black")
+    images[0].save(path, save_all=True, append_images=images[1:], format="PDF")
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def make_bomb_png(path: Path, side: int = 30000) -> Path:
+    """A small PNG whose header declares side x side pixels (its data is not real)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    row = b"\x00" + b"\x00" * (side * 3)
+    data = zlib.compress(row * 4)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+    return path

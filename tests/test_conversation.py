@@ -1,0 +1,79 @@
+from app.conversation import (
+    box_to_user_messages,
+    build_request,
+    history_to_turns,
+    split_last_turn,
+    user_messages_to_box,
+)
+from app.engines.base import Attachment, GenerationParams, Turn
+
+
+def _file(path):
+    return {"type": "file", "file": {"path": path, "orig_name": path.rsplit("/", 1)[-1]}}
+
+
+def _text(text):
+    return {"type": "text", "text": text}
+
+
+HISTORY = [
+    {"role": "user", "content": [_file("/up/a.jpg")]},
+    {"role": "user", "content": [_file("/up/b.mp4")]},
+    {"role": "user", "content": [_text("What is this?")]},
+    {"role": "assistant", "content": [_text("why")], "metadata": {"title": "Thinking"}},
+    {"role": "assistant", "content": [_text("A **cat**.\n<br>")]},
+    {"role": "assistant", "content": [_text("")], "metadata": {"title": "12 tokens"}},
+    {"role": "assistant", "content": [{"type": "component", "component": "image", "value": {}}]},
+    {"role": "user", "content": [_text("And its colour?")]},
+]
+
+
+def test_history_becomes_turns_with_attachments_in_order():
+    turns = history_to_turns(HISTORY)
+    assert turns == [
+        Turn(
+            "user",
+            "What is this?",
+            (Attachment("/up/a.jpg", "a.jpg"), Attachment("/up/b.mp4", "b.mp4")),
+        ),
+        Turn("assistant", "A **cat**.\n<br>"),  # exactly as generated, markup untouched
+        Turn("user", "And its colour?"),
+    ]
+
+
+def test_reasoning_stats_and_images_are_never_sent_back():
+    texts = [t.text for t in history_to_turns(HISTORY)]
+    assert "why" not in texts and "12 tokens" not in texts
+
+
+def test_system_prompt_comes_first():
+    request = build_request(HISTORY, "Be brief.", GenerationParams(max_new_tokens=5))
+    assert request.turns[0] == Turn("system", "Be brief.")
+    assert request.params.max_new_tokens == 5
+    assert build_request(HISTORY, "  ", GenerationParams()).turns[0].role == "user"
+
+
+def test_box_value_to_messages_and_back():
+    box = {
+        "text": "  two files  ",
+        "files": ["/up/a.jpg", {"path": "/up/c.png", "orig_name": "c.png"}],
+    }
+    messages = box_to_user_messages(box)
+    assert [m["content"] for m in messages] == [
+        {"path": "/up/a.jpg", "orig_name": "a.jpg"},
+        {"path": "/up/c.png", "orig_name": "c.png"},
+        "two files",
+    ]
+    assert user_messages_to_box(messages) == {
+        "text": "two files",
+        "files": ["/up/a.jpg", "/up/c.png"],
+    }
+    assert box_to_user_messages({"text": "", "files": []}) == []
+
+
+def test_split_last_turn():
+    before, last = split_last_turn(HISTORY)
+    assert last == HISTORY[-1:] and before == HISTORY[:-1]
+    before, last = split_last_turn(HISTORY[:-1])
+    assert last == HISTORY[:3] and before == []
+    assert split_last_turn([]) == ([], [])

@@ -1,0 +1,152 @@
+"""The media path on files the tests make: images, video, GIF, PDF, and broken input."""
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.media import (
+    Budget,
+    MediaCache,
+    MediaError,
+    load_attachment,
+    open_image,
+    open_video,
+    sniff_kind,
+)
+from tests import media_factory as mf
+
+BUDGET = Budget(max_pixels=256 * 256, min_pixels=32 * 32, video_max_pixels=64 * 64)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (200, 100), "white")
+    image.paste((255, 0, 0), (0, 0, 50, 50))  # red at the top left, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    shown = open_image(tmp_path / "phone.jpg", BUDGET)
+    assert shown.size == (100, 200)
+    assert shown.getpixel((shown.width - 10, 10))[0] > 200  # red now at the top right
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "1", "L", "I;16"])
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    path = tmp_path / f"img-{mode.replace(';', '')}.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
+    if mode == "I;16":
+        Image.fromarray(np.full((64, 64), 40000, np.uint16)).save(path)
+    elif mode in ("RGBA", "LA"):
+        image = Image.new(mode, (64, 64), (0, 0) if mode == "LA" else (0, 0, 0, 0))
+        image.save(path)
+    else:
+        mf.make_image(path, size=(64, 64), mode=mode)
+    out = open_image(path, BUDGET)
+    assert out.mode == "RGB"
+    if mode in ("RGBA", "LA"):
+        assert out.getpixel((5, 5)) == (255, 255, 255)  # transparent composited on white
+
+
+def test_a_big_photo_is_scaled_into_the_budget(tmp_path):
+    path = mf.make_image(tmp_path / "big.jpg", size=(4000, 3000))
+    out = open_image(path, BUDGET)
+    assert out.width * out.height <= BUDGET.max_pixels
+    assert abs(out.width / out.height - 4 / 3) < 0.02
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = mf.make_bomb_png(tmp_path / "bomb.png")
+    started = time.perf_counter()
+    with pytest.raises(MediaError, match="bomb.png.*refused before decoding"):
+        load_attachment(path, BUDGET)
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("empty.jpg", lambda p: p.write_bytes(b""), "empty"),
+        ("notes.jpg", lambda p: p.write_text("just some text"), "not an image, video or PDF"),
+        ("cut.jpg", lambda p: mf.truncate(mf.make_image(p, size=(800, 600)), 0.3), "truncated"),
+        ("cut.mp4", lambda p: mf.truncate(mf.make_video(p, seconds=3), 0.5), "truncated"),
+        ("sound.mp4", lambda p: mf.make_audio_only(p), "only audio"),
+        ("data.bin", lambda p: p.write_bytes(bytes(range(256)) * 8), "not an image, video or PDF"),
+    ],
+)
+def test_bad_files_say_which_file_and_why(tmp_path, name, make, message):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(MediaError) as info:
+        load_attachment(path, BUDGET, name=name)
+    assert name in str(info.value) and message in str(info.value)
+
+
+def test_type_is_judged_by_content(tmp_path):
+    jpeg_named_mp4 = mf.make_image(tmp_path / "photo.mp4", fmt="JPEG")
+    assert sniff_kind(jpeg_named_mp4) == "image"
+    video_named_png = mf.make_video(tmp_path / "clip.png", fmt="mp4")
+    assert sniff_kind(video_named_png) == "video"
+
+
+def test_video_sampled_at_two_fps_with_timing(tmp_path):
+    path = mf.make_video(tmp_path / "v.mp4", seconds=4, fps=10)
+    clip = open_video(path, BUDGET)
+    assert clip.frames.shape[0] == 8 and clip.frames.dtype == np.uint8
+    assert clip.frames.shape[1] * clip.frames.shape[2] <= BUDGET.video_max_pixels
+    # Frame i is drawn with gray level 8*i: the sampled frames are the ones at the sample times.
+    gray = clip.frames[:, -1, -1, 0].astype(int)
+    expected = [8 * round(t * 10) % 256 for t in clip.timestamps]
+    assert np.all(np.abs(gray - expected) <= 4)
+    assert np.allclose(clip.timestamps, [0.25 + 0.5 * i for i in range(8)], atol=0.051)
+    assert clip.metadata()["frames_indices"] == [round(t * clip.fps) for t in clip.timestamps]
+
+
+def test_frame_cap_and_minimum(tmp_path):
+    long = open_video(mf.make_video(tmp_path / "long.mp4", seconds=60, fps=5), BUDGET)
+    assert long.frames.shape[0] == BUDGET.video_max_frames
+    short = open_video(mf.make_video(tmp_path / "short.mp4", seconds=0.5, fps=10), BUDGET)
+    assert short.frames.shape[0] == BUDGET.video_min_frames
+
+
+def test_variable_frame_rate_samples_by_timestamp(tmp_path):
+    times = [0.0, 0.1, 0.2, 1.5, 1.6, 2.8]
+    clip = open_video(mf.make_video(tmp_path / "vfr.mkv", vfr_times=times), BUDGET)
+    # Six targets over 2.9 s (at 0.24, 0.73, 1.21, 1.69, 2.18, 2.66); each takes the nearest frame.
+    assert list(clip.timestamps) == [0.2, 0.2, 1.5, 1.6, 1.6, 2.8]
+
+
+def test_rotation_metadata_is_respected(tmp_path):
+    clip = open_video(mf.make_video(tmp_path / "r.mp4", size=(160, 96), rotate=90), BUDGET)
+    first = clip.frames[0]
+    assert first.shape[0] > first.shape[1]  # landscape stored, portrait shown
+    assert first[-5, 5, 0] > 200 and first[5, 5, 0] < 100  # the red corner turned to bottom left
+
+
+def test_animated_gif_is_a_short_video(tmp_path):
+    visuals = load_attachment(mf.make_gif(tmp_path / "a.gif", frames=6), BUDGET)
+    assert visuals[0][0] == "video" and visuals[0][1].frames.shape[0] >= 2
+
+
+def test_pdf_pages_become_images(tmp_path):
+    visuals = load_attachment(mf.make_pdf(tmp_path / "d.pdf", pages=10), BUDGET)
+    assert [kind for kind, _ in visuals] == ["image"] * BUDGET.max_pdf_pages
+    assert all(img.width * img.height <= BUDGET.max_pixels * 1.05 for _, img in visuals)
+
+
+def test_cache_decodes_a_file_once(tmp_path):
+    cache = MediaCache(max_bytes=10_000_000)
+    path = mf.make_video(tmp_path / "v.mp4")
+    first = load_attachment(path, BUDGET, cache)
+    again = load_attachment(path, BUDGET, cache)
+    assert again is first and cache.hits == 1 and cache.misses == 1
+    load_attachment(path, Budget(video_fps=1.0), cache)  # another budget is another entry
+    assert cache.misses == 2
+
+
+def test_cache_is_bounded(tmp_path):
+    cache = MediaCache(max_bytes=300_000)
+    for i in range(5):
+        load_attachment(
+            mf.make_image(tmp_path / f"{i}.png", color=(i, 0, 0), fmt="PNG"), BUDGET, cache
+        )
+    assert cache._bytes <= 300_000 and len(cache._items) < 5

@@ -1,0 +1,58 @@
+import pytest
+
+from app.settings import DEFAULT_CHECKPOINT, SettingsError, build_parser, load_settings
+
+
+def test_defaults():
+    settings = load_settings([], environ={})
+    assert settings.checkpoint_path == DEFAULT_CHECKPOINT
+    assert settings.server_name == "127.0.0.1" and settings.server_port == 7860
+    assert not settings.load_in_4bit and not settings.cpu_only
+
+
+def test_official_demo_flags_are_kept():
+    settings = load_settings(
+        [
+            "-c", "/models/q", "--cpu-only", "--flash-attn2", "--share", "--inbrowser",
+            "--server-port", "9000", "--server-name", "0.0.0.0", "--load-in-4bit",
+            "--max-new-tokens", "77",
+        ],
+        environ={},
+    )  # fmt: skip
+    assert settings.checkpoint_path == "/models/q"
+    assert settings.cpu_only and settings.flash_attn2 and settings.share and settings.inbrowser
+    assert settings.server_port == 9000 and settings.server_name == "0.0.0.0"
+    assert settings.load_in_4bit and settings.max_new_tokens == 77
+
+
+def test_environment_variables_and_flag_precedence():
+    env = {
+        "QWEN_DEMO_CHECKPOINT_PATH": "/env/model",
+        "QWEN_DEMO_LOAD_IN_4BIT": "true",
+        "QWEN_DEMO_SERVER_PORT": "8080",
+        "QWEN_DEMO_VIDEO_FPS": "1.5",
+    }
+    settings = load_settings([], environ=env)
+    assert settings.checkpoint_path == "/env/model"
+    assert settings.load_in_4bit and settings.server_port == 8080 and settings.video_fps == 1.5
+    assert load_settings(["--server-port", "1234"], environ=env).server_port == 1234
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--max-new-tokens", "0"], {}),
+        (["--min-pixels", "100", "--max-pixels", "10"], {}),
+        ([], {"QWEN_DEMO_LOAD_IN_4BIT": "maybe"}),
+        ([], {"QWEN_DEMO_SERVER_PORT": "eighty"}),
+        (["--video-min-frames", "9", "--video-max-frames", "4"], {}),
+    ],
+)
+def test_invalid_values_are_refused_with_a_message(argv, env):
+    with pytest.raises(SettingsError) as info:
+        load_settings(argv, environ=env)
+    assert str(info.value)
+
+
+def test_every_flag_has_an_environment_variable_in_the_help():
+    assert "QWEN_DEMO_" in build_parser().format_help()
