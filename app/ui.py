@@ -250,12 +250,15 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         top_p: float | None = None,
         top_k: float | None = None,
         repetition_penalty: float | None = None,
+        enable_thinking: bool | None = None,
         request: gr.Request = None,  # type: ignore[assignment] - gradio fills it in
     ) -> Iterator[str]:
         history = box_to_user_messages(message)
         if not history:
             raise gr.Error("The message is empty: send text, files, or both.")
-        params = _params(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
+        params = _params(
+            max_new_tokens, temperature, top_p, top_k, repetition_penalty, None, enable_thinking
+        )
         answer = ""
         for reply in streamer(build_request(history, system_prompt, params), _session(request)):
             if reply.error:
@@ -403,11 +406,12 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
                     "repetition_penalty",
                 )
             ]
+            api_thinking = gr.Checkbox(value=None, label="enable_thinking")
             api_reply = gr.Textbox(label="reply")
             api_trigger = gr.Button(visible=False)
         api_trigger.click(
             chat_api,
-            [api_message, api_system, *api_numbers],
+            [api_message, api_system, *api_numbers, api_thinking],
             [api_reply],
             api_name="chat",
             concurrency_limit=1,

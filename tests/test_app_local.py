@@ -1,0 +1,218 @@
+"""The launched app, driven through gradio_client as a script or the browser would drive it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+
+from app.engines.local import LocalEngine
+from app.media import MediaCache
+from app.settings import load_settings
+from app.testing.launch import launched_app
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+# The settings panel as the page sends it: system prompt, max new tokens, temperature, top-p,
+# top-k, repetition penalty, seed (-1 random), thinking.
+PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False)
+
+
+def _settings(**flags):
+    argv = []
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return load_settings(argv, environ={})
+
+
+@pytest.fixture(scope="module")
+def app_for(tiny_checkpoint):
+    """app_for(family, long=False) -> (url, engine): one launched app per family, reused."""
+    running: dict = {}
+    stacks = []
+
+    def get(family: str = "qwen3_vl", long: bool = False):
+        key = (family, long)
+        if key not in running:
+            settings = _settings(max_new_tokens=4096 if long else 64)
+            engine = LocalEngine.load(
+                str(tiny_checkpoint(family, suppress_eos=long)),
+                media_cache=MediaCache(),
+                max_new_tokens=settings.max_new_tokens,
+            )
+            context = launched_app(settings, engine)
+            running[key] = (context.__enter__(), engine)
+            stacks.append(context)
+        return running[key]
+
+    yield get
+    for context in stacks:
+        context.__exit__(None, None, None)
+
+
+def _generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "qwen-generate" and t.is_alive()]
+
+
+def _visual_tokens(history: list[dict]) -> int:
+    """The visual token count in the last stats line of a chat history."""
+    stats = [
+        m["metadata"]["title"]
+        for m in history
+        if (m.get("metadata") or {}).get("title", "").endswith("prompt tokens")
+    ]
+    return int(stats[-1].split(" visual tokens")[0].rsplit(" ", 1)[-1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_only(app_for, family):
+    url, _ = app_for(family)
+    reply = Client(url, verbose=False).predict(
+        {"text": "Hello there", "files": []}, max_new_tokens=8, api_name="/chat"
+    )
+    assert isinstance(reply, str)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_images_and_a_video_in_one_turn_streams(app_for, family, media):
+    url, _ = app_for(family, long=True)
+    client = Client(url, verbose=False)
+    files = [
+        handle_file(str(media / "red.jpg")),
+        handle_file(str(media / "green.png")),
+        handle_file(str(media / "clip.mp4")),
+    ]
+    job = client.submit(
+        {"text": "What is in these?", "files": files},
+        max_new_tokens=24,
+        enable_thinking=False,  # Qwen3.5 thinks by default; its answer would be all reasoning
+        api_name="/chat",
+    )
+    partials = list(job)
+    reply = job.result()
+    assert len(partials) >= 3  # the reply arrives in pieces, growing
+    assert all(reply.startswith(p) for p in partials if p)
+    assert len(reply) > 0
+
+
+def test_one_image(app_for, media):
+    url, _ = app_for("qwen3_vl")
+    reply = Client(url, verbose=False).predict(
+        {"text": "Describe", "files": [handle_file(str(media / "red.jpg"))]},
+        max_new_tokens=8,
+        temperature=0,
+        api_name="/chat",
+    )
+    assert isinstance(reply, str)
+
+
+def _page_client(url: str) -> Client:
+    """A client that hands chat histories back as the page does, files as server FileData."""
+    return Client(url, verbose=False, download_files=False)
+
+
+def test_image_then_text_only_follow_up_keeps_the_image_in_context(app_for, media):
+    url, _ = app_for("qwen3_vl", long=True)
+    client = _page_client(url)
+    job = client.submit(
+        {"text": "What colour?", "files": [handle_file(str(media / "red.jpg"))]},
+        [],
+        *PANEL,
+        api_name="/ui_send",
+    )
+    _, history = job.result()
+    # The box empties once the turn is safe in the chat, then is left alone while streaming.
+    assert job.outputs()[0][0] == {"text": "", "files": []}
+    first_visual = _visual_tokens(history)
+    assert first_visual > 0
+    _, history = client.predict(
+        {"text": "Are you sure?", "files": []}, history, *PANEL, api_name="/ui_send"
+    )
+    # The follow-up has no attachment, but the earlier image is still in the prompt.
+    assert _visual_tokens(history) == first_visual
+    shown = [m for m in history if not m.get("metadata")]
+    assert [m["role"] for m in shown] == ["user", "user", "assistant", "user", "assistant"]
+    assert shown[-1]["content"][0]["text"]
+
+
+def test_undo_gives_back_the_turn_and_regenerate_replaces_the_reply(app_for, media):
+    url, _ = app_for("qwen3_vl", long=True)
+    client = _page_client(url)
+    _, history = client.predict({"text": "Hi", "files": []}, [], *PANEL, api_name="/ui_send")
+    _, history = client.predict(
+        {"text": "Look", "files": [handle_file(str(media / "green.png"))]},
+        history,
+        *PANEL,
+        api_name="/ui_send",
+    )
+    regenerated = client.predict(history, *PANEL, api_name="/ui_regenerate")
+
+    def shown(messages, role):
+        return [m for m in messages if m["role"] == role and not m.get("metadata")]
+
+    # The last reply was replaced, not added to: same turns, one answer each.
+    assert len(shown(regenerated, "user")) == len(shown(history, "user")) == 3
+    assert len(shown(regenerated, "assistant")) == len(shown(history, "assistant")) == 2
+    assert _visual_tokens(regenerated) > 0
+    before, box = client.predict(regenerated, api_name="/ui_undo")
+    assert before[0]["role"] == "user" and before[0]["content"][0]["text"] == "Hi"
+    assert box["text"] == "Look" and len(box["files"]) == 1
+
+
+def test_stop_mid_stream_ends_the_generation_thread(app_for):
+    url, _ = app_for("qwen3_vl", long=True)
+    client = Client(url, verbose=False)
+    job = client.submit(
+        {"text": "Talk for a long time", "files": []}, max_new_tokens=4000, api_name="/chat"
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline and len(job.outputs()) < 5:
+        time.sleep(0.02)
+    assert _generation_threads(), "generation should be running mid-stream"
+    job.cancel()
+    stopped_at = time.perf_counter()
+    while _generation_threads() and time.perf_counter() - stopped_at < 5:
+        time.sleep(0.01)
+    assert not _generation_threads()
+    assert time.perf_counter() - stopped_at < 1.0
+    # The model is free again for the next request.
+    reply = client.predict({"text": "again", "files": []}, max_new_tokens=4, api_name="/chat")
+    assert isinstance(reply, str)
+
+
+def test_error_inside_generation_reaches_the_client_promptly(app_for):
+    url, engine = app_for("qwen3_vl")
+    client = Client(url, verbose=False)
+
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("injected failure in the language model")
+
+    handle = engine.model.model.language_model.register_forward_pre_hook(explode)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(Exception, match="injected failure"):
+            client.predict({"text": "Hi", "files": []}, api_name="/chat")
+        assert time.perf_counter() - started < 5
+        # The browser's path shows it in the chat instead, and keeps the user's message.
+        _, history = client.predict(
+            {"text": "Hello?", "files": []}, [], *PANEL, api_name="/ui_send"
+        )
+        assert history[0]["content"][0]["text"] == "Hello?"
+        errors = [m for m in history if (m.get("metadata") or {}).get("title") == "⚠️ Error"]
+        assert errors and "injected failure" in errors[0]["content"][0]["text"]
+    finally:
+        handle.remove()
+    assert isinstance(client.predict({"text": "ok?", "files": []}, api_name="/chat"), str)
+
+
+def test_bad_file_gives_a_message_and_the_next_request_works(app_for, tmp_path):
+    url, _ = app_for("qwen3_vl")
+    client = Client(url, verbose=False)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    started = time.perf_counter()
+    with pytest.raises(Exception, match=r"notes\.jpg: not an image, video or PDF"):
+        client.predict({"text": "?", "files": [handle_file(str(bad))]}, api_name="/chat")
+    assert time.perf_counter() - started < 2
+    assert isinstance(client.predict({"text": "fine", "files": []}, api_name="/chat"), str)

@@ -1,0 +1,108 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from gradio_client import Client
+
+from app.testing.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HF_HUB_OFFLINE", None)
+    # No hub and no cache: an endpoint on a closed loopback port and an empty home.
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), **extra)
+    return env
+
+
+def test_help_lists_the_flags():
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for flag in (
+        "--checkpoint-path", "--cpu-only", "--flash-attn2", "--share", "--inbrowser",
+        "--server-port", "--server-name", "--load-in-4bit", "--max-new-tokens", "--tiny-random",
+    ):  # fmt: skip
+        assert flag in out.stdout
+
+
+def test_missing_checkpoint_without_network_exits_fast_with_one_clear_line(tmp_path):
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", "-c", "Qwen/Qwen3-VL-2B-Instruct"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=60,
+    )
+    assert time.perf_counter() - started < 30
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "Qwen/Qwen3-VL-2B-Instruct" in last and "-c ./model" in last
+
+
+def test_missing_local_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", "-c", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=60,
+    )
+    assert out.returncode == 1 and "does not exist" in out.stderr.strip().splitlines()[-1]
+
+
+def test_bad_flag_value_is_one_line():
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", "--max-new-tokens", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        out.returncode == 2 and out.stderr.strip() == "error: --max-new-tokens must be at least 1"
+    )
+
+
+def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
+    port = free_port()
+    env = _env(tmp_path, QWEN_DEMO_SERVER_PORT=str(port))  # set by environment, as in Docker
+    process = subprocess.Popen(
+        [sys.executable, "web_demo_mm.py", "--tiny-random", "qwen2_5_vl"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "config", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        config = httpx.get(url + "config", timeout=5).text
+        assert "answers are meaningless" in config
+        reply = Client(url, verbose=False).predict(
+            {"text": "hi", "files": []}, max_new_tokens=4, api_name="/chat"
+        )
+        assert isinstance(reply, str)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
