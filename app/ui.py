@@ -28,6 +28,8 @@ from app.render import format_stats, split_reasoning
 log = logging.getLogger(__name__)
 
 GENERATE = "generate"  # one concurrency group: every event that runs the model
+BUSY = {"submit_btn": False, "stop_btn": "Stop"}
+IDLE = {"submit_btn": "Send", "stop_btn": False}
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -56,6 +58,7 @@ class Reply:
     prompt: PromptInfo = field(default_factory=PromptInfo)
     stats: str | None = None
     error: str | None = None
+    finished: bool = False
 
     def answer(self) -> str:
         return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer
@@ -70,7 +73,7 @@ class Reply:
                     "content": split.reasoning,
                     "metadata": {
                         "title": "Thinking",
-                        "status": "pending" if split.thinking else "done",
+                        "status": "pending" if split.thinking and not self.finished else "done",
                     },
                 }
             )
@@ -114,10 +117,12 @@ class ReplyStreamer:
                 if delta.usage is not None:
                     usage = delta.usage
                     reply.stats = format_stats(delta.usage)
+            reply.finished = True
             yield reply
         except EngineError as err:
             outcome = "error"
             reply.error = str(err)
+            reply.finished = True
             yield reply
         except GeneratorExit:
             outcome = "stopped"
@@ -188,8 +193,8 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             yield gr.skip(), history
             return
         history += new
-        # The box empties only now that its content is safe in the history.
-        yield {"text": "", "files": []}, history
+        # The box empties only now that its content is safe in the history; Stop replaces Send.
+        yield gr.MultimodalTextbox(value={"text": "", "files": []}, **BUSY), history
         params = _params(
             max_new_tokens,
             temperature,
@@ -285,9 +290,8 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             file_types=["image", "video", ".pdf"],
             sources=["upload"],
             show_label=False,
-            submit_btn="Send",
-            stop_btn="Stop",
             elem_id="input",
+            **IDLE,
         )
         with gr.Row():
             regenerate_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
@@ -366,6 +370,8 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             concurrency_id=GENERATE,
         )
         regen_event = regenerate_btn.click(
+            lambda: gr.MultimodalTextbox(**BUSY), None, box, queue=False, api_visibility="private"
+        ).then(
             regenerate,
             [chatbot, *settings],
             [chatbot],
@@ -374,7 +380,22 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id=GENERATE,
         )
-        box.stop(None, None, None, cancels=[send_event, regen_event], api_visibility="private")
+        for event in (send_event, regen_event):  # runs after success, failure or Stop alike
+            event.then(
+                lambda: gr.MultimodalTextbox(**IDLE),
+                None,
+                box,
+                queue=False,
+                api_visibility="private",
+            )
+        box.stop(
+            lambda: gr.MultimodalTextbox(**IDLE),
+            None,
+            box,
+            cancels=[send_event, regen_event],
+            api_visibility="private",
+            queue=False,
+        )
         undo_btn.click(
             undo,
             [chatbot],

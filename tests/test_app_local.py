@@ -123,7 +123,7 @@ def test_image_then_text_only_follow_up_keeps_the_image_in_context(app_for, medi
     )
     _, history = job.result()
     # The box empties once the turn is safe in the chat, then is left alone while streaming.
-    assert job.outputs()[0][0] == {"text": "", "files": []}
+    assert job.outputs()[0][0]["value"] == {"text": "", "files": []}
     first_visual = _visual_tokens(history)
     assert first_visual > 0
     _, history = client.predict(
