@@ -62,9 +62,9 @@ def ui_options(settings: Settings, engine) -> object:
 
     config = getattr(engine, "generation_defaults", None)
     template = getattr(getattr(engine, "processor", None), "chat_template", None) or ""
-    name = (
-        settings.tiny_random and f"tiny random {settings.tiny_random}"
-    ) or settings.checkpoint_path
+    name = getattr(engine, "checkpoint", "") or settings.checkpoint_path
+    if settings.tiny_random:
+        name = f"tiny random {settings.tiny_random}"
     return UiOptions(
         title=f"Qwen-VL Chat · {name}",
         banner=TRIAL_BANNER if settings.is_offline_trial else None,

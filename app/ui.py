@@ -80,8 +80,9 @@ class Reply:
         if split.answer:
             out.append({"role": "assistant", "content": split.answer})
         if self.error:
+            # In the title, so it is seen without opening anything; never sent to the model.
             out.append(
-                {"role": "assistant", "content": self.error, "metadata": {"title": "⚠️ Error"}}
+                {"role": "assistant", "content": "", "metadata": {"title": f"⚠️ {self.error}"}}
             )
         if self.stats:
             out.append(
@@ -94,15 +95,46 @@ class Reply:
         return out
 
 
+class SessionCancels:
+    """The cancel events of the generations each browser session has running.
+
+    Stop (and closing the tab) sets them: the engine ends generate() at its next token and the
+    reply finishes normally, partial text and stats kept. Built per app, never module-level.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(session, set()).add(event)
+        return event
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._events.get(session, set())
+            events.discard(event)
+            if not events:
+                self._events.pop(session, None)
+
+    def cancel(self, session: str) -> None:
+        with self._lock:
+            for event in self._events.get(session, ()):
+                event.set()
+
+
 class ReplyStreamer:
     """Runs one request on the engine and yields the growing `Reply`; logs one line per request."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cancels: SessionCancels) -> None:
         self.engine = engine
+        self.cancels = cancels
 
     def __call__(self, request: ChatRequest, session: str) -> Iterator[Reply]:
         reply = Reply()
-        cancel = threading.Event()
+        cancel = self.cancels.start(session)
         started = time.perf_counter()
         attachments = sum(len(t.attachments) for t in request.turns)
         usage = None
@@ -117,6 +149,9 @@ class ReplyStreamer:
                 if delta.usage is not None:
                     usage = delta.usage
                     reply.stats = format_stats(delta.usage)
+            if cancel.is_set():
+                outcome = "stopped"
+                reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
             reply.finished = True
             yield reply
         except EngineError as err:
@@ -129,6 +164,7 @@ class ReplyStreamer:
             raise
         finally:
             cancel.set()
+            self.cancels.finish(session, cancel)
             log.info(
                 "request session=%s attachments=%d tokens_in=%s tokens_out=%s time=%.2fs %s",
                 session[:8],
@@ -168,7 +204,12 @@ def _session(request: gr.Request | None) -> str:
 
 
 def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
-    streamer = ReplyStreamer(engine)
+    cancels = SessionCancels()
+    streamer = ReplyStreamer(engine, cancels)
+
+    def stop(request: gr.Request) -> Any:
+        cancels.cancel(_session(request))
+        return gr.MultimodalTextbox(**IDLE)
 
     def stream_into(history: list, request: ChatRequest, session: str) -> Iterator[list]:
         for reply in streamer(request, session):
@@ -388,14 +429,15 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
                 queue=False,
                 api_visibility="private",
             )
-        box.stop(
-            lambda: gr.MultimodalTextbox(**IDLE),
-            None,
-            box,
-            cancels=[send_event, regen_event],
-            api_visibility="private",
-            queue=False,
-        )
+        # Stop sets this session's cancel events: generate() ends at its next token and the
+        # reply finishes as usual, partial text and stats kept (no "cancelled" event state).
+        box.stop(stop, None, box, api_visibility="private", queue=False)
+
+        # A closed tab stops its generation the same way.
+        def on_unload(request: gr.Request) -> None:
+            cancels.cancel(_session(request))
+
+        demo.unload(on_unload)
         undo_btn.click(
             undo,
             [chatbot],
@@ -404,10 +446,16 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             api_visibility="undocumented",
             queue=False,
         )
+
+        def clear(request: gr.Request) -> tuple[list, Any]:
+            cancels.cancel(_session(request))
+            return [], gr.MultimodalTextbox(**IDLE)
+
+        # Clear also drops a running reply's event, so no late update refills the chat.
         clear_btn.click(
-            lambda: [],
+            clear,
             None,
-            [chatbot],
+            [chatbot, box],
             cancels=[send_event, regen_event],
             api_visibility="private",
             queue=False,

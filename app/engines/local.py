@@ -116,7 +116,9 @@ class LocalEngine:
         budget: Budget,
         media_cache: MediaCache,
         max_new_tokens: int = 1024,
+        checkpoint: str = "",
     ) -> None:
+        self.checkpoint = checkpoint or getattr(model.config, "_name_or_path", "")
         self.model = model
         self.processor = processor
         self.budget = budget
@@ -178,6 +180,7 @@ class LocalEngine:
             budget=budget or Budget(),
             media_cache=media_cache or MediaCache(),
             max_new_tokens=max_new_tokens,
+            checkpoint=checkpoint,
         )
 
     # --- building the prompt -------------------------------------------------------------

@@ -47,11 +47,13 @@ CHAT_TEMPLATE = (
     "<|im_end|>\n"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant\n"
-    "{%- if thinking_template -%}"
+    "THINKING"
+    "{%- endif -%}"
+)
+# Qwen3.5's templates open a reasoning block unless `enable_thinking` is false.
+THINKING = (
     "{%- if enable_thinking is defined and enable_thinking is false -%}<think>\n\n</think>\n\n"
     "{%- else -%}<think>\n{%- endif -%}"
-    "{%- endif -%}"
-    "{%- endif -%}"
 )
 
 _CORPUS = (
@@ -93,9 +95,7 @@ def _fast_tokenizer(vocab_size: int, thinking: bool) -> Any:
             "vision_end_token": "<|vision_end|>",
         },
     )
-    tokenizer.chat_template = CHAT_TEMPLATE.replace(
-        "thinking_template", "true" if thinking else "false"
-    )
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("THINKING", THINKING if thinking else "")
     return tokenizer
 
 

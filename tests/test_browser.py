@@ -1,0 +1,228 @@
+"""The whole chat flow in a real Chromium (Debian's), driven by Playwright.
+
+Screenshots of every step go to artifacts/browser/. Without Chromium the test is skipped with a
+message saying how to install it; `scripts/test.sh` installs it where it can.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.engines.local import LocalEngine
+from app.media import MediaCache
+from app.settings import load_settings
+from app.testing.launch import launched_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+
+def _require_browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip(
+            "Chromium is not installed: `apt-get install -y chromium` (or set CHROMIUM_PATH) "
+            "to run the browser test"
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("Playwright is not installed: `pip install playwright`")
+
+
+def _generation_threads():
+    return [t for t in threading.enumerate() if t.name == "qwen-generate" and t.is_alive()]
+
+
+@pytest.fixture(scope="module")
+def browser_and_url(tiny_checkpoint):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    settings = load_settings(["--max-new-tokens", "3000"], environ={})
+    engine = LocalEngine.load(
+        str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
+        media_cache=MediaCache(),
+        max_new_tokens=settings.max_new_tokens,
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with launched_app(settings, engine) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser, url
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser_and_url):
+    browser, url = browser_and_url
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url)
+    page.wait_for_selector("#input textarea")
+    yield page
+    context.close()
+    (ARTIFACTS / "console-errors.log").write_text("\n".join(errors))
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _bot_text(page) -> str:
+    bots = page.locator("#chatbot [data-testid='bot']")
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def _send(page, text: str, files: list[Path] = ()) -> None:
+    if files:
+        page.set_input_files("#input input[type=file]", [str(f) for f in files])
+        page.wait_for_function(
+            "n => document.querySelectorAll('#input .thumbnail-item, #input img, #input video')"
+            ".length >= n",
+            arg=len(files),
+            timeout=15000,
+        )
+    page.fill("#input textarea", text)
+    page.locator("#input textarea").press("Enter")
+
+
+def _stop_button(page):
+    return page.locator("#input button", has_text="Stop")
+
+
+def _wait_idle(page, timeout_s: float = 60) -> None:
+    """Until the reply has ended: Send is back and the stats line is there."""
+    page.locator("#input button", has_text="Send").wait_for(timeout=timeout_s * 1000)
+
+
+def _set_max_new_tokens(page, value: int) -> None:
+    box = page.locator("#max_new_tokens input[type=number]")
+    if not box.is_visible():
+        page.locator("#settings").get_by_text("Settings").first.click()
+        box.wait_for(state="visible")
+    slider = page.locator("#max_new_tokens input[type=range]")
+    # The accordion mounts its content as it opens; a value typed before that is lost, so type
+    # until the slider shows it.
+    for _ in range(20):
+        box.fill(str(value))
+        box.press("Tab")
+        if slider.input_value() == str(value):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"max new tokens stayed at {slider.input_value()}")
+
+
+def test_the_whole_chat_flow(page, media, tmp_path):
+    _shot(page, "01-loaded")
+
+    # An image and a question; the reply grows while it streams.
+    _send(page, "What is in this picture?", [media / "red.jpg"])
+    page.wait_for_selector("#chatbot [data-testid='user'] img", timeout=15000)
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll(\"#chatbot [data-testid='bot']\");"
+        " return b.length && b[b.length - 1].innerText.length > 20; }",
+        timeout=30000,
+    )
+    first = len(_bot_text(page))
+    time.sleep(0.6)
+    second = len(_bot_text(page))
+    _shot(page, "02-streaming")
+    assert second > first, "the reply should grow while it streams"
+
+    # Stop in mid-reply: the reply stops growing and the model's thread ends.
+    _stop_button(page).click()
+    _wait_idle(page, 10)
+    stopped = _bot_text(page)
+    time.sleep(1.0)
+    assert _bot_text(page) == stopped
+    assert not _generation_threads()
+    _shot(page, "03-stopped")
+
+    # Settings: a small max new tokens, respected by the next reply (Regenerate).
+    _set_max_new_tokens(page, 12)
+    _shot(page, "04-settings")
+    page.locator("#regenerate").click()
+    page.wait_for_selector("#chatbot :text('12 tokens')", timeout=30000)
+    _wait_idle(page)
+    assert _bot_text(page) != stopped
+    assert page.locator("#chatbot [data-testid='user']").count() == 2  # image + text, once
+    _shot(page, "05-regenerated")
+
+    # A video, then a broken file: the error is in the chat and the chat goes on.
+    _send(page, "And this clip?", [media / "clip.mp4"])
+    page.wait_for_selector("#chatbot video", timeout=15000)
+    page.wait_for_function(
+        '() => document.querySelectorAll("#chatbot :is(button,span,div)").length &&'
+        " [...document.querySelectorAll('#chatbot')].some(e => (e.innerText.match(/12 tokens/g)"
+        " || []).length >= 2)",
+        timeout=30000,
+    )
+    _wait_idle(page)
+    _shot(page, "06-video")
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("this is not a picture")
+    _send(page, "Look at this", [broken])
+    page.wait_for_selector(
+        "#chatbot :text('broken.jpg: not an image, video or PDF')", timeout=15000
+    )
+    _wait_idle(page)
+    _shot(page, "07-broken-file")
+
+    # Undo removes the last turn and gives its text back; Clear empties the chat.
+    users_before = page.locator("#chatbot [data-testid='user']").count()
+    page.locator("#undo").click()
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"#chatbot [data-testid='user']\").length < n",
+        arg=users_before,
+        timeout=10000,
+    )
+    assert page.locator("#input textarea").input_value() == "Look at this"
+    assert page.locator("#chatbot :text('broken.jpg')").count() == 0
+    _shot(page, "08-undone")
+    page.locator("#clear").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll(\"#chatbot [data-testid='user']\").length === 0",
+        timeout=10000,
+    )
+    _shot(page, "09-cleared")
+
+
+def test_closing_the_tab_stops_generation(browser_and_url):
+    browser, url = browser_and_url
+    context = browser.new_context()
+    other = context.new_page()
+    other.goto(url)
+    other.wait_for_selector("#input textarea")
+    _send(other, "Talk for a long time")
+    other.wait_for_function(
+        "() => { const b = document.querySelectorAll(\"#chatbot [data-testid='bot']\");"
+        " return b.length && b[b.length - 1].innerText.length > 20; }",
+        timeout=30000,
+    )
+    assert _generation_threads()
+    _shot(other, "10-before-closing-tab")
+    other.close()
+    context.close()
+    closed_at = time.perf_counter()
+    while _generation_threads() and time.perf_counter() - closed_at < 15:
+        time.sleep(0.05)
+    assert not _generation_threads(), "closing the tab should end the generation"
