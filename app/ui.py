@@ -8,10 +8,12 @@ through `ReplyStreamer`, which turns an engine's deltas into display messages.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,6 +25,8 @@ from app.conversation import (
     user_messages_to_box,
 )
 from app.engines.base import ChatRequest, Engine, EngineError, GenerationParams, PromptInfo
+from app.grounding import draw_marks, parse_marks
+from app.media import MediaError, load_attachment
 from app.render import format_stats, split_reasoning
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class Reply:
     stats: str | None = None
     error: str | None = None
     finished: bool = False
+    annotated: str | None = None  # an image with the reply's boxes drawn on it
 
     def answer(self) -> str:
         return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer
@@ -79,6 +84,8 @@ class Reply:
             )
         if split.answer:
             out.append({"role": "assistant", "content": split.answer})
+        if self.annotated:
+            out.append({"role": "assistant", "content": {"path": self.annotated}})
         if self.error:
             # In the title, so it is seen without opening anything; never sent to the model.
             out.append(
@@ -128,9 +135,34 @@ class SessionCancels:
 class ReplyStreamer:
     """Runs one request on the engine and yields the growing `Reply`; logs one line per request."""
 
-    def __init__(self, engine: Engine, cancels: SessionCancels) -> None:
+    def __init__(self, engine: Engine, cancels: SessionCancels, output_dir: Path) -> None:
         self.engine = engine
         self.cancels = cancels
+        self.output_dir = output_dir
+
+    def annotate(self, reply: Reply) -> str | None:
+        """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None."""
+        marks = parse_marks(reply.answer())
+        if not marks or not reply.prompt.images:
+            return None
+        ref = reply.prompt.images[-1]
+        try:
+            visuals = load_attachment(
+                ref.attachment.path,
+                self.engine.budget,
+                self.engine.media_cache,
+                ref.attachment.name,
+            )
+            image = visuals[ref.index][1]
+            drawn = draw_marks(image, marks, self.engine.family, ref.input_size)
+            with tempfile.NamedTemporaryFile(
+                dir=self.output_dir, prefix="boxes-", suffix=".png", delete=False
+            ) as out:
+                drawn.save(out, format="PNG")
+            return out.name
+        except (MediaError, OSError, IndexError) as err:  # the reply stands without a drawing
+            log.warning("could not draw boxes on %s: %s", ref.attachment.name, err)
+            return None
 
     def __call__(self, request: ChatRequest, session: str) -> Iterator[Reply]:
         reply = Reply()
@@ -152,6 +184,7 @@ class ReplyStreamer:
             if cancel.is_set():
                 outcome = "stopped"
                 reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
+            reply.annotated = self.annotate(reply)
             reply.finished = True
             yield reply
         except EngineError as err:
@@ -205,7 +238,7 @@ def _session(request: gr.Request | None) -> str:
 
 def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
     cancels = SessionCancels()
-    streamer = ReplyStreamer(engine, cancels)
+    streamer = ReplyStreamer(engine, cancels, Path(tempfile.mkdtemp(prefix="qwen-chat-")))
 
     def stop(request: gr.Request) -> Any:
         cancels.cancel(_session(request))
@@ -296,14 +329,16 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         top_p: float | None = None,
         top_k: float | None = None,
         repetition_penalty: float | None = None,
-        enable_thinking: bool | None = None,
+        enable_thinking: float | None = None,
+        seed: float | None = None,
         request: gr.Request = None,  # type: ignore[assignment] - gradio fills it in
     ) -> Iterator[str]:
         history = box_to_user_messages(message)
         if not history:
             raise gr.Error("The message is empty: send text, files, or both.")
+        thinking = None if enable_thinking is None else bool(enable_thinking)
         params = _params(
-            max_new_tokens, temperature, top_p, top_k, repetition_penalty, None, enable_thinking
+            max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, thinking
         )
         answer = ""
         for reply in streamer(build_request(history, system_prompt, params), _session(request)):
@@ -475,12 +510,15 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
                     "repetition_penalty",
                 )
             ]
-            api_thinking = gr.Checkbox(value=None, label="enable_thinking")
+            # A Number, not a Checkbox: a Checkbox turns "not given" into False, and not given
+            # must mean "as the chat template decides". true/false arrive as 1.0/0.0.
+            api_thinking = gr.Number(value=None, label="enable_thinking")
+            api_seed = gr.Number(value=None, label="seed")
             api_reply = gr.Textbox(label="reply")
             api_trigger = gr.Button(visible=False)
         api_trigger.click(
             chat_api,
-            [api_message, api_system, *api_numbers, api_thinking],
+            [api_message, api_system, *api_numbers, api_thinking, api_seed],
             [api_reply],
             api_name="chat",
             concurrency_limit=1,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from app.media import Budget, MediaCache
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,23 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """One image in the prompt: its file, which image of that file (a PDF page), and the size
+    (width, height) the model saw after the processor's resize, when known."""
+
+    attachment: Attachment
+    index: int
+    input_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class PromptInfo:
     """What the engine learned while building the prompt, for rendering the reply."""
 
     # The prompt ends inside a reasoning block (the template opened `<think>` itself).
     opens_in_reasoning: bool = False
-    # Model-input size of each image in the last user turn, in order (width, height).
-    image_sizes: tuple[tuple[int, int], ...] = ()
+    # Every image in the prompt, in order.
+    images: tuple[ImageRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,10 @@ class EngineError(Exception):
 class Engine(Protocol):
     name: str
     family: str
+    checkpoint: str
+    # The media path the engine reads attachments with (the UI reuses it to draw boxes).
+    budget: Budget
+    media_cache: MediaCache
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Yield deltas until the reply ends or `cancel` is set; raise EngineError on failure."""

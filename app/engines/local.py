@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import queue
+import re
 import threading
 import time
 import warnings
@@ -19,12 +20,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engines.base import ChatRequest, Delta, EngineError, PromptInfo, Turn, Usage
+from app.engines.base import (
+    ChatRequest,
+    Delta,
+    EngineError,
+    ImageRef,
+    PromptInfo,
+    Turn,
+    Usage,
+)
 from app.media import Budget, MediaCache, MediaError, VideoClip, load_attachment
 
 log = logging.getLogger(__name__)
 
 _END = object()
+# Special tokens that carry meaning in a reply (Qwen2-VL's grounding) and so are kept in the text.
+GROUNDING_TOKENS = frozenset(
+    {
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+    }
+)
 FAMILIES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_5_vl",
@@ -127,6 +147,8 @@ class LocalEngine:
         self.family = FAMILIES.get(model.config.model_type, model.config.model_type)
         self._lock = threading.Lock()
         self.generation_defaults = model.generation_config
+        control = sorted(set(processor.tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
+        self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
 
     @classmethod
     def load(
@@ -185,8 +207,11 @@ class LocalEngine:
 
     # --- building the prompt -------------------------------------------------------------
 
-    def _messages(self, turns: tuple[Turn, ...]) -> tuple[list[dict], list, list[VideoClip]]:
+    def _messages(
+        self, turns: tuple[Turn, ...]
+    ) -> tuple[list[dict], list, list[ImageRef], list[VideoClip]]:
         images: list = []
+        refs: list[ImageRef] = []
         videos: list[VideoClip] = []
         messages: list[dict] = []
         for turn in turns:
@@ -197,20 +222,25 @@ class LocalEngine:
                 continue
             parts: list[dict] = []
             for attachment in turn.attachments:
-                for kind, value in load_attachment(
+                visuals = load_attachment(
                     attachment.path, self.budget, self.media_cache, attachment.name
-                ):
+                )
+                for index, (kind, value) in enumerate(visuals):
                     parts.append({"type": kind})
-                    (images if kind == "image" else videos).append(value)
+                    if kind == "image":
+                        images.append(value)
+                        refs.append(ImageRef(attachment, index))
+                    else:
+                        videos.append(value)
             if turn.text or not parts:
                 parts.append({"type": "text", "text": turn.text})
             messages.append({"role": turn.role, "content": parts})
-        return messages, images, videos
+        return messages, images, refs, videos
 
     def build_inputs(self, request: ChatRequest) -> tuple[Any, PromptInfo, int]:
         """Processor outputs, prompt facts, and the number of visual tokens in the prompt."""
         try:
-            messages, images, videos = self._messages(request.turns)
+            messages, images, refs, videos = self._messages(request.turns)
         except MediaError as err:
             raise EngineError(str(err)) from err
         template_kwargs: dict[str, Any] = {}
@@ -244,7 +274,11 @@ class LocalEngine:
         if "video_grid_thw" in inputs:
             visual += int(inputs["video_grid_thw"].prod(-1).sum()) // (merge * merge)
         info = PromptInfo(
-            opens_in_reasoning=prompt.rstrip().endswith("<think>"), image_sizes=tuple(sizes)
+            opens_in_reasoning=prompt.rstrip().endswith("<think>"),
+            images=tuple(
+                ImageRef(ref.attachment, ref.index, size)
+                for ref, size in zip(refs, sizes, strict=True)
+            ),
         )
         return inputs, info, visual
 
@@ -295,6 +329,7 @@ class LocalEngine:
                 super().put(value)
 
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                text = control_tokens.sub("", text)
                 if text:
                     items.put(text)
 
@@ -307,8 +342,10 @@ class LocalEngine:
                     device=input_ids.device,
                 )
 
+        # Decoded with special tokens, then control tokens removed: grounding tokens stay.
+        control_tokens = self._control_tokens
         streamer = QueueStreamer(
-            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True
+            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False
         )
         generate_kwargs = dict(
             **inputs,

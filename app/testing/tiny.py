@@ -23,8 +23,6 @@ SPECIAL_TOKENS = [
     "<|vision_end|>",
     "<|image_pad|>",
     "<|video_pad|>",
-    "<think>",
-    "</think>",
     "<|box_start|>",
     "<|box_end|>",
     "<|object_ref_start|>",
@@ -33,9 +31,11 @@ SPECIAL_TOKENS = [
 
 # A Qwen-style template: content lists with image/video/text parts, a system prompt, and, where
 # the family thinks (Qwen3.5), the `enable_thinking` switch that the real templates take.
+# Newlines are written as {{ NL }} expressions: `{%- -%}` would strip literal ones.
 CHAT_TEMPLATE = (
+    "{%- set NL = '\\n' -%}"
     "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "<|im_start|>{{ message['role'] }}{{ NL }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part -%}"
@@ -44,16 +44,17 @@ CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{%- elif 'text' in part -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    "<|im_end|>{{ NL }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ NL }}"
     "THINKING"
     "{%- endif -%}"
 )
 # Qwen3.5's templates open a reasoning block unless `enable_thinking` is false.
 THINKING = (
-    "{%- if enable_thinking is defined and enable_thinking is false -%}<think>\n\n</think>\n\n"
-    "{%- else -%}<think>\n{%- endif -%}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "<think>{{ NL }}{{ NL }}</think>{{ NL }}{{ NL }}"
+    "{%- else -%}<think>{{ NL }}{%- endif -%}"
 )
 
 _CORPUS = (
@@ -95,6 +96,9 @@ def _fast_tokenizer(vocab_size: int, thinking: bool) -> Any:
             "vision_end_token": "<|vision_end|>",
         },
     )
+    # As in the real Qwen3 tokenizers: reasoning tags are added tokens but not special ones, so
+    # they survive decoding with skip_special_tokens.
+    tokenizer.add_tokens(["<think>", "</think>"], special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE.replace("THINKING", THINKING if thinking else "")
     return tokenizer
 
@@ -200,12 +204,17 @@ def build_tiny_checkpoint(
     width: int = 64,
     vocab_size: int = 512,
     suppress_eos: bool = False,
+    scripted_reply: str | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random checkpoint of `family` into `out_dir` and return the path.
 
-    `suppress_eos` writes a generation config that forbids the end tokens, so that a generation
-    always runs to `max_new_tokens` (benchmarks and Stop tests need a long, predictable stream).
+    `suppress_eos` writes a generation config that forbids the end tokens (and the reasoning
+    tags), so that a generation always runs to `max_new_tokens` as answer text (benchmarks and
+    Stop tests need a long, predictable stream).
+    `scripted_reply` writes a generation config whose `sequence_bias` makes the model answer
+    exactly that text, then stop, whatever it is asked: the real generation stack runs, and tests
+    get a reply with boxes or reasoning in it.
     """
     import torch
     import transformers
@@ -252,8 +261,15 @@ def build_tiny_checkpoint(
         max_new_tokens=256,
     )
     if suppress_eos:
-        generation.suppress_tokens = [eos, pad]
+        # No end, and no reasoning tags either: the whole stream is answer text.
+        generation.suppress_tokens = [
+            eos,
+            pad,
+            *tokenizer.convert_tokens_to_ids(["<think>", "</think>"]),
+        ]
         generation.eos_token_id = None
+    if scripted_reply is not None:
+        generation.sequence_bias = script_bias(tokenizer, scripted_reply, eos)
     model.generation_config = generation
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -261,6 +277,16 @@ def build_tiny_checkpoint(
         json.dumps({"family": family, "note": "random weights; answers are meaningless"})
     )
     return out
+
+
+def script_bias(tokenizer: Any, reply: str, eos: int) -> list[list]:
+    """`sequence_bias` entries that force `reply` then `eos`.
+
+    Entry i biases token i after the exact i tokens before it, with a bias growing with i: where
+    several entries match, the longest (the true continuation) wins by far over random logits.
+    """
+    ids = [*tokenizer.encode(reply, add_special_tokens=False), eos]
+    return [[ids[: i + 1], 1000.0 * (i + 1)] for i in range(len(ids))]
 
 
 def is_tiny_checkpoint(path: str | Path) -> bool:

@@ -1,0 +1,158 @@
+"""Replies worth looking at, through the launched app: boxes drawn, reasoning apart, settings
+reaching `generate`. Tiny checkpoints scripted (by their generation config) to answer with a
+known text run the real generation stack."""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from app.engines.local import LocalEngine
+from app.media import MediaCache
+from app.settings import load_settings
+from app.testing.launch import launched_app
+from app.testing.tiny import build_tiny_checkpoint
+
+BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
+THOUGHT = "I should look closely.\n</think>\n\nA green picture."
+PANEL = ("", 64, 0.7, 1.0, 50, 1.0, -1, True)
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    """scripted(family, reply) -> (url, engine) of an app whose model always says `reply`."""
+    contexts = []
+
+    def launch(family: str, reply: str):
+        path = build_tiny_checkpoint(tmp_path_factory.mktemp(family), family, scripted_reply=reply)
+        settings = load_settings(["--max-new-tokens", "256"], environ={})
+        engine = LocalEngine.load(str(path), media_cache=MediaCache(), max_new_tokens=256)
+        context = launched_app(settings, engine)
+        contexts.append(context)
+        return context.__enter__(), engine
+
+    yield launch
+    for context in contexts:
+        context.__exit__(None, None, None)
+
+
+def _files(history, role="assistant"):
+    return [
+        part["file"]
+        for m in history
+        if m["role"] == role
+        for part in m["content"]
+        if part.get("type") == "file"
+    ]
+
+
+def test_boxes_in_a_reply_come_back_drawn_on_the_image(scripted, media):
+    url, _ = scripted("qwen3_vl", BOXES)
+    client = Client(url, verbose=False, download_files=False)
+    source = media / "green.png"  # 300 x 500, green with a blue rectangle at the top left
+    _, history = client.predict(
+        {"text": "Where is the square?", "files": [handle_file(str(source))]},
+        [],
+        *PANEL,
+        api_name="/ui_send",
+    )
+    answer = next(m for m in history if m["role"] == "assistant" and not m.get("metadata"))
+    assert answer["content"][0]["text"] == BOXES  # the model's text is shown as generated
+    drawn_files = _files(history)
+    assert len(drawn_files) == 1
+    drawn = Image.open(io.BytesIO(httpx.get(drawn_files[0]["url"], timeout=10).content))
+    drawn = drawn.convert("RGB")
+    assert drawn.size == (300, 500)
+    # 0-1000 relative: the box spans x 75..225, y 125..375 of the 300 x 500 image.
+    red = (230, 25, 75)
+    for x, y in [(76, 250), (224, 250), (150, 126), (150, 374)]:
+        assert all(abs(a - b) < 40 for a, b in zip(drawn.getpixel((x, y)), red, strict=True))
+    assert drawn.getpixel((180, 300)) == (0, 128, 0)  # the inside is still green
+    # The drawing is for the user only: it is not sent back to the model in the next turn.
+    _, history = client.predict(
+        {"text": "Thanks", "files": []}, history, *PANEL, api_name="/ui_send"
+    )
+    assert len(_files(history)) == 2  # one more drawing for the repeated boxes, nothing else
+
+
+def test_reasoning_is_shown_apart_and_excluded_from_the_api_reply(scripted):
+    url, engine = scripted("qwen3_5", THOUGHT)
+    client = Client(url, verbose=False, download_files=False)
+    _, history = client.predict(
+        {"text": "What is it?", "files": []}, [], *PANEL, api_name="/ui_send"
+    )
+    thinking = [m for m in history if (m.get("metadata") or {}).get("title") == "Thinking"]
+    assert thinking and thinking[0]["content"][0]["text"] == "I should look closely."
+    assert thinking[0]["metadata"]["status"] == "done"
+    answers = [m for m in history if m["role"] == "assistant" and not m.get("metadata")]
+    assert [a["content"][0]["text"] for a in answers] == ["A green picture."]
+    assert client.predict({"text": "And?", "files": []}, api_name="/chat") == "A green picture."
+
+    # In the next turn the model gets the answer back, without the reasoning.
+    seen = []
+    original = engine.processor.apply_chat_template
+
+    @functools.wraps(original)
+    def record(messages, *args, **kwargs):
+        seen.append(messages)
+        return original(messages, *args, **kwargs)
+
+    engine.processor.apply_chat_template = record
+    try:
+        client.predict({"text": "Sure?", "files": []}, history, *PANEL, api_name="/ui_send")
+    finally:
+        engine.processor.apply_chat_template = original
+    sent = [part["text"] for m in seen[-1] for part in m["content"] if part["type"] == "text"]
+    assert sent == ["What is it?", "A green picture.", "Sure?"]
+
+
+def test_settings_reach_generate(scripted):
+    url, engine = scripted("qwen3_vl", "ok")
+    seen: list[dict] = []
+    original = engine.model.generate
+
+    @functools.wraps(original)
+    def record(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    engine.model.generate = record
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        panel = ("Answer tersely.", 7, 0.3, 0.5, 9, 1.2, 42, True)
+        client.predict({"text": "Hi", "files": []}, [], *panel, api_name="/ui_send")
+        client.predict({"text": "Hi", "files": []}, temperature=0, top_k=3, api_name="/chat")
+    finally:
+        engine.model.generate = original
+    page, api = seen
+    assert page["max_new_tokens"] == 7 and page["do_sample"] is True
+    assert page["temperature"] == 0.3 and page["top_p"] == 0.5 and page["top_k"] == 9
+    assert page["repetition_penalty"] == 1.2
+    prompt = engine.processor.tokenizer.decode(page["input_ids"][0])
+    assert prompt.startswith("<|im_start|>system\nAnswer tersely.<|im_end|>")
+    assert api["do_sample"] is False  # temperature 0 means greedy
+    assert api["max_new_tokens"] == 256  # the server's bound when the request sets none
+
+
+def test_the_same_seed_gives_the_same_sampled_reply(tiny_checkpoint):
+    settings = load_settings(["--max-new-tokens", "64"], environ={})
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    with launched_app(settings, engine) as url:
+        client = Client(url, verbose=False)
+
+        def ask(seed):
+            return client.predict(
+                {"text": "Say something", "files": []},
+                temperature=1.0,
+                max_new_tokens=24,
+                seed=seed,
+                api_name="/chat",
+            )
+
+        assert ask(7) == ask(7)
+        assert ask(7) != ask(8)
