@@ -31,6 +31,8 @@ from app.render import format_stats, split_reasoning
 
 log = logging.getLogger(__name__)
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
 GENERATE = "generate"  # one concurrency group: every event that runs the model
 BUSY = {"submit_btn": False, "stop_btn": "Stop"}
 IDLE = {"submit_btn": "Send", "stop_btn": False}
@@ -369,6 +371,30 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             elem_id="input",
             **IDLE,
         )
+        if EXAMPLES.is_dir():
+            gr.Examples(
+                examples=[
+                    {
+                        "text": "Which quarter sold the most, and how much?",
+                        "files": [str(EXAMPLES / "chart.png")],
+                    },
+                    {
+                        "text": "Read the receipt: what is the total and what was bought?",
+                        "files": [str(EXAMPLES / "receipt.png")],
+                    },
+                    {
+                        "text": "Outline every item on the receipt with a box.",
+                        "files": [str(EXAMPLES / "receipt.png")],
+                    },
+                    {
+                        "text": "What happens in this clip, and when?",
+                        "files": [str(EXAMPLES / "ball.mp4")],
+                    },
+                ],
+                inputs=[box],
+                label="Examples (click one to fill the box)",
+                examples_per_page=4,
+            )
         with gr.Row():
             regenerate_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
             undo_btn = gr.Button("Undo last turn", elem_id="undo", size="sm")

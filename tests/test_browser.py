@@ -134,6 +134,15 @@ def _set_max_new_tokens(page, value: int) -> None:
 def test_the_whole_chat_flow(page, media, tmp_path):
     _shot(page, "01-loaded")
 
+    # An example fills the box (text and file) without sending it.
+    page.get_by_text("Which quarter sold the most").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#input textarea').value.startsWith('Which quarter')"
+    )
+    assert page.locator("#chatbot [data-testid='user']").count() == 0
+    page.fill("#input textarea", "")
+    page.locator("#input button[aria-label^='Remove'], #input .delete-button").first.click()
+
     # An image and a question; the reply grows while it streams.
     _send(page, "What is in this picture?", [media / "red.jpg"])
     page.wait_for_selector("#chatbot [data-testid='user'] img", timeout=15000)
@@ -204,6 +213,35 @@ def test_the_whole_chat_flow(page, media, tmp_path):
         timeout=10000,
     )
     _shot(page, "09-cleared")
+
+
+HOSTILE = (
+    "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
+    "<script>window.__pwned = 'model script'</script>"
+    "<img src=x onerror=\"window.__pwned = 'model img'\">"
+)
+
+
+def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_path):
+    from app.testing.tiny import build_tiny_checkpoint
+
+    browser, _ = browser_and_url
+    path = build_tiny_checkpoint(tmp_path / "scripted", "qwen3_vl", scripted_reply=HOSTILE)
+    engine = LocalEngine.load(str(path), max_new_tokens=256)
+    settings = load_settings(["--max-new-tokens", "256"], environ={})
+    with launched_app(settings, engine) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#input textarea")
+        _send(page, "<img src=x onerror=\"window.__pwned = 'user img'\"> hello")
+        page.wait_for_selector("#chatbot .katex", timeout=30000)
+        _wait_idle(page)
+        _shot(page, "11-html-and-markdown")
+        assert page.evaluate("() => window.__pwned") is None
+        assert page.locator("#chatbot pre code").count() >= 1  # the code block
+        assert page.locator("#chatbot strong", has_text="Bold").count() == 1
+        context.close()
 
 
 def test_closing_the_tab_stops_generation(browser_and_url):
