@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+
+if TYPE_CHECKING:
+    from app.media import Budget
 
 Message = Mapping[str, Any]
 
@@ -77,12 +80,15 @@ def history_to_turns(history: Sequence[Message]) -> list[Turn]:
 
 
 def build_request(
-    history: Sequence[Message], system_prompt: str | None, params: GenerationParams
+    history: Sequence[Message],
+    system_prompt: str | None,
+    params: GenerationParams,
+    budget: Budget | None = None,
 ) -> ChatRequest:
     turns = history_to_turns(history)
     if system_prompt and system_prompt.strip():
         turns.insert(0, Turn("system", system_prompt.strip()))
-    return ChatRequest(turns=tuple(turns), params=params)
+    return ChatRequest(turns=tuple(turns), params=params, budget=budget)
 
 
 def box_to_user_messages(box: Mapping[str, Any] | None) -> list[dict]:

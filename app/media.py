@@ -314,7 +314,7 @@ def open_video(path: str | Path, budget: Budget, name: str | None = None) -> Vid
 def open_animated_image(path: str | Path, budget: Budget, name: str | None = None) -> VideoClip:
     """An animated GIF or WebP as a short video, sampled by each frame's display time."""
     import numpy as np
-    from PIL import Image, ImageSequence
+    from PIL import Image
 
     label = name or Path(path).name
     try:
@@ -323,9 +323,12 @@ def open_animated_image(path: str | Path, budget: Budget, name: str | None = Non
             if width * height > BOMB_PIXELS:
                 raise MediaError(f"{label}: declares {width}x{height} pixels; refused")
             starts, t = [], 0.0
-            for frame in ImageSequence.Iterator(im):
+            for index in range(getattr(im, "n_frames", 1)):
+                # Durations are read after seeking and loading: WebP fills them in only then.
+                im.seek(index)
+                im.load()
                 starts.append(t)
-                t += max(frame.info.get("duration", 100) or 100, 10) / 1000
+                t += max(im.info.get("duration", 100) or 100, 10) / 1000
             duration = t
             n = _frame_count(duration, budget)
             targets = _targets(duration, n)

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from app.conversation import (
 )
 from app.engines.base import ChatRequest, Engine, EngineError, GenerationParams, PromptInfo
 from app.grounding import draw_marks, parse_marks
-from app.media import MediaError, load_attachment
+from app.media import Budget, MediaError, load_attachment
 from app.render import format_stats, split_reasoning
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,20 @@ def _params(
     )
 
 
+def _budget(
+    base: Budget, max_pixels: float | None, fps: float | None, frames: float | None
+) -> Budget:
+    """The engine's media budget with the panel's choices applied (within valid bounds)."""
+    changes: dict[str, Any] = {}
+    if max_pixels:
+        changes["max_pixels"] = max(base.min_pixels, int(max_pixels))
+    if fps:
+        changes["video_fps"] = float(fps)
+    if frames:
+        changes["video_max_frames"] = max(base.video_min_frames, int(frames))
+    return replace(base, **changes)
+
+
 def _session(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "-"
 
@@ -261,6 +275,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         repetition_penalty: float,
         seed: float,
         thinking: bool,
+        max_pixels: float,
+        video_fps: float,
+        video_max_frames: float,
         request: gr.Request,
     ) -> Iterator[tuple[Any, list]]:
         history = list(history or [])
@@ -280,9 +297,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             seed,
             thinking if options.thinking_toggle else None,
         )
-        for shown in stream_into(
-            history, build_request(history, system_prompt, params), _session(request)
-        ):
+        budget = _budget(engine.budget, max_pixels, video_fps, video_max_frames)
+        chat = build_request(history, system_prompt, params, budget)
+        for shown in stream_into(history, chat, _session(request)):
             yield gr.skip(), shown
 
     def regenerate(
@@ -295,6 +312,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         repetition_penalty: float,
         seed: float,
         thinking: bool,
+        max_pixels: float,
+        video_fps: float,
+        video_max_frames: float,
         request: gr.Request,
     ) -> Iterator[list]:
         before, last_turn = split_last_turn(list(history or []))
@@ -312,9 +332,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             seed,
             thinking if options.thinking_toggle else None,
         )
-        yield from stream_into(
-            history, build_request(history, system_prompt, params), _session(request)
-        )
+        budget = _budget(engine.budget, max_pixels, video_fps, video_max_frames)
+        chat = build_request(history, system_prompt, params, budget)
+        yield from stream_into(history, chat, _session(request))
 
     def undo(history: list | None) -> tuple[list, Any]:
         before, last_turn = split_last_turn(list(history or []))
@@ -444,6 +464,26 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
                     label="Repetition penalty",
                 )
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            with gr.Row():
+                base = engine.budget
+                max_pixels = gr.Slider(
+                    base.min_pixels,
+                    max(base.max_pixels, 4096 * 28 * 28),
+                    value=base.max_pixels,
+                    step=28 * 28,
+                    label="Max pixels per image (lower it if memory runs out)",
+                    elem_id="max_pixels",
+                )
+                video_fps = gr.Slider(
+                    0.25, 8.0, value=base.video_fps, step=0.25, label="Video frames per second"
+                )
+                video_max_frames = gr.Slider(
+                    base.video_min_frames,
+                    max(base.video_max_frames, 256),
+                    value=base.video_max_frames,
+                    step=2,
+                    label="Max video frames",
+                )
             thinking = gr.Checkbox(
                 value=True,
                 label="Thinking (models whose template takes enable_thinking)",
@@ -458,6 +498,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             repetition_penalty,
             seed,
             thinking,
+            max_pixels,
+            video_fps,
+            video_max_frames,
         ]
 
         # The browser's own events are "undocumented": off the API page, but a script (and the

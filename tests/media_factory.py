@@ -29,13 +29,14 @@ def make_video(
     rotate: int | None = None,
     vfr_times: list[float] | None = None,
     fmt: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """An H.264 (or other) clip whose frame i shows gray level 8*i (mod 256) for timing checks.
 
     `vfr_times` gives each frame's timestamp in seconds (a variable frame rate).
     """
     width, height = size
-    with av.open(str(path), "w", format=fmt) as container:
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)

@@ -20,7 +20,7 @@ from app.testing.tiny import build_tiny_checkpoint
 
 BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
 THOUGHT = "I should look closely.\n</think>\n\nA green picture."
-PANEL = ("", 64, 0.7, 1.0, 50, 1.0, -1, True)
+PANEL = ("", 64, 0.7, 1.0, 50, 1.0, -1, True, 1003520, 2.0, 64)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_settings_reach_generate(scripted):
     engine.model.generate = record
     try:
         client = Client(url, verbose=False, download_files=False)
-        panel = ("Answer tersely.", 7, 0.3, 0.5, 9, 1.2, 42, True)
+        panel = ("Answer tersely.", 7, 0.3, 0.5, 9, 1.2, 42, True, 1003520, 2.0, 64)
         client.predict({"text": "Hi", "files": []}, [], *panel, api_name="/ui_send")
         client.predict({"text": "Hi", "files": []}, temperature=0, top_k=3, api_name="/chat")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -12,11 +13,13 @@ from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
+from tests import media_factory as mf
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 # The settings panel as the page sends it: system prompt, max new tokens, temperature, top-p,
-# top-k, repetition penalty, seed (-1 random), thinking.
-PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False)
+# top-k, repetition penalty, seed (-1 random), thinking, max pixels per image, video fps, max
+# video frames.
+PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
 
 
 def _settings(**flags):
@@ -60,7 +63,7 @@ def _visual_tokens(history: list[dict]) -> int:
     stats = [
         m["metadata"]["title"]
         for m in history
-        if (m.get("metadata") or {}).get("title", "").endswith("prompt tokens")
+        if " visual tokens in " in (m.get("metadata") or {}).get("title", "")
     ]
     return int(stats[-1].split(" visual tokens")[0].rsplit(" ", 1)[-1])
 
@@ -206,13 +209,74 @@ def test_error_inside_generation_reaches_the_client_promptly(app_for):
     assert isinstance(client.predict({"text": "ok?", "files": []}, api_name="/chat"), str)
 
 
-def test_bad_file_gives_a_message_and_the_next_request_works(app_for, tmp_path):
+BAD_FILES = [
+    ("empty.jpg", lambda p: p.write_bytes(b""), "empty"),
+    ("notes.jpg", lambda p: p.write_text("not a picture"), "not an image, video or PDF"),
+    ("cut.jpg", lambda p: mf.truncate(mf.make_image(p, size=(800, 600)), 0.3), "truncated"),
+    ("huge.png", lambda p: mf.make_bomb_png(p), "refused before decoding"),
+    ("cut.mp4", lambda p: mf.truncate(mf.make_video(p, seconds=3), 0.5), "truncated"),
+    ("voice.mp4", lambda p: mf.make_audio_only(p), "only audio"),
+    ("table.xlsx", lambda p: p.write_bytes(b"PK\x03\x04" + bytes(200)), "not an image"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "problem"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_gives_a_message_and_the_next_request_works(
+    app_for, tmp_path, name, make, problem
+):
     url, _ = app_for("qwen3_vl")
     client = Client(url, verbose=False)
-    bad = tmp_path / "notes.jpg"
-    bad.write_text("not a picture")
+    bad = tmp_path / name
+    make(bad)
     started = time.perf_counter()
-    with pytest.raises(Exception, match=r"notes\.jpg: not an image, video or PDF"):
+    with pytest.raises(Exception, match=re.escape(name) + ": .*" + re.escape(problem)):
         client.predict({"text": "?", "files": [handle_file(str(bad))]}, api_name="/chat")
     assert time.perf_counter() - started < 2
     assert isinstance(client.predict({"text": "fine", "files": []}, api_name="/chat"), str)
+
+
+def test_a_bad_file_in_the_page_keeps_the_turn_and_the_chat_goes_on(app_for, tmp_path, media):
+    url, _ = app_for("qwen3_vl", long=True)
+    client = _page_client(url)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    _, history = client.predict(
+        {"text": "What is this?", "files": [handle_file(str(bad))]}, [], *PANEL, api_name="/ui_send"
+    )
+    titles = [(m.get("metadata") or {}).get("title", "") for m in history]
+    assert any("notes.jpg: not an image" in t for t in titles)
+    assert history[-1]["role"] == "assistant"  # the user's turn stays; the error follows it
+    # Undo gives the turn back to fix it; a good file then works in the same session.
+    history, box = client.predict(history, api_name="/ui_undo")
+    assert box["text"] == "What is this?" and history == []
+    _, history = client.predict(
+        {"text": "And this?", "files": [handle_file(str(media / "red.jpg"))]},
+        history,
+        *PANEL,
+        api_name="/ui_send",
+    )
+    assert _visual_tokens(history) > 0
+
+
+def test_the_panel_pixel_budget_and_the_cost_of_each_attachment(app_for, media):
+    url, _ = app_for("qwen3_vl", long=True)
+    client = _page_client(url)
+    files = [handle_file(str(media / "red.jpg")), handle_file(str(media / "clip.mp4"))]
+
+    def stats(max_pixels: int) -> str:
+        panel = (*PANEL[:8], max_pixels, *PANEL[9:])
+        _, history = client.predict({"text": "?", "files": files}, [], *panel, api_name="/ui_send")
+        return next(
+            m["metadata"]["title"]
+            for m in history
+            if " visual tokens in " in (m.get("metadata") or {}).get("title", "")
+        )
+
+    roomy, tight = stats(1003520), stats(64 * 64)
+    assert "red.jpg: " in roomy and "clip.mp4: " in roomy  # what each attachment costs
+
+    def cost(line: str, name: str) -> int:
+        return int(line.split(f"{name}: ")[1].split(",")[0].rstrip(")"))
+
+    assert cost(tight, "red.jpg") < cost(roomy, "red.jpg")
+    assert cost(tight, "clip.mp4") == cost(roomy, "clip.mp4")  # the image budget only

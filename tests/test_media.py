@@ -150,3 +150,38 @@ def test_cache_is_bounded(tmp_path):
             mf.make_image(tmp_path / f"{i}.png", color=(i, 0, 0), fmt="PNG"), BUDGET, cache
         )
     assert cache._bytes <= 300_000 and len(cache._items) < 5
+
+
+def test_truncated_video_keeps_what_decodes(tmp_path):
+    path = mf.make_video(tmp_path / "cut.mp4", seconds=4, options={"movflags": "+faststart"})
+    mf.truncate(path, 0.8)
+    clip = open_video(path, BUDGET)
+    assert 2 <= clip.frames.shape[0] < 8  # the start of the clip, not the whole of it
+    assert max(clip.timestamps) < 3.0
+
+
+def test_an_hour_of_video_holds_only_the_sampled_frames(tmp_path):
+    import tracemalloc
+
+    path = mf.make_video(tmp_path / "hour.mp4", seconds=3600, fps=1, size=(320, 240))
+    budget = Budget(video_max_pixels=320 * 240, video_max_frames=32)
+    tracemalloc.start()
+    try:
+        clip = open_video(path, budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert clip.frames.shape == (32, 240, 320, 3)
+    assert clip.timestamps[0] < 60 and clip.timestamps[-1] > 3500
+    sampled = clip.frames.nbytes
+    # Python-side peak: the sampled frames, their stacked copy, and little else; 3600 decoded
+    # frames would be 800 MB.
+    assert peak < 2 * sampled + 10_000_000
+
+
+def test_animated_webp_is_a_short_video(tmp_path):
+    frames = [Image.new("RGB", (64, 48), (50 * i, 0, 0)) for i in range(5)]
+    frames[0].save(tmp_path / "a.webp", save_all=True, append_images=frames[1:], duration=200)
+    [(kind, clip)] = load_attachment(tmp_path / "a.webp", BUDGET)
+    assert kind == "video" and clip.frames.shape[0] == 4
+    assert clip.timestamps[-1] >= 0.6

@@ -48,6 +48,8 @@ class GenerationParams:
 class ChatRequest:
     turns: tuple[Turn, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
+    # Pixel and frame budget for this request's media; None: the engine's own.
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Usage:
     visual_tokens: int
     first_token_s: float | None
     total_s: float
+    # Visual tokens per attached file, by name, in prompt order.
+    visual_by_attachment: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -208,11 +208,12 @@ class LocalEngine:
     # --- building the prompt -------------------------------------------------------------
 
     def _messages(
-        self, turns: tuple[Turn, ...]
-    ) -> tuple[list[dict], list, list[ImageRef], list[VideoClip]]:
+        self, turns: tuple[Turn, ...], budget: Budget
+    ) -> tuple[list[dict], list, list[ImageRef], list[VideoClip], list[str]]:
         images: list = []
         refs: list[ImageRef] = []
         videos: list[VideoClip] = []
+        video_owners: list[str] = []
         messages: list[dict] = []
         for turn in turns:
             if turn.role == "system":
@@ -223,7 +224,7 @@ class LocalEngine:
             parts: list[dict] = []
             for attachment in turn.attachments:
                 visuals = load_attachment(
-                    attachment.path, self.budget, self.media_cache, attachment.name
+                    attachment.path, budget, self.media_cache, attachment.name
                 )
                 for index, (kind, value) in enumerate(visuals):
                     parts.append({"type": kind})
@@ -232,15 +233,20 @@ class LocalEngine:
                         refs.append(ImageRef(attachment, index))
                     else:
                         videos.append(value)
+                        video_owners.append(attachment.name)
             if turn.text or not parts:
                 parts.append({"type": "text", "text": turn.text})
             messages.append({"role": turn.role, "content": parts})
-        return messages, images, refs, videos
+        return messages, images, refs, videos, video_owners
 
-    def build_inputs(self, request: ChatRequest) -> tuple[Any, PromptInfo, int]:
-        """Processor outputs, prompt facts, and the number of visual tokens in the prompt."""
+    def build_inputs(
+        self, request: ChatRequest
+    ) -> tuple[Any, PromptInfo, tuple[tuple[str, int], ...]]:
+        """Processor outputs, prompt facts, and the visual tokens each attachment costs."""
         try:
-            messages, images, refs, videos = self._messages(request.turns)
+            messages, images, refs, videos, video_owners = self._messages(
+                request.turns, request.budget or self.budget
+            )
         except MediaError as err:
             raise EngineError(str(err)) from err
         template_kwargs: dict[str, Any] = {}
@@ -265,14 +271,18 @@ class LocalEngine:
             inputs = self.processor(**kwargs)
         merge = getattr(self.processor.image_processor, "merge_size", 2)
         patch = getattr(self.processor.image_processor, "patch_size", 14)
-        visual = 0
+        costs: dict[str, int] = {}
         sizes: list[tuple[int, int]] = []
         if "image_grid_thw" in inputs:
-            for t, h, w in inputs["image_grid_thw"].tolist():
-                visual += t * h * w // (merge * merge)
+            for ref, (t, h, w) in zip(refs, inputs["image_grid_thw"].tolist(), strict=True):
+                name = ref.attachment.name
+                costs[name] = costs.get(name, 0) + t * h * w // (merge * merge)
                 sizes.append((w * patch, h * patch))
         if "video_grid_thw" in inputs:
-            visual += int(inputs["video_grid_thw"].prod(-1).sum()) // (merge * merge)
+            for name, (t, h, w) in zip(
+                video_owners, inputs["video_grid_thw"].tolist(), strict=True
+            ):
+                costs[name] = costs.get(name, 0) + t * h * w // (merge * merge)
         info = PromptInfo(
             opens_in_reasoning=prompt.rstrip().endswith("<think>"),
             images=tuple(
@@ -280,7 +290,7 @@ class LocalEngine:
                 for ref, size in zip(refs, sizes, strict=True)
             ),
         )
-        return inputs, info, visual
+        return inputs, info, tuple(costs.items())
 
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         params = request.params
@@ -310,7 +320,7 @@ class LocalEngine:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-        inputs, info, visual_tokens = self.build_inputs(request)
+        inputs, info, costs = self.build_inputs(request)
         yield Delta(prompt=info)
         inputs = inputs.to(self.model.device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -388,7 +398,8 @@ class LocalEngine:
                 usage=Usage(
                     prompt_tokens=prompt_tokens,
                     completion_tokens=counts["tokens"],
-                    visual_tokens=visual_tokens,
+                    visual_tokens=sum(tokens for _, tokens in costs),
+                    visual_by_attachment=costs,
                     first_token_s=counts["first"],
                     total_s=time.perf_counter() - started,
                 )
