@@ -33,8 +33,21 @@ def budget_of(settings: Settings):  # -> app.media.Budget (imported lazily with 
 
 
 def build_engine(settings: Settings):
-    from app.engines.local import LocalEngine
     from app.media import MediaCache
+
+    if settings.backend == "openai":
+        from app.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(
+            settings.api_base or "",
+            api_key=settings.api_key,
+            model=settings.model,
+            budget=budget_of(settings),
+            media_cache=MediaCache(),
+            max_new_tokens=settings.max_new_tokens,
+            video_mode="url" if settings.video_as == "url" else "frames",
+        )
+    from app.engines.local import LocalEngine
 
     checkpoint = settings.checkpoint_path
     if settings.tiny_random:
@@ -95,11 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from app.engines.local import CheckpointNotFound
+    from app.engines.base import EngineError
 
     try:
         engine = build_engine(settings)
-    except CheckpointNotFound as err:
+    except EngineError as err:  # a checkpoint not found, a server not reachable
         print(f"error: {err}", file=sys.stderr)
         return 1
     demo = build_app(settings, engine)

@@ -57,6 +57,9 @@ def format_stats(usage: Usage) -> str:
     gen_time = usage.total_s - (usage.first_token_s or 0.0)
     if usage.completion_tokens > 1 and gen_time > 0:
         parts.append(f"{(usage.completion_tokens - 1) / gen_time:.1f} tok/s")
+    if usage.visual_tokens is None:
+        parts.append(f"{usage.prompt_tokens} prompt tokens")
+        return " · ".join(parts)
     visual = f"{usage.visual_tokens} visual tokens in {usage.prompt_tokens} prompt tokens"
     if usage.visual_by_attachment:
         visual += " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"

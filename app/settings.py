@@ -42,6 +42,12 @@ class Settings:
     video_total_pixels: int = 64 * 448 * 448
     max_pdf_pages: int = 8
     queue_size: int = 64
+    # The engine: transformers in this process, or an OpenAI-compatible server.
+    backend: str = "local"
+    api_base: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    video_as: str = "frames"
 
     @property
     def is_offline_trial(self) -> bool:
@@ -98,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--video-total-pixels", type=int, help="pixel budget of all frames of one video")
     add("--max-pdf-pages", type=int, help="PDF pages read (from the first)")
     add("--queue-size", type=int, help="requests that may wait; more are told to retry")
+    add(
+        "--backend",
+        choices=["local", "openai"],
+        help="local: transformers in this process (default); openai: an OpenAI-compatible server",
+    )
+    add("--api-base", help="the server's URL for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    add("--api-key", help="bearer key for the server (or QWEN_DEMO_API_KEY)")
+    add("--model", help="the served model's name (default: the first one in /v1/models)")
+    add(
+        "--video-as",
+        choices=["frames", "url"],
+        help="send video to the server as sampled frames (default) or as a video_url part",
+    )
     return parser
 
 
@@ -123,7 +142,7 @@ def load_settings(
             elif kind in (int, float):
                 values[field.name] = kind(raw)
             else:
-                values[field.name] = raw or None if field.name == "tiny_random" else raw
+                values[field.name] = raw or None if field.default is None else raw
         except ValueError as err:
             if isinstance(err, SettingsError):
                 raise
@@ -150,5 +169,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--max-pdf-pages must be at least 1")
     if settings.queue_size < 1:
         raise SettingsError("--queue-size must be at least 1")
+    if settings.backend == "openai" and not settings.api_base:
+        raise SettingsError("--backend openai needs --api-base (the server's URL)")
     if settings.load_in_4bit and settings.dtype == "float16" and settings.cpu_only:
         raise SettingsError("4-bit on the CPU computes in float32 or bfloat16, not float16")

@@ -81,9 +81,8 @@ def run(seconds: int = 60, repeat: int = 3) -> dict:
         clip = Path(folder) / "clip.mp4"
         started = time.perf_counter()
         make_clip(clip, seconds)
-        print(
-            f"made a {seconds} s 1280x720 30 fps H.264 clip in {time.perf_counter() - started:.1f} s"
-        )
+        made = time.perf_counter() - started
+        print(f"made a {seconds} s 1280x720 30 fps H.264 clip in {made:.1f} s")
         bare = [measure(clip, "bare") for _ in range(repeat)]
         app = [measure(clip, "app") for _ in range(repeat)]
     bare_s = min(r["s"] for r in bare)

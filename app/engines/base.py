@@ -56,7 +56,7 @@ class ChatRequest:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
-    visual_tokens: int
+    visual_tokens: int | None  # None where the engine cannot tell (a remote server)
     first_token_s: float | None
     total_s: float
     # Visual tokens per attached file, by name, in prompt order.

@@ -1,0 +1,185 @@
+"""The app in front of a real OpenAI-compatible server: `transformers serve` on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+
+from app.engines.openai import OpenAIEngine
+from app.settings import load_settings
+from app.testing.launch import free_port, launched_app
+
+PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
+
+
+class Server:
+    """`transformers serve` on a loopback port, with a tiny checkpoint preloaded."""
+
+    def __init__(self, checkpoint: Path, port: int, log: Path) -> None:
+        self.checkpoint, self.port, self.log = checkpoint, port, log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        serve = shutil.which("transformers") or "transformers"
+        command = [serve, "serve", str(self.checkpoint), "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--device", "cpu"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        self.process = subprocess.Popen(
+            command,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise RuntimeError("transformers serve did not start in 120 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint, tmp_path_factory):
+    if (
+        shutil.which("transformers") is None
+        and not Path(sys.executable).with_name("transformers").exists()
+    ):
+        pytest.skip("`transformers serve` is not installed: pip install 'transformers[serving]'")
+    server = Server(
+        tiny_checkpoint("qwen3_vl", suppress_eos=True),
+        free_port(),
+        tmp_path_factory.mktemp("serve") / "serve.log",
+    )
+    server.start()
+    settings = load_settings(
+        ["--backend", "openai", "--api-base", server.url, "--max-new-tokens", "4000"], environ={}
+    )
+    engine = OpenAIEngine(server.url, max_new_tokens=4000)
+    try:
+        with launched_app(settings, engine) as url:
+            yield url, server, engine
+    finally:
+        server.stop()
+
+
+def test_the_served_model_is_found_by_name(served):
+    _, server, engine = served
+    assert engine.model == str(server.checkpoint)
+
+
+def test_text(served):
+    url, _, _ = served
+    job = Client(url, verbose=False).submit(
+        {"text": "Hello", "files": []}, max_new_tokens=12, api_name="/chat"
+    )
+    partials = list(job)
+    assert len(partials) >= 2 and job.result()
+
+
+def test_an_image_and_two_images(served, media):
+    url, _, _ = served
+    client = Client(url, verbose=False)
+    one = client.predict(
+        {"text": "Describe", "files": [handle_file(str(media / "red.jpg"))]},
+        max_new_tokens=8,
+        api_name="/chat",
+    )
+    two = client.predict(
+        {
+            "text": "Compare",
+            "files": [handle_file(str(media / "red.jpg")), handle_file(str(media / "green.png"))],
+        },
+        max_new_tokens=8,
+        api_name="/chat",
+    )
+    assert one and two
+
+
+def test_a_video_as_frames(served, media):
+    url, _, _ = served
+    client = Client(url, verbose=False, download_files=False)
+    _, history = client.predict(
+        {"text": "What happens?", "files": [handle_file(str(media / "clip.mp4"))]},
+        [],
+        *PANEL,
+        api_name="/ui_send",
+    )
+    stats = [
+        m["metadata"]["title"]
+        for m in history
+        if "prompt tokens" in (m.get("metadata") or {}).get("title", "")
+    ]
+    # Eight timestamped frames of 3 s of video: far more prompt tokens than the words alone.
+    prompt_tokens = int(stats[0].split(" prompt tokens")[0].rsplit(" ", 1)[-1])
+    assert prompt_tokens > 100
+
+
+def test_stop_closes_the_stream_and_the_server_stops_generating(served):
+    url, _, _ = served
+    client = Client(url, verbose=False)
+    job = client.submit(
+        {"text": "Go on and on", "files": []}, max_new_tokens=4000, api_name="/chat"
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline and len(job.outputs()) < 5:
+        time.sleep(0.02)
+    assert len(job.outputs()) >= 5
+    job.cancel()
+    # 4000 tokens take the tiny model many seconds; a server that stopped answers at once.
+    time.sleep(0.3)
+    started = time.perf_counter()
+    reply = client.predict({"text": "Short", "files": []}, max_new_tokens=4, api_name="/chat")
+    assert reply and time.perf_counter() - started < 3
+
+
+def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(served):
+    url, server, _ = served
+    client = Client(url, verbose=False, download_files=False)
+    server.stop()
+    try:
+        started = time.perf_counter()
+        _, history = client.predict({"text": "Hi", "files": []}, [], *PANEL, api_name="/ui_send")
+        assert time.perf_counter() - started < 5
+        titles = [(m.get("metadata") or {}).get("title", "") for m in history]
+        assert any("Cannot reach the model server" in t for t in titles)
+        assert history[0]["content"][0]["text"] == "Hi"  # the user's turn is kept
+    finally:
+        server.start()
+    history = client.predict(history, *PANEL, api_name="/ui_regenerate")
+    answers = [m for m in history if m["role"] == "assistant" and not m.get("metadata")]
+    assert len(answers) == 1 and answers[0]["content"][0]["text"]
+
+
+def test_http_errors_show_the_servers_own_message(served):
+    url, _, _ = served
+    client = Client(url, verbose=False)
+    # The server refuses the request; its own words reach the user.
+    with pytest.raises(Exception, match=r"The model server (answered 4\d\d|reported): .*-5"):
+        client.predict({"text": "Hi", "files": []}, max_new_tokens=-5, api_name="/chat")
