@@ -99,6 +99,20 @@ def build_app(settings: Settings, engine):
     return demo
 
 
+def launch_kwargs(settings: Settings) -> dict:
+    """What `demo.launch` gets from the settings: address, login, upload limit."""
+    from app.settings import logins
+
+    return {
+        "server_name": settings.server_name,
+        "server_port": settings.server_port,
+        "share": settings.share,
+        "inbrowser": settings.inbrowser,
+        "auth": logins(settings) or None,
+        "max_file_size": f"{settings.max_upload_mb}mb",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -116,10 +130,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     demo = build_app(settings, engine)
-    demo.launch(
-        server_name=settings.server_name,
-        server_port=settings.server_port,
-        share=settings.share,
-        inbrowser=settings.inbrowser,
-    )
+    demo.launch(**launch_kwargs(settings))
     return 0

@@ -48,6 +48,10 @@ class Settings:
     api_key: str | None = None
     model: str | None = None
     video_as: str = "frames"
+    # Access and limits.
+    auth: str | None = None
+    auth_file: str | None = None
+    max_upload_mb: int = 200
 
     @property
     def is_offline_trial(self) -> bool:
@@ -117,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["frames", "url"],
         help="send video to the server as sampled frames (default) or as a video_url part",
     )
+    add(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="protect the UI and the API with a login (several: comma-separated)",
+    )
+    add("--auth-file", help="a file of USER:PASSWORD lines, one login each")
+    add("--max-upload-mb", type=int, help="largest file a user may upload, in MB (default 200)")
     return parser
 
 
@@ -167,9 +178,32 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--video-total-pixels must be at least --video-max-pixels")
     if settings.max_pdf_pages < 1:
         raise SettingsError("--max-pdf-pages must be at least 1")
+    if settings.max_upload_mb < 1:
+        raise SettingsError("--max-upload-mb must be at least 1")
+    logins(settings)  # a malformed login stops the app here, not at the first visit
     if settings.queue_size < 1:
         raise SettingsError("--queue-size must be at least 1")
     if settings.backend == "openai" and not settings.api_base:
         raise SettingsError("--backend openai needs --api-base (the server's URL)")
     if settings.load_in_4bit and settings.dtype == "float16" and settings.cpu_only:
         raise SettingsError("4-bit on the CPU computes in float32 or bfloat16, not float16")
+
+
+def logins(settings: Settings) -> list[tuple[str, str]]:
+    """The (user, password) pairs from --auth and --auth-file; empty means no login."""
+    entries: list[str] = []
+    if settings.auth:
+        entries += [e for e in settings.auth.split(",") if e.strip()]
+    if settings.auth_file:
+        try:
+            text = open(settings.auth_file, encoding="utf-8").read()  # noqa: SIM115
+        except OSError as err:
+            raise SettingsError(f"--auth-file {settings.auth_file}: {err.strerror}") from err
+        entries += [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    pairs = []
+    for entry in entries:
+        user, sep, password = entry.strip().partition(":")
+        if not sep or not user or not password:
+            raise SettingsError("each login must be USER:PASSWORD with both parts non-empty")
+        pairs.append((user, password))
+    return pairs

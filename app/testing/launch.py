@@ -19,11 +19,18 @@ def free_port() -> int:
 @contextmanager
 def launched_app(settings: Settings, engine: Any) -> Iterator[str]:
     """Yield the URL of the app serving `engine`; close the server afterwards."""
-    from app.main import build_app
+    from app.main import build_app, launch_kwargs
 
     demo = build_app(settings, engine)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    # The app's own launch settings (login, upload limit), on a free loopback port.
+    kwargs = launch_kwargs(settings) | {
+        "server_name": "127.0.0.1",
+        "server_port": port,
+        "share": False,
+        "inbrowser": False,
+    }
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -1,0 +1,205 @@
+"""Logins, limits, path and URL attempts, the queue bound, many users, out-of-memory."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from typing import ClassVar
+
+import httpx
+import pytest
+import torch
+from gradio_client import Client, handle_file
+
+from app.engines.local import LocalEngine
+from app.media import MediaCache
+from app.settings import load_settings
+from app.testing.launch import launched_app
+
+PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
+META = {"_type": "gradio.FileData"}
+
+
+@pytest.fixture(scope="module")
+def long_engine(tiny_checkpoint):
+    return LocalEngine.load(
+        str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
+        media_cache=MediaCache(),
+        max_new_tokens=4000,
+    )
+
+
+@pytest.fixture(scope="module")
+def app_url(long_engine):
+    settings = load_settings(["--max-new-tokens", "4000", "--max-upload-mb", "1"], environ={})
+    with launched_app(settings, long_engine) as url:
+        yield url
+
+
+def call(url: str, api_name: str, data: list) -> tuple[str, object]:
+    """A raw REST call, as any script could send it: (last event, its data)."""
+    started = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, timeout=10)
+    started.raise_for_status()
+    event_id = started.json()["event_id"]
+    body = httpx.get(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=30).text
+    events = [line for line in body.splitlines() if line.startswith(("event:", "data:"))]
+    kind = events[-2].split(":", 1)[1].strip()
+    return kind, json.loads(events[-1].split(":", 1)[1])
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Records every request a loopback server gets: there must be none."""
+
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        Recorder.hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"secret")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def recorder():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Recorder.hits = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_login_protects_the_ui_and_the_api(long_engine, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("# one login a line\nbob:hunter2\n")
+    settings = load_settings(
+        ["--auth", "alice:secret", "--auth-file", str(users), "--max-new-tokens", "8"], environ={}
+    )
+    with launched_app(settings, long_engine) as url:
+        assert httpx.get(f"{url}config", timeout=5).status_code in (401, 403)
+        with pytest.raises(Exception):  # noqa: B017 - any refusal will do
+            Client(url, verbose=False).predict({"text": "hi", "files": []}, api_name="/chat")
+        with pytest.raises(Exception):  # noqa: B017
+            Client(url, auth=("alice", "wrong"), verbose=False)
+        for user in (("alice", "secret"), ("bob", "hunter2")):
+            reply = Client(url, auth=user, verbose=False).predict(
+                {"text": "hi", "files": []}, max_new_tokens=4, api_name="/chat"
+            )
+            assert isinstance(reply, str)
+
+
+def test_uploads_over_the_limit_are_refused(app_url, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(2_000_000))
+    with pytest.raises(Exception, match=r"(?i)file.*(large|size|exceed)"):
+        Client(app_url, verbose=False).predict(
+            {"text": "?", "files": [handle_file(str(big))]}, api_name="/chat"
+        )
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "/tmp/gradio/../../etc/passwd", "../../../../etc/hostname"]
+)
+def test_no_server_path_can_be_read_through_the_api(app_url, path):
+    message = {"text": "read it", "files": [{"path": path, "meta": META}]}
+    kind, data = call(app_url, "chat", [message, None, 4, None, None, None, None, None, None])
+    assert kind == "error" and "root:" not in json.dumps(data)
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": path, "meta": META}}]}
+    ]
+    kind, data = call(app_url, "ui_send", [{"text": "and?", "files": []}, history, *PANEL])
+    assert kind == "error" and "/gradio_api/file=" not in json.dumps(data)
+
+
+def test_no_url_is_ever_fetched(app_url, recorder):
+    url = f"{recorder}/photo.jpg"
+    message = {"text": "look", "files": [{"path": url, "url": url, "meta": META}]}
+    kind, data = call(app_url, "chat", [message, None, 4, None, None, None, None, None, None])
+    assert kind == "error" and "does not fetch URLs" in json.dumps(data)
+    history = [
+        {
+            "role": "user",
+            "content": [{"type": "file", "file": {"path": url, "url": url, "meta": META}}],
+        }
+    ]
+    kind, _ = call(app_url, "ui_send", [{"text": "and?", "files": []}, history, *PANEL])
+    assert kind == "error"
+    # A URL in the text is only text.
+    reply = Client(app_url, verbose=False).predict(
+        {"text": f"What is at {url} ?", "files": []}, max_new_tokens=4, api_name="/chat"
+    )
+    assert isinstance(reply, str)
+    assert Recorder.hits == []
+
+
+def test_eight_clients_at_once_get_their_own_complete_replies(app_url):
+    results: dict[int, object] = {}
+
+    def chat(i: int) -> None:
+        try:
+            client = Client(app_url, verbose=False, download_files=False)
+            panel = (*PANEL[:1], 24, *PANEL[2:])
+            _, history = client.predict(
+                {"text": f"I am client {i}", "files": []}, [], *panel, api_name="/ui_send"
+            )
+            results[i] = history
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            results[i] = err
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == list(range(8))
+    for i, history in results.items():
+        assert not isinstance(history, Exception), history
+        users = [m["content"][0]["text"] for m in history if m["role"] == "user"]
+        assert users == [f"I am client {i}"]  # no mixing of histories
+        stats = [(m.get("metadata") or {}).get("title", "") for m in history]
+        assert any(t.split(" · ")[1] == "24 tokens" for t in stats if " · " in t)
+
+
+def test_a_flood_beyond_the_queue_is_told_to_retry(long_engine):
+    settings = load_settings(["--max-new-tokens", "4000", "--queue-size", "2"], environ={})
+    with launched_app(settings, long_engine) as url:
+        client = Client(url, verbose=False)
+        jobs = [
+            client.submit({"text": f"flood {i}", "files": []}, max_new_tokens=600, api_name="/chat")
+            for i in range(6)
+        ]
+        refused = 0
+        for job in jobs:
+            try:
+                job.result(timeout=120)
+            except Exception as err:  # noqa: BLE001
+                assert "queue is full" in str(err).lower() or "busy" in str(err).lower(), err
+                refused += 1
+        assert refused >= 1
+        # Once the flood has passed, the app serves as before.
+        assert isinstance(
+            client.predict({"text": "after", "files": []}, max_new_tokens=4, api_name="/chat"), str
+        )
+
+
+def test_out_of_memory_gives_advice_frees_the_cache_and_the_app_goes_on(app_url, long_engine):
+    client = Client(app_url, verbose=False)
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = long_engine.model.model.language_model.register_forward_pre_hook(out_of_memory)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(Exception, match=r"out of memory.*pixel budget.*--load-in-4bit"):
+            client.predict({"text": "big", "files": []}, api_name="/chat")
+        assert time.perf_counter() - started < 5
+    finally:
+        handle.remove()
+    assert isinstance(
+        client.predict({"text": "small", "files": []}, max_new_tokens=4, api_name="/chat"), str
+    )
