@@ -93,7 +93,10 @@ def ui_options(settings: Settings, engine) -> object:
 def build_app(settings: Settings, engine):
     """The gradio Blocks with its queue set up; launching is the caller's."""
     from app.ui import build_demo
+    from app.zerogpu import run_on_zero_gpu
 
+    if settings.backend == "local":
+        run_on_zero_gpu(engine)
     demo = build_demo(engine, ui_options(settings, engine))
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo

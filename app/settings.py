@@ -15,6 +15,9 @@ from dataclasses import dataclass, fields
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
 ENV_PREFIX = "QWEN_DEMO_"
+# Names other hosts already set: Hugging Face Spaces and Docker setups set gradio's own. They
+# count only where the QWEN_DEMO_ name is not set.
+ENV_ALIASES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -144,6 +147,8 @@ def load_settings(
             values[field.name] = flag_value
             continue
         raw = environ.get(_env_name(field.name))
+        if raw is None and field.name in ENV_ALIASES:
+            raw = environ.get(ENV_ALIASES[field.name])
         if raw is None:
             continue
         kind = type(field.default) if field.default is not None else str

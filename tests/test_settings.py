@@ -56,3 +56,33 @@ def test_invalid_values_are_refused_with_a_message(argv, env):
 
 def test_every_flag_has_an_environment_variable_in_the_help():
     assert "QWEN_DEMO_" in build_parser().format_help()
+
+
+def test_gradio_and_spaces_variables_are_honoured_below_our_own():
+    spaces = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"}
+    settings = load_settings([], environ=spaces)
+    assert settings.server_name == "0.0.0.0" and settings.server_port == 7861
+    ours = load_settings([], environ=spaces | {"QWEN_DEMO_SERVER_NAME": "127.0.0.1"})
+    assert ours.server_name == "127.0.0.1"
+
+
+def test_logins_from_flags_and_a_file(tmp_path):
+    from app.settings import logins
+
+    users = tmp_path / "users"
+    users.write_text("# comment\ncarol:pw3\n\n")
+    settings = load_settings(["--auth", "a:pw1,b:pw:2", "--auth-file", str(users)], environ={})
+    assert logins(settings) == [("a", "pw1"), ("b", "pw:2"), ("carol", "pw3")]
+    with pytest.raises(SettingsError):
+        load_settings(["--auth", "nopassword"], environ={})
+    with pytest.raises(SettingsError):
+        load_settings(["--auth-file", str(tmp_path / "missing")], environ={})
+
+
+def test_openai_backend_needs_a_url():
+    with pytest.raises(SettingsError, match="--api-base"):
+        load_settings(["--backend", "openai"], environ={})
+    settings = load_settings(
+        [], environ={"QWEN_DEMO_BACKEND": "openai", "QWEN_DEMO_API_BASE": "http://h:8000/v1"}
+    )
+    assert settings.backend == "openai" and settings.api_base == "http://h:8000/v1"

@@ -1,0 +1,37 @@
+"""ZeroGPU: only where `spaces` reports it; the wrapped stream still streams and stops."""
+
+import threading
+
+import pytest
+
+from app.engines.base import ChatRequest, GenerationParams, Turn
+from app.engines.local import LocalEngine
+from app.zerogpu import on_zero_gpu, run_on_zero_gpu
+
+
+def test_nothing_changes_off_zero_gpu(tiny_checkpoint):
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")))
+    assert not on_zero_gpu()
+    before = engine.stream
+    assert run_on_zero_gpu(engine) is False and engine.stream == before
+
+
+def test_the_wrapped_stream_streams_and_stops(tiny_checkpoint):
+    pytest.importorskip("spaces", reason="the spaces package is not installed")
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    assert run_on_zero_gpu(engine, force=True)
+    request = ChatRequest((Turn("user", "hi"),), GenerationParams(max_new_tokens=12))
+    deltas = list(engine.stream(request, threading.Event()))
+    assert deltas[-1].usage.completion_tokens == 12
+    cancel = threading.Event()
+    long = ChatRequest((Turn("user", "hi"),), GenerationParams(max_new_tokens=200))
+    seen = 0
+    for delta in engine.stream(long, cancel):
+        seen += bool(delta.text)
+        if seen == 3:
+            cancel.set()
+    assert seen == 3
+    alive = [t for t in threading.enumerate() if t.name == "qwen-generate" and t.is_alive()]
+    for thread in alive:
+        thread.join(timeout=2)
+    assert not any(t.is_alive() for t in alive)
