@@ -319,31 +319,40 @@ class OpenAIEngine:
         try:
             while True:
                 try:
-                    item = items.get(timeout=0.05)
+                    batch = [items.get(timeout=0.05)]
                 except queue.Empty:
                     if cancel.is_set():
                         break
                     continue
-                if item is _END:
+                # All chunks queued since the last yield go out as one delta (fewer, larger
+                # UI updates at high rates).
+                while isinstance(batch[-1], dict) and not items.empty():
+                    batch.append(items.get_nowait())
+                text = ""
+                for item in batch:
+                    if not isinstance(item, dict):
+                        continue
+                    if item.get("error"):
+                        finished = True
+                        raise EngineError(f"The model server reported: {item['error']}")
+                    usage = item.get("usage") or usage
+                    for choice in item.get("choices") or []:
+                        text += joiner.feed(choice.get("delta") or {})
+                chunks += sum(isinstance(item, dict) for item in batch)
+                if text:
+                    if first is None:
+                        first = time.perf_counter() - started
+                    yield Delta(text=text)
+                tail = batch[-1]
+                if tail is _END:
                     finished = True
                     break
-                if isinstance(item, _Failure):
+                if isinstance(tail, _Failure):
                     finished = True
-                    rejected = _rejected_fields(item.error, payload)
+                    rejected = _rejected_fields(tail.error, payload)
                     if rejected and chunks == 0:
                         raise _Rejected(rejected)
-                    raise EngineError(self._http_message(item.error)) from item.error
-                if item.get("error"):
-                    finished = True
-                    raise EngineError(f"The model server reported: {item['error']}")
-                usage = item.get("usage") or usage
-                for choice in item.get("choices") or []:
-                    text = joiner.feed(choice.get("delta") or {})
-                    if text:
-                        chunks += 1
-                        if first is None:
-                            first = time.perf_counter() - started
-                        yield Delta(text=text)
+                    raise EngineError(self._http_message(tail.error)) from tail.error
             closing = joiner.close()
             if closing:
                 yield Delta(text=closing)
