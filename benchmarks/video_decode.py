@@ -21,11 +21,20 @@ from fractions import Fraction
 from pathlib import Path
 
 MEASURE = r"""
-import json, resource, sys, time
-import av
+import json, sys, threading, time
+import av, psutil
 from app.media import Budget, open_video
 path, mode = sys.argv[1], sys.argv[2]
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+process = psutil.Process()
+rss0 = process.memory_info().rss
+peak = [rss0]
+done = threading.Event()
+def sample():  # the peak resident set, sampled every 2 ms while decoding
+    while not done.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.002)
+sampler = threading.Thread(target=sample)
+sampler.start()
 started = time.perf_counter()
 sampled_bytes = 0
 if mode == "bare":
@@ -38,8 +47,9 @@ else:
     clip = open_video(path, Budget())
     sampled_bytes = clip.frames.nbytes
 elapsed = time.perf_counter() - started
-rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"s": elapsed, "rss_growth": (rss1 - rss0) * 1024, "sampled": sampled_bytes}))
+done.set()
+sampler.join()
+print(json.dumps({"s": elapsed, "rss_growth": peak[0] - rss0, "sampled": sampled_bytes}))
 """
 
 
