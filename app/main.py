@@ -7,6 +7,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from app.media import Budget
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
@@ -17,9 +18,7 @@ TRIAL_BANNER = (
 )
 
 
-def budget_of(settings: Settings):  # -> app.media.Budget (imported lazily with the media code)
-    from app.media import Budget
-
+def budget_of(settings: Settings) -> Budget:
     return Budget(
         min_pixels=settings.min_pixels,
         max_pixels=settings.max_pixels,

@@ -13,7 +13,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from app.media import Budget
+
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
+_MEDIA = Budget()  # frozen: the default budget, read for the flags' defaults
 ENV_PREFIX = "QWEN_DEMO_"
 # Names other hosts already set: Hugging Face Spaces and Docker setups set gradio's own. They
 # count only where the QWEN_DEMO_ name is not set.
@@ -35,15 +38,16 @@ class Settings:
     server_port: int = 7860
     server_name: str = "127.0.0.1"
     tiny_random: str | None = None
-    # Pixel budgets (Qwen resize rules): per image, per video frame, and per whole video.
-    min_pixels: int = 28 * 28 * 4
-    max_pixels: int = 1280 * 28 * 28
-    video_fps: float = 2.0
-    video_min_frames: int = 4
-    video_max_frames: int = 64
-    video_max_pixels: int = 448 * 448
-    video_total_pixels: int = 64 * 448 * 448
-    max_pdf_pages: int = 8
+    # Pixel budgets (Qwen resize rules): per image, per video frame, and per whole video. The
+    # defaults are the media module's own.
+    min_pixels: int = _MEDIA.min_pixels
+    max_pixels: int = _MEDIA.max_pixels
+    video_fps: float = _MEDIA.video_fps
+    video_min_frames: int = _MEDIA.video_min_frames
+    video_max_frames: int = _MEDIA.video_max_frames
+    video_max_pixels: int = _MEDIA.video_max_pixels
+    video_total_pixels: int = _MEDIA.video_total_pixels
+    max_pdf_pages: int = _MEDIA.max_pdf_pages
     queue_size: int = 64
     # The engine: transformers in this process, or an OpenAI-compatible server.
     backend: str = "local"

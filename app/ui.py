@@ -301,6 +301,35 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         for reply in streamer(request, session):
             yield history + reply.messages()
 
+    def panel_request(
+        history: list,
+        system_prompt: str,
+        max_new_tokens: float,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        repetition_penalty: float,
+        seed: float,
+        thinking: bool,
+        max_pixels: float,
+        video_fps: float,
+        video_max_frames: float,
+    ) -> ChatRequest:
+        """The request the settings panel asks for, for `history`."""
+        params = _params(
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            thinking if options.thinking_toggle else None,
+        )
+        budget = _budget(engine.budget, max_pixels, video_fps, video_max_frames)
+        return build_request(history, system_prompt, params, budget)
+
+    # respond and regenerate spell out the panel's inputs: gradio names the API's parameters
+    # after them and passes gr.Request by the annotation.
     def respond(
         box: dict | None,
         history: list | None,
@@ -325,17 +354,10 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         history += new
         # The box empties only now that its content is safe in the history; Stop replaces Send.
         yield gr.MultimodalTextbox(value={"text": "", "files": []}, **BUSY), history
-        params = _params(
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            seed,
-            thinking if options.thinking_toggle else None,
-        )
-        budget = _budget(engine.budget, max_pixels, video_fps, video_max_frames)
-        chat = build_request(history, system_prompt, params, budget)
+        chat = panel_request(
+            history, system_prompt, max_new_tokens, temperature, top_p, top_k,
+            repetition_penalty, seed, thinking, max_pixels, video_fps, video_max_frames,
+        )  # fmt: skip
         for shown in stream_into(history, chat, _session(request)):
             yield gr.skip(), shown
 
@@ -360,17 +382,10 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             return
         history = before + last_turn
         yield history
-        params = _params(
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            seed,
-            thinking if options.thinking_toggle else None,
-        )
-        budget = _budget(engine.budget, max_pixels, video_fps, video_max_frames)
-        chat = build_request(history, system_prompt, params, budget)
+        chat = panel_request(
+            history, system_prompt, max_new_tokens, temperature, top_p, top_k,
+            repetition_penalty, seed, thinking, max_pixels, video_fps, video_max_frames,
+        )  # fmt: skip
         yield from stream_into(history, chat, _session(request))
 
     def undo(history: list | None) -> tuple[list, Any]:
