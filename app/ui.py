@@ -95,6 +95,7 @@ class Reply:
     error: str | None = None
     finished: bool = False
     annotated: str | None = None  # an image with the reply's boxes drawn on it
+    cleared: bool = False  # the user cleared the chat while this reply was streaming
 
     def answer(self) -> str:
         return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer
@@ -133,33 +134,42 @@ class Reply:
         return out
 
 
+class Cancel(threading.Event):
+    """A generation's cancel event; `cleared` says the chat was cleared, not just stopped."""
+
+    cleared = False
+
+
 class SessionCancels:
     """The cancel events of the generations each browser session has running.
 
     Stop (and closing the tab) sets them: the engine ends generate() at its next token and the
-    reply finishes normally, partial text and stats kept. Built per app, never module-level.
+    reply finishes normally, partial text and stats kept. Clear sets them too, marked cleared, so
+    the reply's last update leaves the chat empty. (gradio's own `cancels=` would kill the event
+    instead, and the page then marks the chat "Error".) Built per app, never module-level.
     """
 
     def __init__(self) -> None:
-        self._events: dict[str, set[threading.Event]] = {}
+        self._events: dict[str, set[Cancel]] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
-        event = threading.Event()
+    def start(self, session: str) -> Cancel:
+        event = Cancel()
         with self._lock:
             self._events.setdefault(session, set()).add(event)
         return event
 
-    def finish(self, session: str, event: threading.Event) -> None:
+    def finish(self, session: str, event: Cancel) -> None:
         with self._lock:
             events = self._events.get(session, set())
             events.discard(event)
             if not events:
                 self._events.pop(session, None)
 
-    def cancel(self, session: str) -> None:
+    def cancel(self, session: str, cleared: bool = False) -> None:
         with self._lock:
             for event in self._events.get(session, ()):
+                event.cleared = event.cleared or cleared
                 event.set()
 
 
@@ -220,6 +230,7 @@ class ReplyStreamer:
                 if delta.usage is not None:
                     usage = delta.usage
                     reply.stats = format_stats(delta.usage)
+            reply.cleared = cancel.cleared
             if cancel.is_set():
                 outcome = "stopped"
                 reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
@@ -299,7 +310,7 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
 
     def stream_into(history: list, request: ChatRequest, session: str) -> Iterator[list]:
         for reply in streamer(request, session):
-            yield history + reply.messages()
+            yield [] if reply.cleared else history + reply.messages()
 
     def panel_request(
         history: list,
@@ -604,18 +615,10 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         )
 
         def clear(request: gr.Request) -> tuple[list, Any]:
-            cancels.cancel(_session(request))
+            cancels.cancel(_session(request), cleared=True)
             return [], gr.MultimodalTextbox(**IDLE)
 
-        # Clear also drops a running reply's event, so no late update refills the chat.
-        clear_btn.click(
-            clear,
-            None,
-            [chatbot, box],
-            cancels=[send_event, regen_event],
-            api_visibility="private",
-            queue=False,
-        )
+        clear_btn.click(clear, None, [chatbot, box], api_visibility="private", queue=False)
 
         # The scripting API: hidden components give `/chat` its typed, upload-checked inputs.
         with gr.Column(visible=False):

@@ -215,6 +215,22 @@ def test_the_whole_chat_flow(page, media, tmp_path):
     _shot(page, "09-cleared")
 
 
+def test_clear_in_mid_reply_empties_the_chat_and_stops(page):
+    _send(page, "Talk for a long time")
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll(\"#chatbot [data-testid='bot']\");"
+        " return b.length && b[b.length - 1].innerText.length > 20; }",
+        timeout=30000,
+    )
+    page.locator("#clear").click()
+    time.sleep(1.0)
+    _shot(page, "12-cleared-mid-reply")
+    assert page.locator("#chatbot [data-testid='user']").count() == 0
+    assert page.locator("#chatbot [data-testid='bot']").count() == 0
+    assert page.locator("#chatbot .error").count() == 0
+    assert not _generation_threads()
+
+
 HOSTILE = (
     "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
     "<script>window.__pwned = 'model script'</script>"
