@@ -56,8 +56,8 @@ def prompt_inputs(processor: Any, text: str, image: Any = None) -> Any:
 
 
 @contextmanager
-def app_process(*args: str) -> Iterator[str]:
-    """`python web_demo_mm.py ARGS` in its own process, as users run it; yields its URL.
+def app_process(*args: str, poll_s: float = 0.1) -> Iterator[tuple[str, Path]]:
+    """`python web_demo_mm.py ARGS` in its own process, as users run it; yields (URL, its log).
 
     A separate process keeps the measuring client's own work off the server's GIL, as it is
     when a browser or a script on another machine is the client.
@@ -80,10 +80,10 @@ def app_process(*args: str) -> Iterator[str]:
                 if httpx.get(url, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                time.sleep(poll_s)
             if process.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the app did not start:\n{Path(log.name).read_text()[-2000:]}")
-        yield url
+        yield url, Path(log.name)
     finally:
         process.terminate()
         process.wait(timeout=20)

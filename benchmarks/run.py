@@ -15,7 +15,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -136,7 +135,7 @@ def streaming_and_first_token(tokens: int) -> list[Row]:
     del image_inputs
 
     checkpoint = str(engine.checkpoint)
-    with app_process("-c", checkpoint, "--max-new-tokens", str(tokens)) as url:
+    with app_process("-c", checkpoint, "--max-new-tokens", str(tokens)) as (url, _):
         text = {"text": PROMPT, "files": []}
         _client_stream(url, text, max_new_tokens=8, temperature=0)  # warm up
         rates = []
@@ -235,7 +234,7 @@ def memory() -> Row:
 def many_users(tokens: int) -> Row:
     from benchmarks.common import app_process, tiny
 
-    with app_process("-c", str(tiny()), "--max-new-tokens", str(tokens)) as url:
+    with app_process("-c", str(tiny()), "--max-new-tokens", str(tokens)) as (url, _):
         message = {"text": PROMPT, "files": []}
         _client_stream(url, message, max_new_tokens=8, temperature=0)
         alone_rates = []
@@ -282,34 +281,13 @@ def many_users(tokens: int) -> Row:
 
 
 def start_up() -> Row:
-    from app.testing.launch import free_port
-    from benchmarks.common import tiny
+    from benchmarks.common import app_process, tiny
 
     path = tiny()
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", QWEN_DEMO_SERVER_PORT=str(port))
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "web_demo_mm.py", "-c", str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-            if time.perf_counter() - started > 120:
-                raise RuntimeError("the app did not answer in 120 s")
+    with app_process("-c", str(path), poll_s=0.05) as (_, log):
         answered = time.perf_counter() - started
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=20)
+        output = log.read_text()
     found = re.search(r"loaded .* in ([\d.]+) s, ([\d.]+) s of it importing", output)
     load, imports = float(found.group(1)), float(found.group(2))
     return Row(
@@ -370,7 +348,7 @@ def openai_backend(tokens: int) -> Row:
         direct()
         direct_rate = statistics.median(direct() for _ in range(2))
         app = ["--backend", "openai", "--api-base", base, "--max-new-tokens", str(tokens)]
-        with app_process(*app) as url:
+        with app_process(*app) as (url, _):
             message = {"text": PROMPT, "files": []}
             rates = []
             for _ in range(2):
