@@ -168,7 +168,7 @@ def streaming_and_first_token(tokens: int) -> list[Row]:
             f"1. streaming, {tokens} tokens via gradio_client",
             f"app {app_rate:.0f} tok/s ({outputs} updates seen) vs bare generate+streamer "
             f"{bare_rate:.0f} tok/s (medians of 3, first to last chunk)",
-            f"{app_rate / bare_rate:.2f}",
+            f"{app_rate / bare_rate:.3f}",
             ">= 0.90",
             app_rate / bare_rate >= 0.90,
         ),
@@ -207,7 +207,7 @@ def video(seconds: int) -> Row:
         f"3. video, {seconds} s 1280x720 30 fps H.264 at 2 fps",
         f"app {r['app_s']:.2f} s vs one bare threaded PyAV pass {r['bare_s']:.2f} s; RSS growth "
         f"{r['rss_growth_mb']:.0f} MB for {r['sampled_mb']:.0f} MB of frames",
-        f"{r['time_ratio']:.2f}x",
+        f"{r['time_ratio']:.3f}x",
         "<= 1.25x",
         r["time_ratio"] <= 1.25 and r["rss_over_allowance"] <= 1.0,
     )
@@ -225,7 +225,7 @@ def memory() -> Row:
     return Row(
         "4. memory, 4-bit nf4 over fp32 (tiny Qwen3-VL, width 256)",
         f"{quant / 1e6:.1f} MB vs {full / 1e6:.1f} MB",
-        f"{quant / full:.2f}",
+        f"{quant / full:.3f}",
         "<= 0.36",
         quant / full <= 0.36,
     )
@@ -274,7 +274,7 @@ def many_users(tokens: int) -> Row:
         f"{together:.0f} tok/s in all vs {alone:.0f} tok/s for one alone (medians, whole "
         f"requests); wait for the first token "
         f"p50 {p50:.2f} s, p95 {p95:.2f} s",
-        f"{together / alone:.2f}",
+        f"{together / alone:.3f}",
         ">= 1.0",
         together / alone >= 1.0,
     )
@@ -364,7 +364,7 @@ def openai_backend(tokens: int) -> Row:
         f"7. openai backend, {tokens} tokens from transformers serve",
         f"through the app {app_rate:.0f} tok/s vs the openai client directly "
         f"{direct_rate:.0f} tok/s",
-        f"{app_rate / direct_rate:.2f}",
+        f"{app_rate / direct_rate:.3f}",
         ">= 0.95",
         app_rate / direct_rate >= 0.95,
     )

@@ -29,10 +29,10 @@ process = psutil.Process()
 rss0 = process.memory_info().rss
 peak = [rss0]
 done = threading.Event()
-def sample():  # the peak resident set, sampled every 2 ms while decoding
+def sample():  # the peak resident set, sampled every 10 ms while decoding
     while not done.is_set():
         peak[0] = max(peak[0], process.memory_info().rss)
-        time.sleep(0.002)
+        time.sleep(0.01)
 sampler = threading.Thread(target=sample)
 sampler.start()
 started = time.perf_counter()
