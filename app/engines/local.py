@@ -316,7 +316,8 @@ class LocalEngine:
             inputs = self.processor(**kwargs)
         merge = getattr(self.processor.image_processor, "merge_size", 2)
         patch = getattr(self.processor.image_processor, "patch_size", 14)
-        costs: dict[str, int] = {}
+        # Keyed in the order the files were attached, whatever their kind.
+        costs = {a.name: 0 for turn in request.turns for a in turn.attachments}
         sizes: list[tuple[int, int]] = []
         if "image_grid_thw" in inputs:
             for ref, (t, h, w) in zip(refs, inputs["image_grid_thw"].tolist(), strict=True):
