@@ -386,18 +386,20 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
         video_fps: float,
         video_max_frames: float,
         request: gr.Request,
-    ) -> Iterator[list]:
+    ) -> Iterator[tuple[list, Any]]:
         before, last_turn = split_last_turn(list(history or []))
         if not last_turn:
-            yield gr.skip()
+            yield gr.skip(), gr.skip()
             return
         history = before + last_turn
-        yield history
+        # Stop shows once the work starts (not while queued), when pressing it can reach it.
+        yield history, gr.MultimodalTextbox(**BUSY)
         chat = panel_request(
             history, system_prompt, max_new_tokens, temperature, top_p, top_k,
             repetition_penalty, seed, thinking, max_pixels, video_fps, video_max_frames,
         )  # fmt: skip
-        yield from stream_into(history, chat, _session(request))
+        for shown in stream_into(history, chat, _session(request)):
+            yield shown, gr.skip()
 
     def undo(history: list | None) -> tuple[list, Any]:
         before, last_turn = split_last_turn(list(history or []))
@@ -578,11 +580,9 @@ def build_demo(engine: Engine, options: UiOptions) -> gr.Blocks:
             concurrency_id=GENERATE,
         )
         regen_event = regenerate_btn.click(
-            lambda: gr.MultimodalTextbox(**BUSY), None, box, queue=False, api_visibility="private"
-        ).then(
             regenerate,
             [chatbot, *settings],
-            [chatbot],
+            [chatbot, box],
             api_name="ui_regenerate",
             api_visibility="undocumented",
             concurrency_limit=1,

@@ -149,7 +149,7 @@ def test_undo_gives_back_the_turn_and_regenerate_replaces_the_reply(app_for, med
         *PANEL,
         api_name="/ui_send",
     )
-    regenerated = client.predict(history, *PANEL, api_name="/ui_regenerate")
+    regenerated, _ = client.predict(history, *PANEL, api_name="/ui_regenerate")
 
     def shown(messages, role):
         return [m for m in messages if m["role"] == role and not m.get("metadata")]

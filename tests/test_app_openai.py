@@ -66,17 +66,20 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint, tmp_path_factory):
+def served(tmp_path_factory):
     if (
         shutil.which("transformers") is None
         and not Path(sys.executable).with_name("transformers").exists()
     ):
         pytest.skip("`transformers serve` is not installed: pip install 'transformers[serving]'")
-    server = Server(
-        tiny_checkpoint("qwen3_vl", suppress_eos=True),
-        free_port(),
-        tmp_path_factory.mktemp("serve") / "serve.log",
+    from app.testing.tiny import build_tiny_checkpoint
+
+    # Wider than the other tests' tiny models: ~300 tokens/s, so that a 4000-token reply takes
+    # the server about 13 s, and a server that really stopped shows by answering at once.
+    checkpoint = build_tiny_checkpoint(
+        tmp_path_factory.mktemp("served"), "qwen3_vl", width=512, suppress_eos=True
     )
+    server = Server(checkpoint, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
     server.start()
     settings = load_settings(
         ["--backend", "openai", "--api-base", server.url, "--max-new-tokens", "4000"], environ={}
@@ -152,7 +155,7 @@ def test_stop_closes_the_stream_and_the_server_stops_generating(served):
         time.sleep(0.02)
     assert len(job.outputs()) >= 5
     job.cancel()
-    # 4000 tokens take the tiny model many seconds; a server that stopped answers at once.
+    # The 4000 tokens would keep this server busy for ~13 s; one that stopped answers at once.
     time.sleep(0.3)
     started = time.perf_counter()
     reply = client.predict({"text": "Short", "files": []}, max_new_tokens=4, api_name="/chat")
@@ -172,7 +175,7 @@ def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(
         assert history[0]["content"][0]["text"] == "Hi"  # the user's turn is kept
     finally:
         server.start()
-    history = client.predict(history, *PANEL, api_name="/ui_regenerate")
+    history, _ = client.predict(history, *PANEL, api_name="/ui_regenerate")
     answers = [m for m in history if m["role"] == "assistant" and not m.get("metadata")]
     assert len(answers) == 1 and answers[0]["content"][0]["text"]
 
