@@ -70,6 +70,7 @@ def build_engine(settings: Settings):
 
 
 def ui_options(settings: Settings, engine) -> object:
+    from app.testing.tiny import is_tiny_checkpoint
     from app.ui import UiOptions
 
     config = getattr(engine, "generation_defaults", None)
@@ -79,7 +80,7 @@ def ui_options(settings: Settings, engine) -> object:
         name = f"tiny random {settings.tiny_random}"
     return UiOptions(
         title=f"Qwen-VL Chat · {name}",
-        banner=TRIAL_BANNER if settings.is_offline_trial else None,
+        banner=TRIAL_BANNER if settings.is_offline_trial or is_tiny_checkpoint(name) else None,
         max_new_tokens=settings.max_new_tokens,
         default_temperature=getattr(config, "temperature", None),
         default_top_p=getattr(config, "top_p", None),

@@ -280,3 +280,10 @@ def test_the_panel_pixel_budget_and_the_cost_of_each_attachment(app_for, media):
 
     assert cost(tight, "red.jpg") < cost(roomy, "red.jpg")
     assert cost(tight, "clip.mp4") == cost(roomy, "clip.mp4")  # the image budget only
+
+
+def test_a_tiny_checkpoint_by_path_gets_the_trial_banner(app_for):
+    import httpx
+
+    url, _ = app_for("qwen3_vl")
+    assert "answers are meaningless" in httpx.get(f"{url}config", timeout=5).text
