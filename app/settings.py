@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--tiny-random",
         metavar="FAMILY",
-        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"],
+        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"],
         help="offline trial: build a tiny random checkpoint of FAMILY and serve it",
     )
     add("--min-pixels", type=int, help="smallest image size in pixels fed to the model")

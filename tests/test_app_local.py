@@ -15,7 +15,7 @@ from app.settings import load_settings
 from app.testing.launch import launched_app
 from tests import media_factory as mf
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"]
 # The settings panel as the page sends it: system prompt, max new tokens, temperature, top-p,
 # top-k, repetition penalty, seed (-1 random), thinking, max pixels per image, video fps, max
 # video frames.

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -179,6 +179,11 @@ def _config(family: str, vocab: int, token_ids: dict[str, int], eos: int, pad: i
     if family == "qwen3_vl":
         vision["deepstack_visual_indexes"] = [1]
         return tf.Qwen3VLConfig(text_config=text_common, vision_config=vision, **token_ids)
+    if family == "qwen3_vl_moe":
+        vision["deepstack_visual_indexes"] = [1]
+        text = dict(text_common)
+        text.update({"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": width})
+        return tf.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **token_ids)
     if family == "qwen3_5":
         text = dict(text_common)
         text.update(
@@ -239,7 +244,7 @@ def build_tiny_checkpoint(
     # Small pixel budgets keep tests fast; they are the checkpoint's defaults, as on the hub.
     size = {"shortest_edge": (patch * 2) ** 2 * 4, "longest_edge": (patch * 2) ** 2 * 64}
     image_processor = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, size=size)
-    if family in ("qwen3_vl", "qwen3_5"):
+    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
         from transformers import Qwen3VLVideoProcessor as VideoProcessor
     else:
         from transformers import Qwen2VLVideoProcessor as VideoProcessor
