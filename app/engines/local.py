@@ -81,7 +81,7 @@ def resolve_checkpoint(name: str) -> str:
     hint = (
         f"Checkpoint {name!r} is not a local folder, not in the Hugging Face cache, and the hub "
         "cannot be reached. Download it where there is network "
-        f"(huggingface-cli download {name} --local-dir ./model) and start with "
+        f"(hf download {name} --local-dir ./model) and start with "
         "-c ./model, or try the app offline with --tiny-random qwen3_vl."
     )
     if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
