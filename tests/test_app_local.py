@@ -287,3 +287,21 @@ def test_a_tiny_checkpoint_by_path_gets_the_trial_banner(app_for):
 
     url, _ = app_for("qwen3_vl")
     assert "answers are meaningless" in httpx.get(f"{url}config", timeout=5).text
+
+
+def test_an_unforeseen_failure_before_generation_is_still_a_chat_message(app_for):
+    url, engine = app_for("qwen3_vl")
+    client = _page_client(url)
+    original = engine.processor.apply_chat_template
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("template exploded")
+
+    engine.processor.apply_chat_template = broken
+    try:
+        _, history = client.predict({"text": "Hi", "files": []}, [], *PANEL, api_name="/ui_send")
+    finally:
+        engine.processor.apply_chat_template = original
+    titles = [(m.get("metadata") or {}).get("title", "") for m in history]
+    assert any("ValueError: template exploded" in t for t in titles)
+    assert isinstance(client.predict({"text": "ok", "files": []}, api_name="/chat"), str)
