@@ -242,7 +242,7 @@ class ReplyStreamer:
             reply.error = str(err)
             reply.finished = True
             yield reply
-        except Exception as err:  # noqa: BLE001 - a bug or an input nobody foresaw: still a message
+        except Exception as err:  # a bug or an input nobody foresaw: still a message
             log.exception("request failed unexpectedly")
             outcome = "error"
             reply.error = f"Something went wrong on the server: {type(err).__name__}: {err}"
