@@ -43,6 +43,10 @@ class GenerationParams:
     seed: int | None = None
     enable_thinking: bool | None = None
 
+    def bounded_max_new_tokens(self, cap: int) -> int:
+        """The reply length asked for, or `cap` when none is; never above `cap`."""
+        return min(self.max_new_tokens or cap, cap)
+
 
 @dataclass(frozen=True)
 class ChatRequest:

@@ -341,7 +341,7 @@ class LocalEngine:
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         params = request.params
         kwargs: dict[str, Any] = {
-            "max_new_tokens": min(params.max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+            "max_new_tokens": params.bounded_max_new_tokens(self.max_new_tokens)
         }
         if params.temperature is not None:
             if params.temperature <= 0:

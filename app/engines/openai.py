@@ -243,7 +243,7 @@ class OpenAIEngine:
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": min(params.max_new_tokens or self.max_new_tokens, self.max_new_tokens),
+            "max_tokens": params.bounded_max_new_tokens(self.max_new_tokens),
         }
         if params.temperature is not None:
             payload["temperature"] = params.temperature
