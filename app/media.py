@@ -81,8 +81,13 @@ def scaled_size(width: int, height: int, max_pixels: int, min_pixels: int = 0) -
     return w, h
 
 
-def sniff_kind(path: str | Path, name: str | None = None) -> Literal["image", "video", "pdf"]:
-    """What a file is, by its content; raises MediaError for anything the app does not take."""
+def sniff_kind(
+    path: str | Path, name: str | None = None
+) -> Literal["image", "animation", "video", "pdf"]:
+    """What a file is, by its content; raises MediaError for anything the app does not take.
+
+    "animation" is an animated GIF or WebP (read with Pillow); "video" a file PyAV reads.
+    """
     label = name or Path(path).name
     p = Path(path)
     if not p.is_file():
@@ -98,7 +103,7 @@ def sniff_kind(path: str | Path, name: str | None = None) -> Literal["image", "v
     try:
         with Image.open(p) as im:
             animated = getattr(im, "n_frames", 1) > 1
-        return "video" if animated else "image"
+        return "animation" if animated else "image"
     except (UnidentifiedImageError, OSError, SyntaxError):
         pass
     except Image.DecompressionBombError:
@@ -439,19 +444,9 @@ def load_attachment(
             return [("image", open_image(path, budget, label))]
         if kind == "pdf":
             return [("image", page) for page in open_pdf(path, budget, label)]
-        from PIL import Image
-
-        try:
-            with Image.open(path):
-                animated = True
-        except Exception:  # noqa: BLE001
-            animated = False
-        clip = (
-            open_animated_image(path, budget, label)
-            if animated
-            else open_video(path, budget, label)
-        )
-        return [("video", clip)]
+        if kind == "animation":
+            return [("video", open_animated_image(path, budget, label))]
+        return [("video", open_video(path, budget, label))]
 
     if cache is None:
         return load()

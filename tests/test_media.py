@@ -185,3 +185,8 @@ def test_animated_webp_is_a_short_video(tmp_path):
     [(kind, clip)] = load_attachment(tmp_path / "a.webp", BUDGET)
     assert kind == "video" and clip.frames.shape[0] == 4
     assert clip.timestamps[-1] >= 0.6
+
+
+def test_animated_images_are_told_apart_from_videos(tmp_path):
+    assert sniff_kind(mf.make_gif(tmp_path / "a.gif")) == "animation"
+    assert sniff_kind(mf.make_image(tmp_path / "still.gif", fmt="GIF")) == "image"
