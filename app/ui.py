@@ -181,8 +181,10 @@ class ReplyStreamer:
         self.cancels = cancels
         self.output_dir = output_dir
 
-    def annotate(self, reply: Reply) -> str | None:
-        """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None."""
+    def annotate(self, reply: Reply, budget: Budget) -> str | None:
+        """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None.
+
+        `budget` is the one the request was read with, so the image comes from the cache."""
         marks = parse_marks(reply.answer())
         if not marks or not reply.prompt.images:
             return None
@@ -190,7 +192,7 @@ class ReplyStreamer:
         try:
             visuals = load_attachment(
                 ref.attachment.path,
-                self.engine.budget,
+                budget,
                 self.engine.media_cache,
                 ref.attachment.name,
             )
@@ -234,7 +236,7 @@ class ReplyStreamer:
             if cancel.is_set():
                 outcome = "stopped"
                 reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
-            reply.annotated = self.annotate(reply)
+            reply.annotated = self.annotate(reply, request.budget or self.engine.budget)
             reply.finished = True
             yield reply
         except EngineError as err:
