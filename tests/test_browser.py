@@ -109,6 +109,14 @@ def _stop_button(page):
     return page.locator("#input button", has_text="Stop")
 
 
+def _wait_until(condition, message: str, timeout_s: float = 10) -> None:
+    """Poll `condition` until it holds; fail with `message` after `timeout_s`."""
+    deadline = time.perf_counter() + timeout_s
+    while not condition():
+        assert time.perf_counter() < deadline, message
+        time.sleep(0.05)
+
+
 def _wait_idle(page, timeout_s: float = 60) -> None:
     """Until the reply has ended: Send is back and the stats line is there."""
     page.locator("#input button", has_text="Send").wait_for(timeout=timeout_s * 1000)
@@ -152,18 +160,24 @@ def test_the_whole_chat_flow(page, media, tmp_path):
         timeout=30000,
     )
     first = len(_bot_text(page))
-    time.sleep(0.6)
-    second = len(_bot_text(page))
+    # The reply grows while Stop is still on offer, i.e. before the reply has ended.
+    page.wait_for_function(
+        "n => { const b = document.querySelectorAll(\"#chatbot [data-testid='bot']\");"
+        " return b[b.length - 1].innerText.length > n; }",
+        arg=first,
+        timeout=30000,
+    )
+    assert _stop_button(page).is_visible(), "the reply should grow while it streams"
     _shot(page, "02-streaming")
-    assert second > first, "the reply should grow while it streams"
 
-    # Stop in mid-reply: the reply stops growing and the model's thread ends.
+    # Stop in mid-reply: the reply ends with its stats line marked "stopped" (the last update
+    # the server sends for it), and the model's thread is gone, so nothing more can arrive.
     _stop_button(page).click()
     _wait_idle(page, 10)
+    page.wait_for_selector("#chatbot :text('stopped')", timeout=10000)
     stopped = _bot_text(page)
-    time.sleep(1.0)
+    _wait_until(lambda: not _generation_threads(), "the generation thread should end")
     assert _bot_text(page) == stopped
-    assert not _generation_threads()
     _shot(page, "03-stopped")
 
     # Settings: a small max new tokens, respected by the next reply (Regenerate).
@@ -223,12 +237,15 @@ def test_clear_in_mid_reply_empties_the_chat_and_stops(page):
         timeout=30000,
     )
     page.locator("#clear").click()
-    time.sleep(1.0)
+    _wait_until(lambda: not _generation_threads(), "Clear should stop the generation")
+    # The reply's last update (sent once its thread ended) leaves the chat empty.
+    page.wait_for_function(
+        '() => !document.querySelector("#chatbot :is([data-testid=user], [data-testid=bot])")',
+        timeout=10000,
+    )
+    _wait_idle(page, 10)
     _shot(page, "12-cleared-mid-reply")
-    assert page.locator("#chatbot [data-testid='user']").count() == 0
-    assert page.locator("#chatbot [data-testid='bot']").count() == 0
     assert page.locator("#chatbot .error").count() == 0
-    assert not _generation_threads()
 
 
 HOSTILE = (
