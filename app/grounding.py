@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 ABSOLUTE_FAMILIES = frozenset({"qwen2_5_vl"})
+# Qwen's resize rule: sides in multiples of patch x merge (14 x 2 for Qwen2/2.5-VL, 16 x 2 for
+# Qwen3-VL and Qwen3.5), within the processors' default pixel bounds.
+_RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28}
+_MIN_PIXELS, _MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _FLAT_OBJECT = re.compile(r"\{[^{}]*\}|\{[^{}]*$")
 _KEY_LIST = re.compile(r'"(bbox_2d|point_2d)"\s*:\s*\[([^\]]*)\]?')
@@ -102,6 +106,21 @@ def parse_marks(text: str) -> list[Mark]:
             if _finite(mark):
                 marks.append(mark)
     return marks
+
+
+def model_input_size(family: str, size: tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) a server's processor resizes an image of `size` to, by Qwen's rule
+    and its default bounds: what Qwen2.5-VL's absolute coordinates refer to."""
+    factor = _RESIZE_FACTOR.get(family, 32)
+    width, height = size
+    w, h = (max(factor, round(side / factor) * factor) for side in (width, height))
+    if w * h > _MAX_PIXELS:
+        beta = math.sqrt(width * height / _MAX_PIXELS)
+        w, h = (max(factor, math.floor(side / beta / factor) * factor) for side in (width, height))
+    elif w * h < _MIN_PIXELS:
+        beta = math.sqrt(_MIN_PIXELS / (width * height))
+        w, h = (math.ceil(side * beta / factor) * factor for side in (width, height))
+    return w, h
 
 
 def to_pixels(

@@ -1,21 +1,22 @@
-"""Build every object from the settings and start the app."""
+"""The composition root: build every object from the settings, wire them, launch.
+
+Each builder below makes one object from the settings and the objects already made; `build_app`
+only wires them together (as transformers' `build_server` does). Nothing is module-level state.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
+from typing import Any
 
-from app.media import Budget
+from app.engines.base import Engine
+from app.media import Budget, MediaCache
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
-
-TRIAL_BANNER = (
-    "Offline trial: this is a tiny model with random weights made on the spot. "
-    "Its answers are meaningless; everything else works as with a real checkpoint."
-)
+GB = 1 << 30
 
 
 def budget_of(settings: Settings) -> Budget:
@@ -31,73 +32,82 @@ def budget_of(settings: Settings) -> Budget:
     )
 
 
-def build_engine(settings: Settings):
-    from app.media import MediaCache
+def build_openai_engine(settings: Settings) -> Engine:
+    from app.engines.openai import OpenAIEngine
 
-    if settings.backend == "openai":
-        from app.engines.openai import OpenAIEngine
+    return OpenAIEngine(
+        settings.api_base or "",
+        api_key=settings.api_key,
+        model=settings.model,
+        family=settings.family,
+        budget=budget_of(settings),
+        media_cache=MediaCache(),
+        max_new_tokens=settings.max_new_tokens,
+        video_mode="url" if settings.video_as == "url" else "frames",
+    )
 
-        return OpenAIEngine(
-            settings.api_base or "",
-            api_key=settings.api_key,
-            model=settings.model,
-            budget=budget_of(settings),
-            media_cache=MediaCache(),
-            max_new_tokens=settings.max_new_tokens,
-            video_mode="url" if settings.video_as == "url" else "frames",
-        )
+
+def build_local_engine(settings: Settings) -> Engine:
+    from app.engines.checkpoint import LoadOptions
     from app.engines.local import LocalEngine
+    from app.engines.zerogpu import for_zero_gpu
 
     checkpoint = settings.checkpoint_path
     if settings.tiny_random:
-        from app.testing.tiny import build_tiny_checkpoint
+        from app.trial import build_trial_checkpoint
 
-        folder = tempfile.mkdtemp(prefix=f"tiny-{settings.tiny_random}-")
-        checkpoint = str(build_tiny_checkpoint(folder, settings.tiny_random))
-        log.info(
-            "offline trial: built a tiny random %s checkpoint in %s", settings.tiny_random, folder
-        )
-    return LocalEngine.load(
-        checkpoint,
+        checkpoint = str(build_trial_checkpoint(settings.tiny_random))
+    options = LoadOptions(
         cpu_only=settings.cpu_only,
         flash_attn2=settings.flash_attn2,
         load_in_4bit=settings.load_in_4bit,
         dtype=settings.dtype,
+    )
+    cache_gb = settings.prefix_cache_gb
+    engine = LocalEngine.load(
+        checkpoint,
+        options,
         budget=budget_of(settings),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),
+    )
+    return for_zero_gpu(engine)
+
+
+def build_engine(settings: Settings) -> Engine:
+    if settings.backend == "openai":
+        return build_openai_engine(settings)
+    return build_local_engine(settings)
+
+
+def page_options(settings: Settings, engine: Engine) -> Any:
+    from app.ui.layout import PageOptions
+    from app.ui.panel import PanelOptions
+
+    return PageOptions(
+        title=f"Qwen-VL Chat · {engine.model_name}",
+        banner=engine.notice,
+        panel=PanelOptions(
+            max_new_tokens=settings.max_new_tokens,
+            sampling=engine.sampling_defaults,
+            supports_thinking=engine.supports_thinking,
+            budget=budget_of(settings),
+        ),
     )
 
 
-def ui_options(settings: Settings, engine) -> object:
-    from app.testing.tiny import is_tiny_checkpoint
-    from app.ui import UiOptions
-
-    config = getattr(engine, "generation_defaults", None)
-    template = getattr(getattr(engine, "processor", None), "chat_template", None) or ""
-    name = getattr(engine, "checkpoint", "") or settings.checkpoint_path
-    if settings.tiny_random:
-        name = f"tiny random {settings.tiny_random}"
-    return UiOptions(
-        title=f"Qwen-VL Chat · {name}",
-        banner=TRIAL_BANNER if settings.is_offline_trial or is_tiny_checkpoint(name) else None,
-        max_new_tokens=settings.max_new_tokens,
-        default_temperature=getattr(config, "temperature", None),
-        default_top_p=getattr(config, "top_p", None),
-        default_top_k=getattr(config, "top_k", None),
-        default_repetition_penalty=getattr(config, "repetition_penalty", None),
-        thinking_toggle="enable_thinking" in str(template),
-    )
-
-
-def build_app(settings: Settings, engine):
+def build_app(settings: Settings, engine: Engine) -> Any:
     """The gradio Blocks with its queue set up; launching is the caller's."""
-    from app.ui import build_demo
-    from app.zerogpu import run_on_zero_gpu
+    from app.replies import ReplyStreamer, SessionCancels
+    from app.ui.handlers import ChatHandlers
+    from app.ui.layout import ChatPage
 
-    if settings.backend == "local":
-        run_on_zero_gpu(engine)
-    demo = build_demo(engine, ui_options(settings, engine))
+    options = page_options(settings, engine)
+    cancels = SessionCancels()
+    handlers = ChatHandlers(ReplyStreamer(engine, cancels), cancels, options.panel)
+    demo = ChatPage(handlers, options).build()
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
 
@@ -132,6 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as err:  # a checkpoint not found, a server not reachable
         print(f"error: {err}", file=sys.stderr)
         return 1
-    demo = build_app(settings, engine)
-    demo.launch(**launch_kwargs(settings))
+    build_app(settings, engine).launch(**launch_kwargs(settings))
     return 0

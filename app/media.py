@@ -62,7 +62,18 @@ class VideoClip:
         }
 
 
-Visual = tuple[Literal["image"], "Image.Image"] | tuple[Literal["video"], VideoClip]
+# What one attached file becomes for the model: images (a photo, PDF pages) or video clips
+# (a video, an animated GIF or WebP). isinstance tells them apart.
+Visual = "Image.Image | VideoClip"
+
+
+@dataclass(frozen=True)
+class Attached:
+    """An attachment read within a budget: its visuals, and a key naming its content and budget
+    (the same file read with the same budget always gives the same key)."""
+
+    key: str
+    visuals: list[Visual]
 
 
 def scaled_size(width: int, height: int, max_pixels: int, min_pixels: int = 0) -> tuple[int, int]:
@@ -395,8 +406,10 @@ def content_key(path: str | Path) -> str:
 
 def _visual_bytes(visuals: list[Visual]) -> int:
     total = 0
-    for kind, value in visuals:
-        total += value.frames.nbytes if kind == "video" else value.width * value.height * 3
+    for value in visuals:
+        total += (
+            value.frames.nbytes if isinstance(value, VideoClip) else value.width * value.height * 3
+        )
     return total
 
 
@@ -432,26 +445,34 @@ class MediaCache:
         return visuals
 
 
-def load_attachment(
+def read_attachment(
     path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
-) -> list[Visual]:
-    """The model inputs for one attached file: one image, one video, or a PDF's page images."""
+) -> Attached:
+    """One attached file read within `budget`: one image, one video, or a PDF's page images."""
     label = name or Path(path).name
 
     def load() -> list[Visual]:
         kind = sniff_kind(path, label)
         if kind == "image":
-            return [("image", open_image(path, budget, label))]
+            return [open_image(path, budget, label)]
         if kind == "pdf":
-            return [("image", page) for page in open_pdf(path, budget, label)]
+            return list(open_pdf(path, budget, label))
         if kind == "animation":
-            return [("video", open_animated_image(path, budget, label))]
-        return [("video", open_video(path, budget, label))]
+            return [open_animated_image(path, budget, label)]
+        return [open_video(path, budget, label)]
 
-    if cache is None:
-        return load()
     try:
-        key = content_key(path)
+        digest = content_key(path)
     except OSError as err:
         raise MediaError(f"{label}: the file cannot be read ({err})") from err
-    return cache.get_or_load((key, budget), load)
+    key = f"{digest}:{budget!r}"
+    if cache is None:
+        return Attached(key, load())
+    return Attached(key, cache.get_or_load((digest, budget), load))
+
+
+def load_attachment(
+    path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
+) -> list[Visual]:
+    """The model inputs for one attached file: one image, one video, or a PDF's page images."""
+    return read_attachment(path, budget, cache, name).visuals

@@ -1,13 +1,15 @@
-"""Shape a raw reply for display: reasoning apart from the answer, and the stats line.
+"""Render a reply for display: reasoning apart from the answer, drawings, errors, the stats line.
 
-Pure functions and a small streaming state machine; no gradio, no torch.
+A `Reply` is what a request has produced so far; `render_reply` turns it into chatbot messages.
+Everything but the answer's own text is marked display-only (a `metadata` title, or a file), so
+it is never sent back to the model. Pure functions; no gradio, no torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from app.engines.base import Usage
+from app.engines.base import Progress, PromptInfo, Usage
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"
@@ -64,4 +66,72 @@ def format_stats(usage: Usage) -> str:
     if usage.visual_by_attachment:
         visual += " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"
     parts.append(visual)
+    cached = format_cached(usage)
+    if cached:
+        parts.append(cached)
     return " · ".join(parts)
+
+
+def format_cached(usage: Usage) -> str | None:
+    """`1009 of 1027 prompt tokens cached`, where the engine has a prefix cache."""
+    if usage.cached_tokens is None:
+        return None
+    return f"{usage.cached_tokens} of {usage.prompt_tokens} prompt tokens cached"
+
+
+def format_progress(progress: Progress, elapsed_s: float, estimate_s: float | None) -> str:
+    """The waiting bubble: `Reading office.jpg · 972 visual tokens · 12 s` (and what is left)."""
+    parts = [progress.stage, f"{elapsed_s:.0f} s"]
+    if estimate_s is not None and estimate_s > elapsed_s + 1:
+        parts.append(f"about {estimate_s - elapsed_s:.0f} s left")
+    return " · ".join(parts)
+
+
+@dataclass
+class Reply:
+    """A reply being streamed: the raw text, and what the display shows of it."""
+
+    raw: str = ""
+    prompt: PromptInfo = field(default_factory=PromptInfo)
+    waiting: str | None = None  # what is happening before the first token
+    usage: Usage | None = None
+    stats: str | None = None
+    error: str | None = None
+    finished: bool = False
+    annotated: str | None = None  # an image with the reply's boxes drawn on it
+    cleared: bool = False  # the user cleared the chat while this reply was streaming
+
+    def answer(self) -> str:
+        return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer
+
+
+def _note(title: str, status: str | None = None) -> dict:
+    """A display-only message: a title (seen without opening anything) and no content."""
+    metadata = {"title": title} | ({"status": status} if status else {})
+    return {"role": "assistant", "content": "", "metadata": metadata}
+
+
+def render_reply(reply: Reply) -> list[dict]:
+    """The chatbot messages that show `reply`: thinking, answer, drawing, error, stats."""
+    split = split_reasoning(reply.raw, reply.prompt.opens_in_reasoning)
+    out: list[dict] = []
+    if reply.waiting and not reply.raw and not reply.finished:
+        out.append(_note(f"⏳ {reply.waiting}", "pending"))
+    if split.reasoning or split.thinking:
+        status = "pending" if split.thinking and not reply.finished else "done"
+        out.append(
+            {
+                "role": "assistant",
+                "content": split.reasoning,
+                "metadata": {"title": "Thinking", "status": status},
+            }
+        )
+    if split.answer:
+        out.append({"role": "assistant", "content": split.answer})
+    if reply.annotated:
+        out.append({"role": "assistant", "content": {"path": reply.annotated}})
+    if reply.error:
+        out.append(_note(f"⚠️ {reply.error}"))
+    if reply.stats:
+        out.append(_note(reply.stats, "done"))
+    return out

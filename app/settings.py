@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from app.engines.base import FAMILIES
 from app.media import Budget
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
@@ -21,6 +22,8 @@ ENV_PREFIX = "QWEN_DEMO_"
 # Names other hosts already set: Hugging Face Spaces and Docker setups set gradio's own. They
 # count only where the QWEN_DEMO_ name is not set.
 ENV_ALIASES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT"}
+# Fields whose default is None but whose environment value is a number.
+_ENV_KINDS: dict[str, type] = {"max_prompt_tokens": int, "prefix_cache_gb": float}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -55,6 +58,11 @@ class Settings:
     api_key: str | None = None
     model: str | None = None
     video_as: str = "frames"
+    family: str | None = None
+    # The local engine's bounds: prompt length, and memory for the prefix cache (None: from the
+    # model's context and the free memory; a prefix cache of 0 GB is off).
+    max_prompt_tokens: int | None = None
+    prefix_cache_gb: float | None = None
     # Access and limits.
     auth: str | None = None
     auth_file: str | None = None
@@ -129,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="send video to the server as sampled frames (default) or as a video_url part",
     )
     add(
+        "--family",
+        choices=list(FAMILIES),
+        help="the served model's family for --backend openai (default: read from its name); "
+        "says how its boxes are scaled",
+    )
+    add(
+        "--max-prompt-tokens",
+        type=int,
+        help="longest prompt read, in tokens (default: the model's context, or less where the "
+        "free memory cannot hold it)",
+    )
+    add(
+        "--prefix-cache-gb",
+        type=float,
+        help="memory for the model state of earlier turns, reused by follow-ups (default: a "
+        "quarter of the free memory, at most 8; 0 turns it off)",
+    )
+    add(
         "--auth",
         metavar="USER:PASSWORD",
         help="protect the UI and the API with a login (several: comma-separated)",
@@ -155,7 +181,9 @@ def load_settings(
             raw = environ.get(ENV_ALIASES[field.name])
         if raw is None:
             continue
-        kind = type(field.default) if field.default is not None else str
+        kind = _ENV_KINDS.get(field.name) or (
+            type(field.default) if field.default is not None else str
+        )
         try:
             if kind is bool:
                 values[field.name] = _parse_bool(_env_name(field.name), raw)
@@ -194,6 +222,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--queue-size must be at least 1")
     if settings.backend == "openai" and not settings.api_base:
         raise SettingsError("--backend openai needs --api-base (the server's URL)")
+    if settings.max_prompt_tokens is not None and settings.max_prompt_tokens < 16:
+        raise SettingsError("--max-prompt-tokens must be at least 16")
+    if settings.prefix_cache_gb is not None and settings.prefix_cache_gb < 0:
+        raise SettingsError("--prefix-cache-gb must be 0 (off) or more")
     if settings.load_in_4bit and settings.dtype == "float16" and settings.cpu_only:
         raise SettingsError("4-bit on the CPU computes in float32 or bfloat16, not float16")
 

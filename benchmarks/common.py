@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(family: str = "qwen3_vl", suppress_eos: bool = True) -> Path:
-    from app.testing.tiny import build_tiny_checkpoint
+    from app.trial import build_tiny_checkpoint
 
     return build_tiny_checkpoint(
         tempfile.mkdtemp(prefix="bench-"), family, suppress_eos=suppress_eos

@@ -60,7 +60,10 @@ def _client_stream(url: str, message: dict, **kwargs) -> tuple[float, float, flo
 
 def _sse_first_token(url: str, message: dict, max_new_tokens: int) -> float:
     """Time to the first streamed output over gradio's REST + SSE API, with no client library."""
-    data = [message, None, max_new_tokens, 0, None, None, None, None, None]
+    from app.ui.panel import FIELD_NAMES
+
+    fields = {"max_new_tokens": max_new_tokens, "temperature": 0}
+    data = [message, None, *(fields.get(name) for name in FIELD_NAMES)]
     started = time.perf_counter()
     event = httpx.post(f"{url}gradio_api/call/chat", json={"data": data}, timeout=30).json()
     with httpx.stream("GET", f"{url}gradio_api/call/chat/{event['event_id']}", timeout=60) as r:
@@ -214,13 +217,14 @@ def video(seconds: int) -> Row:
 
 
 def memory() -> Row:
+    from app.engines.checkpoint import LoadOptions
     from app.engines.local import LocalEngine
-    from app.testing.tiny import build_tiny_checkpoint
+    from app.trial import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tempfile.mkdtemp(), "qwen3_vl", width=256)
-    full = LocalEngine.load(str(path), cpu_only=True).model.get_memory_footprint()
+    full = LocalEngine.load(str(path), LoadOptions(cpu_only=True)).model.get_memory_footprint()
     quant = LocalEngine.load(
-        str(path), cpu_only=True, load_in_4bit=True
+        str(path), LoadOptions(cpu_only=True, load_in_4bit=True)
     ).model.get_memory_footprint()
     return Row(
         "4. memory, 4-bit nf4 over fp32 (tiny Qwen3-VL, width 256)",

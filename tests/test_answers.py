@@ -16,11 +16,12 @@ from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
-from app.testing.tiny import build_tiny_checkpoint
+from app.trial import build_tiny_checkpoint
+from tests.panel import panel
 
 BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
 THOUGHT = "I should look closely.\n</think>\n\nA green picture."
-PANEL = ("", 64, 0.7, 1.0, 50, 1.0, -1, True, 1003520, 2.0, 64)
+PANEL = panel(max_new_tokens=64, enable_thinking=True)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,17 @@ def test_settings_reach_generate(scripted):
     engine.model.generate = record
     try:
         client = Client(url, verbose=False, download_files=False)
-        panel = ("Answer tersely.", 7, 0.3, 0.5, 9, 1.2, 42, True, 1003520, 2.0, 64)
-        client.predict({"text": "Hi", "files": []}, [], *panel, api_name="/ui_send")
+        values = panel(
+            system_prompt="Answer tersely.",
+            max_new_tokens=7,
+            temperature=0.3,
+            top_p=0.5,
+            top_k=9,
+            repetition_penalty=1.2,
+            seed=42,
+            enable_thinking=True,
+        )
+        client.predict({"text": "Hi", "files": []}, [], *values, api_name="/ui_send")
         client.predict({"text": "Hi", "files": []}, temperature=0, top_k=3, api_name="/chat")
     finally:
         engine.model.generate = original

@@ -14,12 +14,13 @@ from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
 from tests import media_factory as mf
+from tests.panel import panel
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"]
 # The settings panel as the page sends it: system prompt, max new tokens, temperature, top-p,
 # top-k, repetition penalty, seed (-1 random), thinking, max pixels per image, video fps, max
 # video frames.
-PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
+PANEL = panel()
 
 
 def _settings(**flags):
@@ -264,8 +265,8 @@ def test_the_panel_pixel_budget_and_the_cost_of_each_attachment(app_for, media):
     files = [handle_file(str(media / "red.jpg")), handle_file(str(media / "clip.mp4"))]
 
     def stats(max_pixels: int) -> str:
-        panel = (*PANEL[:8], max_pixels, *PANEL[9:])
-        _, history = client.predict({"text": "?", "files": files}, [], *panel, api_name="/ui_send")
+        values = panel(max_pixels=max_pixels)
+        _, history = client.predict({"text": "?", "files": files}, [], *values, api_name="/ui_send")
         return next(
             m["metadata"]["title"]
             for m in history
@@ -276,7 +277,7 @@ def test_the_panel_pixel_budget_and_the_cost_of_each_attachment(app_for, media):
     assert "red.jpg: " in roomy and "clip.mp4: " in roomy  # what each attachment costs
 
     def cost(line: str, name: str) -> int:
-        return int(line.split(f"{name}: ")[1].split(",")[0].rstrip(")"))
+        return int(re.search(rf"{re.escape(name)}: (\d+)", line).group(1))
 
     assert cost(tight, "red.jpg") < cost(roomy, "red.jpg")
     assert cost(tight, "clip.mp4") == cost(roomy, "clip.mp4")  # the image budget only

@@ -17,8 +17,9 @@ from gradio_client import Client, handle_file
 from app.engines.openai import OpenAIEngine
 from app.settings import load_settings
 from app.testing.launch import free_port, launched_app
+from tests.panel import panel
 
-PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
+PANEL = panel()
 
 
 class Server:
@@ -75,7 +76,7 @@ def served(tmp_path_factory):
         and not Path(sys.executable).with_name("transformers").exists()
     ):
         pytest.skip("`transformers serve` is not installed: pip install 'transformers[serving]'")
-    from app.testing.tiny import build_tiny_checkpoint
+    from app.trial import build_tiny_checkpoint
 
     # Wider than the other tests' tiny models: ~300 tokens/s, so that a 4000-token reply takes
     # the server about 13 s, and a server that really stopped shows by answering at once.

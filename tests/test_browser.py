@@ -256,7 +256,7 @@ HOSTILE = (
 
 
 def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_path):
-    from app.testing.tiny import build_tiny_checkpoint
+    from app.trial import build_tiny_checkpoint
 
     browser, _ = browser_and_url
     path = build_tiny_checkpoint(tmp_path / "scripted", "qwen3_vl", scripted_reply=HOSTILE)

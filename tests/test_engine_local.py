@@ -4,6 +4,7 @@ import re
 
 from app.engines.base import Attachment, ChatRequest, Turn
 from app.engines.local import LocalEngine
+from app.engines.prompt import build_prompt
 from app.media import open_video
 from tests import media_factory as mf
 
@@ -12,8 +13,9 @@ def test_qwen3_vl_prompt_carries_the_sampled_frames_timestamps(tiny_checkpoint, 
     engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")))
     video = mf.make_video(tmp_path / "v.mp4", seconds=4, fps=10)
     request = ChatRequest((Turn("user", "When?", (Attachment(str(video), "v.mp4"),)),))
-    inputs, _, costs = engine.build_inputs(request)
-    prompt = engine.processor.tokenizer.decode(inputs["input_ids"][0])
+    built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
+    prompt = engine.processor.tokenizer.decode(built.ids)
+    costs = built.costs
     shown = [float(t) for t in re.findall(r"<([\d.]+) seconds>", prompt)]
     # Qwen3-VL merges frames in pairs and stamps each pair with its mean time.
     times = open_video(video, engine.budget).timestamps
@@ -29,8 +31,10 @@ def test_attachments_come_before_the_text_in_their_turn(tiny_checkpoint, media):
         Attachment(str(media / "red.jpg"), "red.jpg"),
         Attachment(str(media / "doc.pdf"), "doc.pdf"),
     )
-    inputs, info, costs = engine.build_inputs(ChatRequest((Turn("user", "Compare", files),)))
-    prompt = engine.processor.tokenizer.decode(inputs["input_ids"][0])
+    request = ChatRequest((Turn("user", "Compare", files),))
+    built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
+    prompt = engine.processor.tokenizer.decode(built.ids)
+    info, costs = built.info, built.costs
     assert prompt.index("<|vision_end|>") < prompt.index("Compare")
     assert prompt.count("<|vision_start|>") == 4  # one photo, three PDF pages
     assert [ref.attachment.name for ref in info.images] == [

@@ -10,6 +10,7 @@ from app.media import (
     Budget,
     MediaCache,
     MediaError,
+    VideoClip,
     load_attachment,
     open_image,
     open_video,
@@ -123,14 +124,15 @@ def test_rotation_metadata_is_respected(tmp_path):
 
 
 def test_animated_gif_is_a_short_video(tmp_path):
-    visuals = load_attachment(mf.make_gif(tmp_path / "a.gif", frames=6), BUDGET)
-    assert visuals[0][0] == "video" and visuals[0][1].frames.shape[0] >= 2
+    [clip] = load_attachment(mf.make_gif(tmp_path / "a.gif", frames=6), BUDGET)
+    assert isinstance(clip, VideoClip) and clip.frames.shape[0] >= 2
 
 
 def test_pdf_pages_become_images(tmp_path):
-    visuals = load_attachment(mf.make_pdf(tmp_path / "d.pdf", pages=10), BUDGET)
-    assert [kind for kind, _ in visuals] == ["image"] * BUDGET.max_pdf_pages
-    assert all(img.width * img.height <= BUDGET.max_pixels * 1.05 for _, img in visuals)
+    pages = load_attachment(mf.make_pdf(tmp_path / "d.pdf", pages=10), BUDGET)
+    assert len(pages) == BUDGET.max_pdf_pages
+    assert all(isinstance(page, Image.Image) for page in pages)
+    assert all(img.width * img.height <= BUDGET.max_pixels * 1.05 for img in pages)
 
 
 def test_cache_decodes_a_file_once(tmp_path):
@@ -182,8 +184,8 @@ def test_an_hour_of_video_holds_only_the_sampled_frames(tmp_path):
 def test_animated_webp_is_a_short_video(tmp_path):
     frames = [Image.new("RGB", (64, 48), (50 * i, 0, 0)) for i in range(5)]
     frames[0].save(tmp_path / "a.webp", save_all=True, append_images=frames[1:], duration=200)
-    [(kind, clip)] = load_attachment(tmp_path / "a.webp", BUDGET)
-    assert kind == "video" and clip.frames.shape[0] == 4
+    [clip] = load_attachment(tmp_path / "a.webp", BUDGET)
+    assert isinstance(clip, VideoClip) and clip.frames.shape[0] == 4
     assert clip.timestamps[-1] >= 0.6
 
 

@@ -17,8 +17,9 @@ from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
+from tests.panel import api_data, panel
 
-PANEL = ("", 16, 0.7, 1.0, 50, 1.0, -1, False, 1003520, 2.0, 64)
+PANEL = panel()
 META = {"_type": "gradio.FileData"}
 
 
@@ -106,7 +107,7 @@ def test_uploads_over_the_limit_are_refused(app_url, tmp_path):
 )
 def test_no_server_path_can_be_read_through_the_api(app_url, path):
     message = {"text": "read it", "files": [{"path": path, "meta": META}]}
-    kind, data = call(app_url, "chat", [message, None, 4, None, None, None, None, None, None])
+    kind, data = call(app_url, "chat", api_data(message, max_new_tokens=4))
     assert kind == "error" and "root:" not in json.dumps(data)
     history = [
         {"role": "user", "content": [{"type": "file", "file": {"path": path, "meta": META}}]}
@@ -118,7 +119,7 @@ def test_no_server_path_can_be_read_through_the_api(app_url, path):
 def test_no_url_is_ever_fetched(app_url, recorder):
     url = f"{recorder}/photo.jpg"
     message = {"text": "look", "files": [{"path": url, "url": url, "meta": META}]}
-    kind, data = call(app_url, "chat", [message, None, 4, None, None, None, None, None, None])
+    kind, data = call(app_url, "chat", api_data(message, max_new_tokens=4))
     assert kind == "error" and "does not fetch URLs" in json.dumps(data)
     history = [
         {
@@ -142,9 +143,9 @@ def test_eight_clients_at_once_get_their_own_complete_replies(app_url):
     def chat(i: int) -> None:
         try:
             client = Client(app_url, verbose=False, download_files=False)
-            panel = (*PANEL[:1], 24, *PANEL[2:])
+            values = panel(max_new_tokens=24)
             _, history = client.predict(
-                {"text": f"I am client {i}", "files": []}, [], *panel, api_name="/ui_send"
+                {"text": f"I am client {i}", "files": []}, [], *values, api_name="/ui_send"
             )
             results[i] = history
         except Exception as err:  # noqa: BLE001 - collected and asserted below

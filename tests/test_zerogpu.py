@@ -1,4 +1,4 @@
-"""ZeroGPU: only where `spaces` reports it; the wrapped stream still streams and stops."""
+"""ZeroGPU: only where `spaces` reports it; the wrapped engine still streams and stops."""
 
 import threading
 
@@ -6,20 +6,22 @@ import pytest
 
 from app.engines.base import ChatRequest, GenerationParams, Turn
 from app.engines.local import LocalEngine
-from app.zerogpu import on_zero_gpu, run_on_zero_gpu
+from app.engines.zerogpu import for_zero_gpu, on_zero_gpu
 
 
 def test_nothing_changes_off_zero_gpu(tiny_checkpoint):
     engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")))
     assert not on_zero_gpu()
-    before = engine.stream
-    assert run_on_zero_gpu(engine) is False and engine.stream == before
+    assert for_zero_gpu(engine) is engine
 
 
-def test_the_wrapped_stream_streams_and_stops(tiny_checkpoint):
+def test_the_wrapped_engine_streams_and_stops(tiny_checkpoint):
     pytest.importorskip("spaces", reason="the spaces package is not installed")
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
-    assert run_on_zero_gpu(engine, force=True)
+    from app.engines.zerogpu import ZeroGPUEngine
+
+    inner = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    engine = ZeroGPUEngine(inner)
+    assert (engine.family, engine.model_name) == (inner.family, inner.model_name)
     request = ChatRequest((Turn("user", "hi"),), GenerationParams(max_new_tokens=12))
     deltas = list(engine.stream(request, threading.Event()))
     assert deltas[-1].usage.completion_tokens == 12

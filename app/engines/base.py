@@ -3,17 +3,49 @@
 A `ChatRequest` (turns with attachments, generation parameters) goes in; an iterator of `Delta`
 comes out. Cancellation is a `threading.Event` the caller sets; the engine must stop generating
 at its next token. Errors a user should read are `EngineError`s with a message for people.
+
+An engine also declares what the UI needs to know of it (as simonw/llm's models declare
+`can_stream` and `attachment_types`): its model's name and family, the sampling defaults of its
+checkpoint, whether its chat template takes `enable_thinking`, and whether it can count visual
+tokens. Callers read these attributes; they never probe for others.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from app.media import Budget, MediaCache
+    from PIL import Image
+
+    from app.media import Budget
+
+# The families whose grounding coordinates and prompt layout the app knows; MoE variants
+# behave as their dense family.
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+_MODEL_TYPES = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5"}
+# Served model names as vLLM and SGLang report them ("Qwen/Qwen2.5-VL-7B-Instruct"), most
+# specific first.
+_NAME_PATTERNS = (
+    (re.compile(r"qwen2[._-]?5[._-]?vl"), "qwen2_5_vl"),
+    (re.compile(r"qwen2[._-]?vl"), "qwen2_vl"),
+    (re.compile(r"qwen3[._-]?vl"), "qwen3_vl"),
+    (re.compile(r"qwen3[._-]?5"), "qwen3_5"),
+)
+
+
+def family_of_model_type(model_type: str) -> str:
+    """The family of a transformers `model_type` (qwen3_vl_moe -> qwen3_vl)."""
+    return _MODEL_TYPES.get(model_type, model_type)
+
+
+def family_of_model_name(name: str) -> str | None:
+    """The family a served model's name says, or None when it names none of them."""
+    lowered = name.lower()
+    return next((family for pattern, family in _NAME_PATTERNS if pattern.search(lowered)), None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +81,16 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """The checkpoint's own sampling settings, where it has them (None: not known)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     turns: tuple[Turn, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
@@ -65,15 +107,19 @@ class Usage:
     total_s: float
     # Visual tokens per attached file, by name, in prompt order.
     visual_by_attachment: tuple[tuple[str, int], ...] = ()
+    # Prompt tokens whose model state came from the prefix cache (None: no cache).
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One image in the prompt: its file, which image of that file (a PDF page), and the size
-    (width, height) the model saw after the processor's resize, when known."""
+    """One image in the prompt: its file, which image of that file (a PDF page), the image as
+    the request read it, and the size (width, height) the model saw after the processor's
+    resize, where known."""
 
     attachment: Attachment
     index: int
+    image: Image.Image | None = None
     input_size: tuple[int, int] | None = None
 
 
@@ -88,11 +134,21 @@ class PromptInfo:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Work before the first token: what is being done, and how far (0-1) where known."""
+
+    stage: str
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
 class Delta:
-    """One piece of a reply: prompt facts (first), raw generated text, or the final usage."""
+    """One piece of a reply: prompt facts (first), progress before the first token, raw
+    generated text, or the final usage."""
 
     text: str = ""
     prompt: PromptInfo | None = None
+    progress: Progress | None = None
     usage: Usage | None = None
 
 
@@ -101,12 +157,15 @@ class EngineError(Exception):
 
 
 class Engine(Protocol):
-    name: str
-    family: str
-    checkpoint: str
-    # The media path the engine reads attachments with (the UI reuses it to draw boxes).
-    budget: Budget
-    media_cache: MediaCache
+    """What every engine is and does; the UI reads nothing else of it."""
+
+    name: str  # "local", "openai"
+    model_name: str  # the model's own name, for the page title (never a server path)
+    family: str  # one of FAMILIES: how its boxes are scaled
+    sampling_defaults: SamplingDefaults
+    supports_thinking: bool  # the chat template takes `enable_thinking`
+    counts_visual_tokens: bool  # Usage.visual_tokens is filled in
+    notice: str | None  # a line the page shows about this model (the offline trial's banner)
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Yield deltas until the reply ends or `cancel` is set; raise EngineError on failure."""

@@ -1,39 +1,49 @@
-"""transformers in this process: load once, generate on a thread, stream, cancel, forward errors.
+"""transformers in this process: load once, reuse what was read, generate, stream, cancel.
 
 One `LocalEngine` is built in `main` and shared by every browser session; a lock keeps one
-generation at a time on the model. The generation thread is stopped by a stopping criterion
-that reads the request's cancel event, so Stop (or a closed tab) ends it at the next token.
-Errors inside `generate` cross the thread boundary as an item on the queue, not as a timeout.
+generation at a time on the model. Each request starts from the longest prefix of its prompt
+that the prefix cache holds: only the images and videos after it are encoded, and only the
+tokens after it are read. Stop (or a closed tab) ends the prefill between two layers and the
+reply at the next token. Errors cross from the generation thread as exceptions, not timeouts.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import queue
 import re
 import threading
 import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.engines import kv
 from app.engines.base import (
     ChatRequest,
     Delta,
     EngineError,
-    ImageRef,
-    PromptInfo,
-    Turn,
+    Progress,
+    SamplingDefaults,
     Usage,
+    family_of_model_type,
 )
-from app.media import Budget, MediaCache, MediaError, VideoClip, load_attachment
+from app.engines.checkpoint import LoadOptions, load_model
+from app.engines.memory import (
+    available_bytes,
+    default_max_prompt_tokens,
+    default_prefix_cache_bytes,
+)
+from app.engines.prefix_cache import PrefixCache, Reuse
+from app.engines.prompt import Prompt, build_prompt, text_of
+from app.engines.pump import Emit, pump
+from app.engines.streamer import TokenStreamer
+from app.engines.watch import Cancelled, Watch, WatchHooks
+from app.media import Budget, MediaCache
+from app.trial import TRIAL_BANNER, trial_family
 
 log = logging.getLogger(__name__)
 
-_END = object()
 # Special tokens that carry meaning in a reply (Qwen2-VL's grounding) and so are kept in the text.
 GROUNDING_TOKENS = frozenset(
     {
@@ -45,298 +55,312 @@ GROUNDING_TOKENS = frozenset(
         "<|quad_end|>",
     }
 )
-FAMILIES = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
-    "qwen3_5": "qwen3_5",
-    "qwen3_5_moe": "qwen3_5",
-}
+# The processor's outputs that only the vision encoder reads (the engine runs it itself).
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
+@dataclass
+class _Counts:
+    """What the generation thread measured, handed to the caller as the run's last item."""
 
-
-class CheckpointNotFound(EngineError):
-    """The checkpoint is neither a local folder, in the hub cache, nor reachable."""
-
-
-def resolve_checkpoint(name: str) -> str:
-    """A local folder for `name` (a folder, or a hub id downloaded or found in the cache).
-
-    Fails fast, in one clear sentence, where there is no network and no local copy: the hub
-    client's own retries would otherwise take minutes and end in a traceback.
-    """
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    import huggingface_hub as hub
-
-    try:
-        return hub.snapshot_download(name, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or not a valid id): try the hub below
-        pass
-    hint = (
-        f"Checkpoint {name!r} is not a local folder, not in the Hugging Face cache, and the hub "
-        "cannot be reached. Download it where there is network "
-        f"(hf download {name} --local-dir ./model) and start with "
-        "-c ./model, or try the app offline with --tiny-random qwen3_vl."
-    )
-    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
-        raise CheckpointNotFound(f"Checkpoint folder {name!r} does not exist.")
-    try:
-        hub.HfApi().model_info(name, timeout=10)
-    except Exception as err:
-        if "404" in str(err) or "not found" in str(err).lower():
-            raise CheckpointNotFound(f"Checkpoint {name!r} does not exist on the hub.") from err
-        raise CheckpointNotFound(hint) from err
-    return hub.snapshot_download(name)
-
-
-def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
-    """flash_attention_2 where asked for and runnable, else sdpa (with a warning when asked)."""
-    if not flash_attn2:
-        return "sdpa"
-    if not on_cuda:
-        log.warning("--flash-attn2 needs a CUDA GPU; using sdpa attention on the CPU")
-        return "sdpa"
-    if importlib.util.find_spec("flash_attn") is None:
-        log.warning("--flash-attn2: the flash-attn package is not installed; using sdpa")
-        return "sdpa"
-    import torch
-
-    if torch.cuda.get_device_capability()[0] < 8:
-        log.warning("--flash-attn2: this GPU is older than Ampere; using sdpa")
-        return "sdpa"
-    return "flash_attention_2"
-
-
-def _choose_dtype(name: str, on_cuda: bool) -> Any:
-    import torch
-
-    if name != "auto":
-        return getattr(torch, name)
-    if on_cuda:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-class TokenStreamer:
-    """A `generate` streamer that hands over text as soon as each token decodes.
-
-    transformers' TextStreamer holds text back to the next space; here a token's text goes out
-    at once, except a character split across tokens, held until it is whole. Decoding is
-    incremental (a short window of ids, as vLLM's detokenizer does), so the cost per token stays
-    flat however long the reply grows. Decoded with special tokens; the caller filters them.
-    """
-
-    def __init__(self, tokenizer: Any, on_text: Any, on_token: Any) -> None:
-        self.tokenizer = tokenizer
-        self.on_text = on_text
-        self.on_token = on_token
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
-        self.prompt_seen = False
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        ids = value.reshape(-1).tolist()
-        self.on_token(len(ids))
-        self.ids.extend(ids)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
-            self.on_text(text[len(prefix) :])
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.ids)
-
-    def end(self) -> None:
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix):
-            self.on_text(text[len(prefix) :])
-        self.prefix_offset = self.read_offset = len(self.ids)
+    tokens: int = 0
+    first_token_s: float | None = None
+    cached_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
 
 
 class LocalEngine:
     """A transformers model and processor, loaded once, streaming one request at a time."""
 
     name = "local"
+    counts_visual_tokens = True
 
     def __init__(
         self,
         model: Any,
         processor: Any,
         *,
-        budget: Budget,
-        media_cache: MediaCache,
-        max_new_tokens: int = 1024,
-        checkpoint: str = "",
-    ) -> None:
-        self.checkpoint = checkpoint or getattr(model.config, "_name_or_path", "")
-        self.model = model
-        self.processor = processor
-        self.budget = budget
-        self.media_cache = media_cache
-        self.max_new_tokens = max_new_tokens
-        self.family = FAMILIES.get(model.config.model_type, model.config.model_type)
-        self._lock = threading.Lock()
-        self.generation_defaults = model.generation_config
-        control = sorted(set(processor.tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
-        self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
-
-    @classmethod
-    def load(
-        cls,
-        checkpoint: str,
-        *,
-        cpu_only: bool = False,
-        flash_attn2: bool = False,
-        load_in_4bit: bool = False,
-        dtype: str = "auto",
         budget: Budget | None = None,
         media_cache: MediaCache | None = None,
         max_new_tokens: int = 1024,
+        checkpoint: str = "",
+        max_prompt_tokens: int | None = None,
+        prefix_cache_bytes: int | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint or str(getattr(model.config, "_name_or_path", ""))
+        trial = trial_family(self.checkpoint)
+        # A name for people (the page title): never a server path.
+        self.model_name = f"tiny random {trial}" if trial else Path(self.checkpoint).name
+        self.notice = TRIAL_BANNER if trial else None
+        self.model = model
+        self.processor = processor
+        self.budget = budget or Budget()
+        self.media_cache = media_cache or MediaCache()
+        self.max_new_tokens = max_new_tokens
+        self.family = family_of_model_type(model.config.model_type)
+        config = model.generation_config
+        self.sampling_defaults = SamplingDefaults(
+            config.temperature, config.top_p, config.top_k, config.repetition_penalty
+        )
+        self.supports_thinking = "enable_thinking" in str(processor.chat_template or "")
+        self._lock = threading.Lock()
+        control = sorted(set(processor.tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
+        self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
+        self._answer_start_id = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self._hooks = WatchHooks(model)
+        free = available_bytes(model.device.type == "cuda")
+        per_token = kv.bytes_per_token(model.config, model.dtype.itemsize)
+        context = model.config.get_text_config().max_position_embeddings
+        self.max_prompt_tokens = max_prompt_tokens or default_max_prompt_tokens(
+            context, free, per_token
+        )
+        if prefix_cache_bytes is None:
+            prefix_cache_bytes = default_prefix_cache_bytes(free)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, self._new_cache)
+
+    @classmethod
+    def load(
+        cls, checkpoint: str, options: LoadOptions | None = None, **kwargs: Any
     ) -> LocalEngine:
-        path = resolve_checkpoint(checkpoint)  # first: a missing checkpoint fails in a blink
-        started = time.perf_counter()
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model, processor = load_model(checkpoint, options or LoadOptions())
+        return cls(model, processor, checkpoint=checkpoint, **kwargs)
 
-        imported = time.perf_counter() - started
-        on_cuda = torch.cuda.is_available() and not cpu_only
-        torch_dtype = _choose_dtype(dtype, on_cuda)
-        kwargs: dict[str, Any] = {
-            "dtype": torch_dtype,
-            "attn_implementation": choose_attention(flash_attn2, on_cuda),
-        }
-        if load_in_4bit:
-            from transformers import BitsAndBytesConfig
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=torch_dtype,
-                bnb_4bit_use_double_quant=True,
+        return DynamicCache(config=self.model.config)
+
+    # --- bounds ---------------------------------------------------------------------------
+
+    def _check_text(self, request: ChatRequest) -> None:
+        """Refuse a conversation whose text alone is over the bound, before any media is read."""
+        text = text_of(request.turns)
+        limit = self.max_prompt_tokens
+        if len(text.encode()) <= limit:  # no token is shorter than a byte
+            return
+        tokens = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens > limit:
+            raise EngineError(
+                f"This conversation's text is {tokens:,} tokens, more than this app reads in one "
+                f"prompt ({limit:,} tokens, --max-prompt-tokens). Shorten the message or start a "
+                "new chat."
             )
-        kwargs["device_map"] = "cuda" if on_cuda else "cpu"
-        processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        model.eval()
-        log.info(
-            "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s, %s%s)",
-            checkpoint,
-            time.perf_counter() - started,
-            imported,
-            kwargs["device_map"],
-            str(torch_dtype).removeprefix("torch."),
-            kwargs["attn_implementation"],
-            ", 4-bit nf4" if load_in_4bit else "",
+
+    def _check_prompt(self, prompt: Prompt) -> None:
+        if len(prompt.ids) > self.max_prompt_tokens:
+            raise EngineError(
+                f"With its images and videos this prompt is {len(prompt.ids):,} tokens, more than "
+                f"this app reads in one prompt ({self.max_prompt_tokens:,} tokens, "
+                "--max-prompt-tokens). Lower the pixel budget or video frames in Settings, attach "
+                "fewer files, or start a new chat."
+            )
+
+    # --- streaming ------------------------------------------------------------------------
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
+        self._check_text(request)
+        prompt = build_prompt(
+            self.processor, request, request.budget or self.budget, self.media_cache
         )
-        return cls(
-            model,
-            processor,
-            budget=budget or Budget(),
-            media_cache=media_cache or MediaCache(),
-            max_new_tokens=max_new_tokens,
-            checkpoint=checkpoint,
-        )
+        self._check_prompt(prompt)
+        yield Delta(prompt=prompt.info)
+        counts = _Counts()
 
-    # --- building the prompt -------------------------------------------------------------
+        def work(emit: Emit) -> None:
+            self._run(prompt, request, cancel, emit, counts)
 
-    def _messages(
-        self, turns: tuple[Turn, ...], budget: Budget
-    ) -> tuple[list[dict], list, list[ImageRef], list[VideoClip], list[str]]:
-        images: list = []
-        refs: list[ImageRef] = []
-        videos: list[VideoClip] = []
-        video_owners: list[str] = []
-        messages: list[dict] = []
-        for turn in turns:
-            if turn.role == "system":
-                messages.append(
-                    {"role": "system", "content": [{"type": "text", "text": turn.text}]}
-                )
-                continue
-            parts: list[dict] = []
-            for attachment in turn.attachments:
-                visuals = load_attachment(
-                    attachment.path, budget, self.media_cache, attachment.name
-                )
-                for index, (kind, value) in enumerate(visuals):
-                    parts.append({"type": kind})
-                    if kind == "image":
-                        images.append(value)
-                        refs.append(ImageRef(attachment, index))
-                    else:
-                        videos.append(value)
-                        video_owners.append(attachment.name)
-            if turn.text or not parts:
-                parts.append({"type": "text", "text": turn.text})
-            messages.append({"role": turn.role, "content": parts})
-        return messages, images, refs, videos, video_owners
-
-    def build_inputs(
-        self, request: ChatRequest
-    ) -> tuple[Any, PromptInfo, tuple[tuple[str, int], ...]]:
-        """Processor outputs, prompt facts, and the visual tokens each attachment costs."""
         try:
-            messages, images, refs, videos, video_owners = self._messages(
-                request.turns, request.budget or self.budget
-            )
-        except MediaError as err:
-            raise EngineError(str(err)) from err
-        template_kwargs: dict[str, Any] = {}
-        if request.params.enable_thinking is not None:
-            template_kwargs["enable_thinking"] = request.params.enable_thinking
-        prompt = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **template_kwargs
+            for batch in pump(work, cancel, name="qwen-generate"):
+                progress = [item for item in batch if isinstance(item, Progress)]
+                if progress:
+                    yield Delta(progress=progress[-1])
+                text = "".join(item for item in batch if isinstance(item, str))
+                if text:
+                    yield Delta(text=text)
+        except Cancelled:
+            pass  # stopped while reading the prompt: the reply ends empty, as stopped
+        except EngineError:
+            raise
+        except Exception as err:
+            raise self._user_error(err) from err
+        yield Delta(usage=self._usage(prompt, counts))
+
+    def _usage(self, prompt: Prompt, counts: _Counts) -> Usage:
+        return Usage(
+            prompt_tokens=len(prompt.ids),
+            completion_tokens=counts.tokens,
+            visual_tokens=prompt.visual_tokens,
+            visual_by_attachment=prompt.costs,
+            first_token_s=counts.first_token_s,
+            total_s=time.perf_counter() - counts.started,
+            cached_tokens=counts.cached_tokens if self.prefix_cache.enabled else None,
         )
-        kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
-        if images:
-            kwargs["images"] = images
-        if videos:
-            kwargs["videos"] = [clip.frames for clip in videos]
-            kwargs["videos_kwargs"] = {
-                "do_sample_frames": False,
-                # Frames are already scaled into the per-frame budget; the reference cap agrees.
-                "cap_pixels_per_frame": True,
-                "video_metadata": [clip.metadata() for clip in videos],
-            }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            inputs = self.processor(**kwargs)
-        merge = getattr(self.processor.image_processor, "merge_size", 2)
-        patch = getattr(self.processor.image_processor, "patch_size", 14)
-        # Keyed in the order the files were attached, whatever their kind.
-        costs = {a.name: 0 for turn in request.turns for a in turn.attachments}
-        sizes: list[tuple[int, int]] = []
-        if "image_grid_thw" in inputs:
-            for ref, (t, h, w) in zip(refs, inputs["image_grid_thw"].tolist(), strict=True):
-                name = ref.attachment.name
-                costs[name] = costs.get(name, 0) + t * h * w // (merge * merge)
-                sizes.append((w * patch, h * patch))
-        if "video_grid_thw" in inputs:
-            for name, (t, h, w) in zip(
-                video_owners, inputs["video_grid_thw"].tolist(), strict=True
-            ):
-                costs[name] = costs.get(name, 0) + t * h * w // (merge * merge)
-        info = PromptInfo(
-            opens_in_reasoning=prompt.rstrip().endswith("<think>"),
-            images=tuple(
-                ImageRef(ref.attachment, ref.index, size)
-                for ref, size in zip(refs, sizes, strict=True)
-            ),
+
+    def _run(
+        self,
+        prompt: Prompt,
+        request: ChatRequest,
+        cancel: threading.Event,
+        emit: Emit,
+        counts: _Counts,
+    ) -> None:
+        """The generation thread: one request on the model, retried once on out-of-memory
+        without the prefix cache (the cache must never be why a request runs out)."""
+        with self._lock:
+            if cancel.is_set():
+                return
+            self._hooks.watch = Watch(cancel, emit)
+            try:
+                try:
+                    self._generate(prompt, request, cancel, emit, counts)
+                except Exception as err:
+                    if not _is_out_of_memory(err) or counts.tokens or not len(self.prefix_cache):
+                        raise
+                    log.warning("out of memory with the prefix cache held; dropped it, retrying")
+                    self.prefix_cache.clear()
+                    _free_accelerator_memory()
+                    self._generate(prompt, request, cancel, emit, counts)
+            finally:
+                self._hooks.watch = None
+
+    def _generate(
+        self,
+        prompt: Prompt,
+        request: ChatRequest,
+        cancel: threading.Event,
+        emit: Emit,
+        counts: _Counts,
+    ) -> None:
+        import torch
+
+        reuse = self.prefix_cache.take(prompt.ids, prompt.media)
+        counts.cached_tokens = reuse.tokens
+        _log_reuse(prompt, reuse)
+        marks = dict(reuse.marks)
+        try:
+            with torch.inference_mode():
+                features = self._encode_media(prompt, reuse.tokens)
+                start = self._answer_start(prompt.ids)
+                if not kv.is_cuttable(reuse.cache) and start > reuse.tokens:
+                    # A state that cannot be cut back (Qwen3.5's linear attention): read up to
+                    # the answer's turn and keep a copy there, where Regenerate and Thinking
+                    # templates (which drop earlier reasoning) take up again.
+                    self._read(prompt, reuse.cache, features, stop_at=start)
+                    marks[start] = kv.mark(reuse.cache)
+                    features = None
+                sequences = self._decode(
+                    prompt, request, reuse.cache, features, cancel, emit, counts
+                )
+        except Cancelled:
+            self._keep_what_was_read(prompt, reuse, marks)
+            raise
+        cached = kv.length(reuse.cache)
+        self.prefix_cache.put(sequences[:cached], prompt.media, reuse.cache, marks)
+
+    def _keep_what_was_read(self, prompt: Prompt, reuse: Reuse, marks: kv.Marks) -> None:
+        """A prefill stopped between layers leaves the cache half-written: cut it back to what
+        it held before (where the cache allows that) and keep it."""
+        if reuse.tokens and kv.is_cuttable(reuse.cache):
+            kv.cut(reuse.cache, reuse.tokens, marks)
+            self.prefix_cache.put(prompt.ids[: reuse.tokens], prompt.media, reuse.cache, marks)
+
+    def _answer_start(self, ids: tuple[int, ...]) -> int:
+        """Where the answer's turn starts: the last `<|im_start|>` of the prompt."""
+        for index in range(len(ids) - 1, -1, -1):
+            if ids[index] == self._answer_start_id:
+                return index
+        return len(ids) - 1
+
+    def _encode_media(self, prompt: Prompt, cached: int) -> dict[str, Any] | None:
+        """The vision encoder's outputs for the images and videos after the cached part."""
+        outputs: dict[str, Any] = {}
+        for kind, grid_name, pixels_name, encode in (
+            ("image", "image_grid_thw", "pixel_values", self.model.model.get_image_features),
+            ("video", "video_grid_thw", "pixel_values_videos", self.model.model.get_video_features),
+        ):
+            new = [s for s in prompt.media if s.kind == kind and s.start >= cached]
+            if not new:
+                continue
+            names = ", ".join(dict.fromkeys(span.name for span in new))
+            tokens = sum(span.end - span.start for span in new)
+            self._hooks.set_stage(f"Reading {names} · {tokens} visual tokens")
+            grid = prompt.inputs[grid_name]
+            first = new[0].index
+            rows = int(grid[:first].prod(-1).sum())
+            pixels = prompt.inputs[pixels_name][rows:].to(self.model.device)
+            outputs[kind] = encode(pixels, grid[first:].to(self.model.device), return_dict=True)
+        return outputs or None
+
+    def _model_inputs(self, prompt: Prompt, stop_at: int | None = None) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        for name, value in prompt.inputs.items():
+            if name in PIXEL_INPUTS:
+                continue
+            if stop_at is not None and name in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                value = value[:, :stop_at]
+            inputs[name] = value.to(self.model.device)
+        # Qwen-VL keeps the multimodal RoPE offset of the last request on the model; computed
+        # afresh from this whole prompt (a stale one misplaces every token after a cache hit).
+        self.model.model.rope_deltas = None
+        return inputs
+
+    def _read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int) -> None:
+        """Read the prompt up to `stop_at` into `cache` (one forward; the sampled token unused)."""
+        self._hooks.set_stage(f"Reading the conversation · {stop_at - kv.length(cache)} tokens")
+        extra = {"mm_encoder_outputs": features} if features else {}
+        self.model.generate(
+            **self._model_inputs(prompt, stop_at),
+            **extra,
+            cache=cache,
+            max_new_tokens=1,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
-        return inputs, info, tuple(costs.items())
+
+    def _decode(
+        self,
+        prompt: Prompt,
+        request: ChatRequest,
+        cache: Any,
+        features: Any,
+        cancel: threading.Event,
+        emit: Emit,
+        counts: _Counts,
+    ) -> list[int]:
+        """Read the rest of the prompt, then generate the reply; return every id read or made."""
+        from transformers import StoppingCriteriaList
+
+        self._hooks.set_stage(
+            f"Reading the conversation · {len(prompt.ids) - kv.length(cache)} tokens"
+        )
+        control_tokens = self._control_tokens
+
+        def on_token(count: int) -> None:
+            if counts.first_token_s is None:
+                counts.first_token_s = time.perf_counter() - counts.started
+            counts.tokens += count
+
+        def on_text(text: str) -> None:
+            text = control_tokens.sub("", text)
+            if text:
+                emit(text)
+
+        extra = {"mm_encoder_outputs": features} if features else {}
+        if request.params.seed is not None:
+            from transformers import set_seed
+
+            set_seed(request.params.seed)
+        sequences = self.model.generate(
+            **self._model_inputs(prompt),
+            **extra,
+            **self._generate_kwargs(request),
+            cache=cache,
+            streamer=TokenStreamer(self.processor.tokenizer, on_text, on_token),
+            stopping_criteria=StoppingCriteriaList([_stop_on_cancel(cancel)]),
+        )
+        return list(sequences[0].tolist())
 
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         params = request.params
@@ -360,111 +384,58 @@ class LocalEngine:
             kwargs["repetition_penalty"] = params.repetition_penalty
         return kwargs
 
-    # --- generating ----------------------------------------------------------------------
-
-    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        inputs, info, costs = self.build_inputs(request)
-        yield Delta(prompt=info)
-        inputs = inputs.to(self.model.device)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        items: queue.Queue = queue.Queue()
-        counts = {"tokens": 0, "first": None}
-        started = time.perf_counter()
-
-        def on_token(count: int) -> None:
-            if counts["first"] is None:
-                counts["first"] = time.perf_counter() - started
-            counts["tokens"] += count
-
-        def on_text(text: str) -> None:
-            text = control_tokens.sub("", text)
-            if text:
-                items.put(text)
-
-        class StopOnCancel(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full(
-                    (input_ids.shape[0],),
-                    cancel.is_set(),
-                    dtype=torch.bool,
-                    device=input_ids.device,
-                )
-
-        # Decoded with special tokens, then control tokens removed: grounding tokens stay.
-        control_tokens = self._control_tokens
-        streamer = TokenStreamer(self.processor.tokenizer, on_text, on_token)
-        generate_kwargs = dict(
-            **inputs,
-            **self._generate_kwargs(request),
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([StopOnCancel()]),
-        )
-        seed = request.params.seed
-
-        def run() -> None:
-            try:
-                with self._lock:
-                    if cancel.is_set():
-                        return
-                    if seed is not None:
-                        from transformers import set_seed
-
-                        set_seed(seed)
-                    with torch.inference_mode():
-                        self.model.generate(**generate_kwargs)
-            except BaseException as err:  # noqa: BLE001 - every failure must reach the user
-                items.put(_Failure(err))
-            finally:
-                items.put(_END)
-
-        thread = threading.Thread(target=run, name="qwen-generate", daemon=True)
-        thread.start()
-        finished = False
-        try:
-            while True:
-                # Everything queued since the last yield goes out as one delta: at high token
-                # rates the UI then sends fewer, larger updates, and the generation thread
-                # loses less time to the server's per-update work (they share the GIL).
-                batch = [items.get()]
-                while isinstance(batch[-1], str) and not items.empty():
-                    batch.append(items.get_nowait())
-                text = "".join(item for item in batch if isinstance(item, str))
-                if text:
-                    yield Delta(text=text)
-                if batch[-1] is _END:
-                    finished = True
-                    break
-                if isinstance(batch[-1], _Failure):
-                    finished = True
-                    raise self._user_error(batch[-1].error) from batch[-1].error
-            yield Delta(
-                usage=Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=counts["tokens"],
-                    visual_tokens=sum(tokens for _, tokens in costs),
-                    visual_by_attachment=costs,
-                    first_token_s=counts["first"],
-                    total_s=time.perf_counter() - started,
-                )
-            )
-        finally:
-            if not finished:
-                # Closed early (Stop, a closed tab, an error upstream): end generate() at its
-                # next token and wait that long for the thread to finish.
-                cancel.set()
-                thread.join(timeout=5)
-
     def _user_error(self, error: BaseException) -> EngineError:
-        import torch
-
-        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        if _is_out_of_memory(error):
+            _free_accelerator_memory()
             return EngineError(
                 "The model ran out of memory on this request. Try fewer or smaller images, a "
                 "lower pixel budget in Settings, or restart the app with --load-in-4bit."
             )
         return EngineError(f"Generation failed: {type(error).__name__}: {error}")
+
+
+def _stop_on_cancel(cancel: threading.Event) -> Any:
+    """A stopping criterion that ends generate() at the next token once `cancel` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnCancel(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return StopOnCancel()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _log_reuse(prompt: Prompt, reuse: Reuse) -> None:
+    if reuse.matched_length and reuse.tokens < reuse.shared:
+        log.info(
+            "prefix cache: the prompt shares %d tokens with a cached one of %d; reused %d "
+            "(the cache can be cut back only there)",
+            reuse.shared,
+            reuse.matched_length,
+            reuse.tokens,
+        )
+    elif reuse.matched_length and reuse.shared < reuse.matched_length:
+        log.info(
+            "prefix cache: the prompt leaves a cached sequence of %d tokens at token %d (an "
+            "edited turn, or a template that drops earlier reasoning); reused %d of %d",
+            reuse.matched_length,
+            reuse.shared,
+            reuse.tokens,
+            len(prompt.ids),
+        )

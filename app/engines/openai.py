@@ -1,41 +1,45 @@
 """Any OpenAI-compatible server (vLLM, SGLang, LMDeploy, transformers serve) as the engine.
 
 The UI process stays light: it decodes and budgets media itself (the same `app.media` path as
-the local engine), sends images as base64 data URLs, and streams the server-sent events back.
-The HTTP stream runs on a thread feeding a queue, so Stop closes the connection at once and the
-server stops generating. Reasoning deltas (`reasoning_content` or `reasoning`, from vLLM's and
-SGLang's reasoning parsers) are wrapped in <think> tags so the UI shows them as it does for the
-local engine.
+the local engine), sends images as base64 data URLs, and streams the reply through the `openai`
+client (the client vLLM's and SGLang's own docs use: streaming, errors, retries). The stream runs
+in the shared pump, so Stop closes the connection at once and the server stops generating.
+Reasoning deltas (`reasoning_content` or `reasoning`, from vLLM's and SGLang's reasoning parsers)
+are wrapped in <think> tags so the UI shows them as it does for the local engine.
+
+The same image always goes as the same bytes (the encoded data URL is kept with the decoded
+image), so servers with prefix caching (vLLM, SGLang) reuse earlier turns of a conversation.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.engines.base import ChatRequest, Delta, EngineError, ImageRef, PromptInfo, Usage
-from app.media import Budget, MediaCache, MediaError, VideoClip, load_attachment
+from app.engines.base import (
+    ChatRequest,
+    Delta,
+    EngineError,
+    ImageRef,
+    PromptInfo,
+    SamplingDefaults,
+    Usage,
+    family_of_model_name,
+)
+from app.engines.pump import Emit, pump
+from app.grounding import model_input_size
+from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
 
 log = logging.getLogger(__name__)
 
-_END = object()
-
-
 # Request fields outside OpenAI's own API that vLLM and SGLang take and other servers may refuse.
-EXTENSION_FIELDS = frozenset({"top_k", "repetition_penalty", "seed", "chat_template_kwargs"})
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
+EXTENSION_FIELDS = ("top_k", "repetition_penalty", "seed", "chat_template_kwargs")
 
 
 class _Rejected(Exception):
@@ -44,37 +48,10 @@ class _Rejected(Exception):
         self.fields = fields
 
 
-def _rejected_fields(error: BaseException, payload: dict[str, Any]) -> set[str]:
-    """The extension fields a 400/422 answer names as the problem (empty if it names none)."""
-    import httpx
-
-    if not isinstance(error, httpx.HTTPStatusError) or error.response.status_code not in (400, 422):
-        return set()
-    message = _server_message(error.response)
-    return {f for f in EXTENSION_FIELDS if f in payload and f in message}
-
-
-def _data_url(image: Any, fmt: str = "JPEG") -> str:
+def _data_url(image: Any) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, quality=90)
-    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
-
-
-def _frames_as_parts(name: str, clip: VideoClip) -> list[dict]:
-    """A video as timestamped frames: text "name at 1.5 s:" then the frame, for each frame."""
-    from PIL import Image
-
-    parts: list[dict] = [
-        {
-            "type": "text",
-            "text": f"Video {name}: {len(clip.timestamps)} frames sampled in time order.",
-        }
-    ]
-    for t, frame in zip(clip.timestamps, clip.frames, strict=True):
-        parts.append({"type": "text", "text": f"{t:.1f} s:"})
-        parts.append({"type": "image_url", "image_url": {"url": _data_url(Image.fromarray(frame))}})
-    return parts
+    image.save(buffer, format="JPEG", quality=90)
+    return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
 
 def _video_as_url(clip: VideoClip) -> dict:
@@ -97,18 +74,14 @@ def _video_as_url(clip: VideoClip) -> dict:
     return {"type": "video_url", "video_url": {"url": url}}
 
 
-def _server_message(response: Any) -> str:
+def server_message(body: Any, fallback: str = "") -> str:
     """The server's own error message from an error body, whatever its shape."""
-    try:
-        body = json.loads(response.read())
-    except (ValueError, UnicodeDecodeError):
-        return response.text[:300] if hasattr(response, "text") else ""
     if isinstance(body, dict):
         error = body.get("error", body.get("detail", body.get("message", body)))
         if isinstance(error, dict):
             error = error.get("message", error)
         return str(error)[:500]
-    return str(body)[:500]
+    return str(body or fallback)[:500]
 
 
 class ReasoningJoiner:
@@ -136,10 +109,24 @@ class ReasoningJoiner:
         return closing
 
 
+@dataclass
+class _Progress:
+    """What one stream measured."""
+
+    started: float
+    first: float | None = None
+    chunks: int = 0
+    usage: Any = None
+
+
 class OpenAIEngine:
     """Streams chat completions from an OpenAI-compatible server."""
 
     name = "openai"
+    counts_visual_tokens = False
+    notice = None
+    # The server applies its own checkpoint's defaults; the UI shows its own.
+    sampling_defaults = SamplingDefaults()
 
     def __init__(
         self,
@@ -147,65 +134,86 @@ class OpenAIEngine:
         *,
         api_key: str | None = None,
         model: str | None = None,
+        family: str | None = None,
         budget: Budget | None = None,
         media_cache: MediaCache | None = None,
         max_new_tokens: int = 1024,
         video_mode: Literal["frames", "url"] = "frames",
-        family: str = "qwen3_vl",
         timeout_s: float = 60.0,
     ) -> None:
         import httpx
+        from openai import OpenAI
 
         self.api_base = api_base.rstrip("/")
         if not self.api_base.endswith("/v1"):
             self.api_base += "/v1"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._client = OpenAI(
+            base_url=self.api_base,
+            api_key=api_key or "none",
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            max_retries=1,
+        )
         self.budget = budget or Budget()
         self.media_cache = media_cache or MediaCache()
         self.max_new_tokens = max_new_tokens
         self.video_mode = video_mode
-        self.family = family
         self.model = model or self._served_model()
-        self.checkpoint = self.model
-        self.generation_defaults = None
-        self.processor = None
+        self.model_name = self.model.rstrip("/").rsplit("/", 1)[-1]
+        self.family = family or family_of_model_name(self.model) or "qwen3_vl"
+        if not family and family_of_model_name(self.model) is None:
+            log.warning(
+                "the served model's name %r names no Qwen-VL family; boxes are read as Qwen3-VL "
+                "draws them (0-1000). Start with --family to say which it is.",
+                self.model,
+            )
+        # Qwen3.5's templates take `enable_thinking` (vLLM and SGLang pass it on as a chat
+        # template argument); Qwen3-VL Thinking models always think, the others never do.
+        self.supports_thinking = self.family == "qwen3_5"
         self.unsupported_fields: set[str] = set()
+        self._urls: dict[tuple[str, int], str] = {}
+        self._urls_lock = threading.Lock()
 
     def _served_model(self) -> str:
-        import httpx
-
         try:
-            response = self._client.get(f"{self.api_base}/models")
-            response.raise_for_status()
-            models = response.json().get("data") or []
-        except httpx.HTTPError as err:
-            raise EngineError(self._http_message(err)) from err
+            models = self._client.models.list().data
+        except Exception as err:
+            raise EngineError(self._error_message(err)) from err
         if not models:
             raise EngineError(
                 f"The server at {self.api_base} serves no model (/v1/models is empty)"
             )
-        return str(models[0]["id"])
+        return str(models[0].id)
 
-    def _http_message(self, err: BaseException) -> str:
-        import httpx
+    def _error_message(self, err: BaseException) -> str:
+        import openai
 
-        if isinstance(err, httpx.ConnectError):
+        if isinstance(err, openai.APITimeoutError):
+            return f"The model server at {self.api_base} did not answer in time."
+        if isinstance(err, openai.APIConnectionError):
             return (
                 f"Cannot reach the model server at {self.api_base} (connection refused or no "
                 "such host). Is it running? Press Regenerate once it is back."
             )
-        if isinstance(err, httpx.TimeoutException):
-            kind = type(err).__name__
-            return f"The model server at {self.api_base} did not answer in time ({kind})."
-        if isinstance(err, httpx.HTTPStatusError):
-            return (
-                f"The model server answered {err.response.status_code}: "
-                f"{_server_message(err.response)}"
-            )
+        if isinstance(err, openai.APIStatusError):
+            message = server_message(err.body, err.message)
+            return f"The model server answered {err.status_code}: {message}"
+        if isinstance(err, openai.APIError):
+            return f"The model server reported: {server_message(err.body, err.message)}"
         return f"The connection to the model server failed: {type(err).__name__}: {err}"
 
     # --- building the request ------------------------------------------------------------
+
+    def _image_url(self, key: str, index: int, image: Any) -> str:
+        """The data URL of an image, encoded once: the same image is the same bytes each turn."""
+        with self._urls_lock:
+            url = self._urls.get((key, index))
+        if url is None:
+            url = _data_url(image)
+            with self._urls_lock:
+                if len(self._urls) > 512:  # a bound on memory; a re-encoding gives equal bytes
+                    self._urls.clear()
+                self._urls[(key, index)] = url
+        return url
 
     def build_messages(self, request: ChatRequest) -> tuple[list[dict], PromptInfo]:
         budget = request.budget or self.budget
@@ -218,25 +226,41 @@ class OpenAIEngine:
             parts: list[dict] = []
             for attachment in turn.attachments:
                 try:
-                    visuals = load_attachment(
+                    attached = read_attachment(
                         attachment.path, budget, self.media_cache, attachment.name
                     )
                 except MediaError as err:
                     raise EngineError(str(err)) from err
-                for index, (kind, value) in enumerate(visuals):
-                    if kind == "image":
-                        parts.append({"type": "image_url", "image_url": {"url": _data_url(value)}})
-                        refs.append(ImageRef(attachment, index, None))
-                    elif self.video_mode == "url":
-                        parts.append(_video_as_url(value))
-                    else:
-                        parts.extend(_frames_as_parts(attachment.name, value))
+                for index, visual in enumerate(attached.visuals):
+                    if isinstance(visual, VideoClip):
+                        parts.extend(self._video_parts(attachment.name, attached.key, visual))
+                        continue
+                    url = self._image_url(attached.key, index, visual)
+                    parts.append({"type": "image_url", "image_url": {"url": url}})
+                    size = model_input_size(self.family, visual.size)
+                    refs.append(ImageRef(attachment, index, visual, size))
             if turn.text:
                 parts.append({"type": "text", "text": turn.text})
             messages.append({"role": "user", "content": parts})
         return messages, PromptInfo(opens_in_reasoning=False, images=tuple(refs))
 
+    def _video_parts(self, name: str, key: str, clip: VideoClip) -> list[dict]:
+        """A video as timestamped frames ("1.5 s:" then the frame), or as one video_url part."""
+        from PIL import Image
+
+        if self.video_mode == "url":
+            return [_video_as_url(clip)]
+        parts: list[dict] = [
+            {"type": "text", "text": f"Video {name}: {len(clip.timestamps)} frames sampled."}
+        ]
+        for index, (t, frame) in enumerate(zip(clip.timestamps, clip.frames, strict=True)):
+            url = self._image_url(f"{key}:frames", index, Image.fromarray(frame))
+            parts.append({"type": "text", "text": f"{t:.1f} s:"})
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        return parts
+
     def build_payload(self, request: ChatRequest, messages: list[dict]) -> dict[str, Any]:
+        """The request's fields; the EXTENSION_FIELDS among them go as the client's extra_body."""
         params = request.params
         payload: dict[str, Any] = {
             "model": self.model,
@@ -245,17 +269,15 @@ class OpenAIEngine:
             "stream_options": {"include_usage": True},
             "max_tokens": params.bounded_max_new_tokens(self.max_new_tokens),
         }
-        if params.temperature is not None:
-            payload["temperature"] = params.temperature
-        if params.top_p is not None:
-            payload["top_p"] = params.top_p
-        # Not in OpenAI's own API, but vLLM, SGLang and LMDeploy take them as extra fields.
-        if params.top_k is not None:
-            payload["top_k"] = params.top_k
-        if params.repetition_penalty is not None:
-            payload["repetition_penalty"] = params.repetition_penalty
-        if params.seed is not None:
-            payload["seed"] = params.seed
+        optional = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            # Not in OpenAI's own API, but vLLM, SGLang and LMDeploy take them.
+            "top_k": params.top_k,
+            "repetition_penalty": params.repetition_penalty,
+            "seed": params.seed,
+        }
+        payload.update({k: v for k, v in optional.items() if v is not None})
         if params.enable_thinking is not None:
             payload["chat_template_kwargs"] = {"enable_thinking": params.enable_thinking}
         return payload
@@ -265,111 +287,88 @@ class OpenAIEngine:
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         messages, info = self.build_messages(request)
         yield Delta(prompt=info)
-        started = time.perf_counter()
+        measured = _Progress(time.perf_counter())
         while True:
             payload = self.build_payload(request, messages)
-            for field in self.unsupported_fields:
-                payload.pop(field, None)
+            for name in self.unsupported_fields:
+                payload.pop(name, None)
             try:
-                yield from self._stream_once(payload, cancel, started)
-                return
+                yield from self._stream_once(payload, cancel, measured)
+                break
             except _Rejected as rejected:
                 # A server that refuses an extension field (transformers serve refuses top_k
                 # and repetition_penalty): drop those fields from now on and ask again.
                 log.warning("%s does not take %s; sending without", self.api_base, rejected.fields)
                 self.unsupported_fields |= rejected.fields
+        usage = measured.usage
+        yield Delta(
+            usage=Usage(
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or measured.chunks),
+                visual_tokens=None,
+                first_token_s=measured.first,
+                total_s=time.perf_counter() - measured.started,
+            )
+        )
 
     def _stream_once(
-        self, payload: dict[str, Any], cancel: threading.Event, started: float
+        self, payload: dict[str, Any], cancel: threading.Event, measured: _Progress
     ) -> Iterator[Delta]:
-        items: queue.Queue = queue.Queue()
         holder: dict[str, Any] = {}
+        fields = {k: v for k, v in payload.items() if k not in EXTENSION_FIELDS}
+        extra = {k: v for k, v in payload.items() if k in EXTENSION_FIELDS}
 
-        def run() -> None:
+        def work(emit: Emit) -> None:
             try:
-                with self._client.stream(
-                    "POST", f"{self.api_base}/chat/completions", json=payload
-                ) as response:
-                    holder["response"] = response
-                    if response.status_code >= 400:
-                        response.read()
-                        response.raise_for_status()
-                    for line in response.iter_lines():
-                        if cancel.is_set():
-                            break
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        items.put(json.loads(data))
-            except BaseException as err:  # noqa: BLE001 - every failure must reach the user
-                if not cancel.is_set():
-                    items.put(_Failure(err))
-            finally:
-                items.put(_END)
-
-        thread = threading.Thread(target=run, name="openai-stream", daemon=True)
-        thread.start()
-        first: float | None = None
-        usage: dict[str, Any] = {}
-        joiner = ReasoningJoiner()
-        chunks = 0
-        finished = False
-        try:
-            while True:
-                try:
-                    batch = [items.get(timeout=0.05)]
-                except queue.Empty:
+                stream = self._client.chat.completions.create(**fields, extra_body=extra or None)
+                holder["stream"] = stream
+                for chunk in stream:
                     if cancel.is_set():
                         break
-                    continue
-                # All chunks queued since the last yield go out as one delta (fewer, larger
-                # UI updates at high rates).
-                while isinstance(batch[-1], dict) and not items.empty():
-                    batch.append(items.get_nowait())
-                text = ""
-                for item in batch:
-                    if not isinstance(item, dict):
-                        continue
-                    if item.get("error"):
-                        finished = True
-                        raise EngineError(f"The model server reported: {item['error']}")
-                    usage = item.get("usage") or usage
-                    for choice in item.get("choices") or []:
-                        text += joiner.feed(choice.get("delta") or {})
-                chunks += sum(isinstance(item, dict) for item in batch)
+                    emit(chunk)
+            except Exception:
+                if not cancel.is_set():  # closed by Stop: an ending, not a failure
+                    raise
+
+        def interrupt() -> None:
+            stream = holder.get("stream")
+            if stream is not None:
+                stream.close()  # closing the response closes the connection
+
+        joiner = ReasoningJoiner()
+        try:
+            for batch in pump(work, cancel, name="openai-stream", interrupt=interrupt):
+                text = "".join(self._read_chunk(chunk, joiner, measured) for chunk in batch)
                 if text:
-                    if first is None:
-                        first = time.perf_counter() - started
+                    if measured.first is None:
+                        measured.first = time.perf_counter() - measured.started
                     yield Delta(text=text)
-                tail = batch[-1]
-                if tail is _END:
-                    finished = True
-                    break
-                if isinstance(tail, _Failure):
-                    finished = True
-                    rejected = _rejected_fields(tail.error, payload)
-                    if rejected and chunks == 0:
-                        raise _Rejected(rejected)
-                    raise EngineError(self._http_message(tail.error)) from tail.error
-            closing = joiner.close()
-            if closing:
-                yield Delta(text=closing)
-            yield Delta(
-                usage=Usage(
-                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                    completion_tokens=int(usage.get("completion_tokens") or chunks),
-                    visual_tokens=None,
-                    first_token_s=first,
-                    total_s=time.perf_counter() - started,
-                )
-            )
-        finally:
-            if not finished or cancel.is_set():
-                # Closing the response closes the connection: the server stops generating.
-                cancel.set()
-                response = holder.get("response")
-                if response is not None:
-                    response.close()
-                thread.join(timeout=5)
+        except Exception as err:
+            rejected = self._rejected_fields(err, payload)
+            if rejected and measured.chunks == 0:
+                raise _Rejected(rejected) from err
+            raise EngineError(self._error_message(err)) from err
+        closing = joiner.close()
+        if closing:
+            yield Delta(text=closing)
+
+    @staticmethod
+    def _read_chunk(chunk: Any, joiner: ReasoningJoiner, measured: _Progress) -> str:
+        measured.chunks += 1
+        measured.usage = chunk.usage or measured.usage
+        text = ""
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            fields = dict(delta.model_extra or {})
+            fields["content"] = delta.content
+            text += joiner.feed(fields)
+        return text
+
+    def _rejected_fields(self, error: BaseException, payload: dict[str, Any]) -> set[str]:
+        """The extension fields a 400/422 answer names as the problem (empty if it names none)."""
+        import openai
+
+        if not isinstance(error, openai.APIStatusError) or error.status_code not in (400, 422):
+            return set()
+        message = server_message(error.body, error.message)
+        return {f for f in EXTENSION_FIELDS if f in payload and f in message}

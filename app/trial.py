@@ -1,10 +1,11 @@
-"""Build tiny random Qwen-VL checkpoints offline.
+"""The offline trial (`--tiny-random FAMILY`): tiny random Qwen-VL checkpoints built offline.
 
-Each checkpoint is real: a byte-level BPE tokenizer trained on the spot with the Qwen special
-tokens and a Qwen-style chat template, a model config from transformers' own config classes, and
-the Qwen image and video processors, all written with ``save_pretrained``. It loads through
-``AutoProcessor`` and ``AutoModelForImageTextToText`` exactly as a hub checkpoint does; its answers
-are random text.
+The app serves one when there is no model and no network; the tests and benchmarks build theirs
+with the same code. Each checkpoint is real: a byte-level BPE tokenizer trained on the spot with
+the Qwen special tokens and a Qwen-style chat template, a model config from transformers' own
+config classes, and the Qwen image and video processors, all written with ``save_pretrained``.
+It loads through ``AutoProcessor`` and ``AutoModelForImageTextToText`` exactly as a hub
+checkpoint does; its answers are random text.
 """
 
 from __future__ import annotations
@@ -294,6 +295,26 @@ def script_bias(tokenizer: Any, reply: str, eos: int) -> list[list]:
     return [[ids[: i + 1], 1000.0 * (i + 1)] for i in range(len(ids))]
 
 
-def is_tiny_checkpoint(path: str | Path) -> bool:
-    """True when `path` holds a checkpoint made by `build_tiny_checkpoint`."""
-    return (Path(path) / "TINY_RANDOM_CHECKPOINT.json").is_file()
+TRIAL_BANNER = (
+    "Offline trial: this is a tiny model with random weights made on the spot. "
+    "Its answers are meaningless; everything else works as with a real checkpoint."
+)
+
+
+def build_trial_checkpoint(family: str) -> Path:
+    """A tiny random checkpoint of `family` in a new temporary folder, for `--tiny-random`."""
+    import logging
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=f"tiny-{family}-")
+    path = build_tiny_checkpoint(folder, family)
+    logging.getLogger(__name__).info("offline trial: built a tiny random %s in %s", family, path)
+    return path
+
+
+def trial_family(path: str | Path) -> str | None:
+    """The family of the tiny checkpoint at `path`, or None when it is not one of ours."""
+    marker = Path(path) / "TINY_RANDOM_CHECKPOINT.json"
+    if not marker.is_file():
+        return None
+    return str(json.loads(marker.read_text()).get("family", "unknown"))

@@ -1,0 +1,125 @@
+"""Finding and loading a checkpoint: a local folder or the hub, device, dtype, attention, 4-bit."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.engines.base import EngineError
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointNotFound(EngineError):
+    """The checkpoint is neither a local folder, in the hub cache, nor reachable."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    cpu_only: bool = False
+    flash_attn2: bool = False
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+
+
+def resolve_checkpoint(name: str) -> str:
+    """A local folder for `name` (a folder, or a hub id downloaded or found in the cache).
+
+    Fails fast, in one clear sentence, where there is no network and no local copy: the hub
+    client's own retries would otherwise take minutes and end in a traceback.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    import huggingface_hub as hub
+
+    try:
+        return hub.snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): try the hub below
+        pass
+    hint = (
+        f"Checkpoint {name!r} is not a local folder, not in the Hugging Face cache, and the hub "
+        "cannot be reached. Download it where there is network "
+        f"(hf download {name} --local-dir ./model) and start with "
+        "-c ./model, or try the app offline with --tiny-random qwen3_vl."
+    )
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        raise CheckpointNotFound(f"Checkpoint folder {name!r} does not exist.")
+    try:
+        hub.HfApi().model_info(name, timeout=10)
+    except Exception as err:
+        if "404" in str(err) or "not found" in str(err).lower():
+            raise CheckpointNotFound(f"Checkpoint {name!r} does not exist on the hub.") from err
+        raise CheckpointNotFound(hint) from err
+    return str(hub.snapshot_download(name))
+
+
+def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
+    """flash_attention_2 where asked for and runnable, else sdpa (with a warning when asked)."""
+    if not flash_attn2:
+        return "sdpa"
+    if not on_cuda:
+        log.warning("--flash-attn2 needs a CUDA GPU; using sdpa attention on the CPU")
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        log.warning("--flash-attn2: the flash-attn package is not installed; using sdpa")
+        return "sdpa"
+    import torch
+
+    if torch.cuda.get_device_capability()[0] < 8:
+        log.warning("--flash-attn2: this GPU is older than Ampere; using sdpa")
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def choose_dtype(name: str, on_cuda: bool) -> Any:
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if on_cuda:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
+    """(model, processor) of `checkpoint`, ready for inference; logs what it chose and how long."""
+    path = resolve_checkpoint(checkpoint)  # first: a missing checkpoint fails in a blink
+    started = time.perf_counter()
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    imported = time.perf_counter() - started
+    on_cuda = torch.cuda.is_available() and not options.cpu_only
+    dtype = choose_dtype(options.dtype, on_cuda)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": choose_attention(options.flash_attn2, on_cuda),
+        "device_map": "cuda" if on_cuda else "cpu",
+    }
+    if options.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    model.eval()
+    log.info(
+        "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s, %s%s)",
+        checkpoint,
+        time.perf_counter() - started,
+        imported,
+        kwargs["device_map"],
+        str(dtype).removeprefix("torch."),
+        kwargs["attn_implementation"],
+        ", 4-bit nf4" if options.load_in_4bit else "",
+    )
+    return model, processor

@@ -1,0 +1,34 @@
+"""How much memory there is to spend, for the defaults of the prompt bound and the prefix cache."""
+
+from __future__ import annotations
+
+import os
+
+GB = 1 << 30
+
+
+def available_bytes(on_cuda: bool) -> int:
+    """Free memory where the model runs: the GPU's, or the machine's available RAM."""
+    if on_cuda:
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def default_prefix_cache_bytes(available: int) -> int:
+    """A quarter of what is free, at most 8 GB: room for a few long conversations with images
+    (the real Qwen3-VL-2B keeps about 0.22 MB a token in fp32), and most memory left to work."""
+    return min(8 * GB, available // 4)
+
+
+def default_max_prompt_tokens(context: int, available: int, bytes_per_token: int) -> int:
+    """The model's context, or fewer where half the free memory cannot hold that many tokens."""
+    return max(1024, min(context, available // 2 // max(1, bytes_per_token)))

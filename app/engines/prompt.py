@@ -1,0 +1,170 @@
+"""The local engine's prompt: chat turns and their media -> processor inputs, and what they cost.
+
+`build_prompt` reads every attachment within the request's budget, renders the chat template,
+runs the processor, and records where each image and video sits in the token ids (its span) and
+what content it stands for (its key): the prefix cache matches prompts by ids and keys, and
+encodes only the media after the cached part.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.engines.base import ChatRequest, EngineError, ImageRef, PromptInfo, Turn
+from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """One image or video in the prompt: token positions [start, end) and its content key."""
+
+    kind: str  # "image" or "video"
+    start: int
+    end: int
+    key: str
+    index: int  # among the prompt's images (or videos), in order
+    name: str  # the attachment it comes from
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request made ready for the model."""
+
+    inputs: Any  # the processor's BatchFeature
+    ids: tuple[int, ...]
+    media: tuple[MediaSpan, ...]
+    info: PromptInfo
+    costs: tuple[tuple[str, int], ...]  # visual tokens per attachment, in attachment order
+
+    @property
+    def visual_tokens(self) -> int:
+        return sum(tokens for _, tokens in self.costs)
+
+
+@dataclass
+class _Parts:
+    """The chat messages and media of a request, collected in prompt order."""
+
+    messages: list[dict]
+    images: list[Any]
+    image_refs: list[ImageRef]
+    image_keys: list[str]
+    image_owners: list[str]
+    videos: list[VideoClip]
+    video_owners: list[str]
+    video_keys: list[str]
+
+
+def text_of(turns: Sequence[Turn]) -> str:
+    """All the text of a conversation: counted against the prompt bound before media is read."""
+    return "\n".join(turn.text for turn in turns)
+
+
+def _collect(turns: Sequence[Turn], budget: Budget, media_cache: MediaCache) -> _Parts:
+    parts = _Parts([], [], [], [], [], [], [], [])
+    for turn in turns:
+        if turn.role == "system":
+            parts.messages.append(
+                {"role": "system", "content": [{"type": "text", "text": turn.text}]}
+            )
+            continue
+        content: list[dict] = []
+        for attachment in turn.attachments:
+            attached = read_attachment(attachment.path, budget, media_cache, attachment.name)
+            for index, visual in enumerate(attached.visuals):
+                key = f"{attached.key}#{index}"
+                if isinstance(visual, VideoClip):
+                    content.append({"type": "video"})
+                    parts.videos.append(visual)
+                    parts.video_owners.append(attachment.name)
+                    parts.video_keys.append(key)
+                else:
+                    content.append({"type": "image"})
+                    parts.images.append(visual)
+                    parts.image_refs.append(ImageRef(attachment, index, visual))
+                    parts.image_keys.append(key)
+                    parts.image_owners.append(attachment.name)
+        if turn.text or not content:
+            content.append({"type": "text", "text": turn.text})
+        parts.messages.append({"role": turn.role, "content": content})
+    return parts
+
+
+def _processor_inputs(processor: Any, parts: _Parts, template_kwargs: dict[str, Any]) -> Any:
+    prompt = processor.apply_chat_template(
+        parts.messages, add_generation_prompt=True, tokenize=False, **template_kwargs
+    )
+    kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
+    if parts.images:
+        kwargs["images"] = parts.images
+    if parts.videos:
+        kwargs["videos"] = [clip.frames for clip in parts.videos]
+        kwargs["videos_kwargs"] = {
+            "do_sample_frames": False,
+            # Frames are already scaled into the per-frame budget; the reference cap agrees.
+            "cap_pixels_per_frame": True,
+            "video_metadata": [clip.metadata() for clip in parts.videos],
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inputs = processor(**kwargs)
+    return prompt, inputs
+
+
+def _spans(
+    ids: list[int], token_id: int, kind: str, counts: list[int], keys: list[str], names: list[str]
+) -> list[MediaSpan]:
+    """Where each image (or video) sits: its placeholder tokens, in order, `counts[i]` each."""
+    positions = [i for i, token in enumerate(ids) if token == token_id]
+    spans, taken = [], 0
+    for index, (count, key, name) in enumerate(zip(counts, keys, names, strict=True)):
+        mine = positions[taken : taken + count]
+        taken += count
+        spans.append(MediaSpan(kind, mine[0], mine[-1] + 1, key, index, name))
+    return spans
+
+
+def build_prompt(
+    processor: Any, request: ChatRequest, budget: Budget, media_cache: MediaCache
+) -> Prompt:
+    """Processor inputs, media spans and keys, prompt facts, and each attachment's cost."""
+    try:
+        parts = _collect(request.turns, budget, media_cache)
+    except MediaError as err:
+        raise EngineError(str(err)) from err
+    template_kwargs: dict[str, Any] = {}
+    if request.params.enable_thinking is not None:
+        template_kwargs["enable_thinking"] = request.params.enable_thinking
+    text, inputs = _processor_inputs(processor, parts, template_kwargs)
+    merge = getattr(processor.image_processor, "merge_size", 2)
+    patch = getattr(processor.image_processor, "patch_size", 14)
+    image_tokens = [t * h * w // merge**2 for t, h, w in _grids(inputs, "image_grid_thw")]
+    video_tokens = [t * h * w // merge**2 for t, h, w in _grids(inputs, "video_grid_thw")]
+    ids = inputs["input_ids"][0].tolist()
+    token_id = processor.tokenizer.convert_tokens_to_ids
+    image_id, video_id = token_id(processor.image_token), token_id(processor.video_token)
+    media = _spans(ids, image_id, "image", image_tokens, parts.image_keys, parts.image_owners)
+    media += _spans(ids, video_id, "video", video_tokens, parts.video_keys, parts.video_owners)
+    # Keyed in the order the files were attached, whatever their kind.
+    costs = {a.name: 0 for turn in request.turns for a in turn.attachments}
+    for ref, tokens in zip(parts.image_refs, image_tokens, strict=True):
+        costs[ref.attachment.name] += tokens
+    for name, tokens in zip(parts.video_owners, video_tokens, strict=True):
+        costs[name] += tokens
+    sizes = [(w * patch, h * patch) for _, h, w in _grids(inputs, "image_grid_thw")]
+    info = PromptInfo(
+        opens_in_reasoning=text.rstrip().endswith("<think>"),
+        images=tuple(
+            ImageRef(ref.attachment, ref.index, ref.image, size)
+            for ref, size in zip(parts.image_refs, sizes, strict=True)
+        ),
+    )
+    media.sort(key=lambda span: span.start)
+    return Prompt(inputs, tuple(ids), tuple(media), info, tuple(costs.items()))
+
+
+def _grids(inputs: Any, name: str) -> list[tuple[int, int, int]]:
+    return [tuple(row) for row in inputs[name].tolist()] if name in inputs else []

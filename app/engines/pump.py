@@ -1,0 +1,81 @@
+"""One streaming pump for every engine: work on a thread -> a queue -> batches for the caller.
+
+The work (a `model.generate`, an HTTP stream) runs on its own thread and hands items over with
+`emit`. The caller iterates batches: everything emitted since its last batch comes as one list,
+so at high token rates the UI sends fewer, larger updates and the work loses less time to the
+caller's per-update work (they share the GIL). An exception inside the work is raised in the
+caller, not turned into a timeout. Cancellation is the request's event: when it is set,
+`interrupt` is called once (to unblock I/O the work waits on); when the caller stops early (Stop,
+a closed tab, an error upstream) the event is set and the thread given a few seconds to end.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_END = object()
+JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+Emit = Callable[[Any], None]
+
+
+def pump(
+    work: Callable[[Emit], None],
+    cancel: threading.Event,
+    *,
+    name: str,
+    interrupt: Callable[[], None] | None = None,
+    poll_s: float = 0.05,
+) -> Iterator[list[Any]]:
+    """Run `work(emit)` on a thread called `name`; yield what it emits, in batches."""
+    items: queue.Queue[Any] = queue.Queue()
+
+    def run() -> None:
+        try:
+            work(items.put)
+        except BaseException as err:  # noqa: BLE001 - every failure must reach the caller
+            items.put(_Failure(err))
+        finally:
+            items.put(_END)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    interrupted = False
+    try:
+        while True:
+            try:
+                batch = [items.get(timeout=poll_s)]
+            except queue.Empty:
+                if cancel.is_set() and interrupt is not None and not interrupted:
+                    interrupted = True
+                    interrupt()
+                continue
+            while _is_item(batch[-1]) and not items.empty():
+                batch.append(items.get_nowait())
+            payload = [item for item in batch if _is_item(item)]
+            if payload:
+                yield payload
+            if batch[-1] is _END:
+                return
+            if isinstance(batch[-1], _Failure):
+                raise batch[-1].error
+    finally:
+        if thread.is_alive():
+            cancel.set()
+            if interrupt is not None and not interrupted:
+                interrupt()
+            thread.join(timeout=JOIN_TIMEOUT_S)
+
+
+def _is_item(value: Any) -> bool:
+    return value is not _END and not isinstance(value, _Failure)

@@ -1,0 +1,166 @@
+"""Running one request on the engine for a browser session: the growing `Reply`, Stop, the log.
+
+Every reply, from the page or the `/chat` API, goes through `ReplyStreamer`: it turns an engine's
+deltas into a `Reply` (text, progress before the first token, stats, error), draws the reply's
+boxes on the image the request read, and logs one line per request. `SessionCancels` holds the
+cancel events of each session's running requests, so Stop, Clear and a closed tab reach them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.engines.base import ChatRequest, Engine, EngineError, Usage
+from app.grounding import draw_marks, parse_marks
+from app.render import Reply, format_progress, format_stats
+
+log = logging.getLogger(__name__)
+
+# At most one update per this many seconds while text streams (the first at once): each update
+# costs the server work that holds the GIL the generation thread needs, and eyes see no
+# difference past ~25 updates a second. Text held back goes out with the next token or the end.
+UPDATE_INTERVAL_S = 0.04
+
+
+class Cancel(threading.Event):
+    """A generation's cancel event; `cleared` says the chat was cleared, not just stopped."""
+
+    cleared = False
+
+
+class SessionCancels:
+    """The cancel events of the generations each browser session has running.
+
+    Stop (and closing the tab) sets them: the engine ends the prefill between two layers, or
+    generate() at its next token, and the reply finishes normally, partial text and stats kept.
+    Clear sets them too, marked cleared, so the reply's last update leaves the chat empty.
+    (gradio's own `cancels=` would kill the event instead, and the page then marks the chat
+    "Error".)
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[Cancel]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> Cancel:
+        event = Cancel()
+        with self._lock:
+            self._events.setdefault(session, set()).add(event)
+        return event
+
+    def finish(self, session: str, event: Cancel) -> None:
+        with self._lock:
+            events = self._events.get(session, set())
+            events.discard(event)
+            if not events:
+                self._events.pop(session, None)
+
+    def cancel(self, session: str, cleared: bool = False) -> None:
+        with self._lock:
+            for event in self._events.get(session, ()):
+                event.cleared = event.cleared or cleared
+                event.set()
+
+
+class ReplyStreamer:
+    """Runs one request on the engine and yields the growing `Reply`; logs one line a request."""
+
+    def __init__(
+        self, engine: Engine, cancels: SessionCancels, output_dir: Path | None = None
+    ) -> None:
+        self.engine = engine
+        self.cancels = cancels
+        self.output_dir = output_dir or Path(tempfile.mkdtemp(prefix="qwen-chat-"))
+
+    def annotate(self, reply: Reply) -> str | None:
+        """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None."""
+        marks = parse_marks(reply.answer())
+        if not marks or not reply.prompt.images:
+            return None
+        ref = reply.prompt.images[-1]
+        if ref.image is None:
+            return None
+        try:
+            drawn = draw_marks(ref.image, marks, self.engine.family, ref.input_size)
+            with tempfile.NamedTemporaryFile(
+                dir=self.output_dir, prefix="boxes-", suffix=".png", delete=False
+            ) as out:
+                drawn.save(out, format="PNG")
+            return out.name
+        except OSError as err:  # the reply stands without a drawing
+            log.warning("could not draw boxes on %s: %s", ref.attachment.name, err)
+            return None
+
+    def __call__(self, request: ChatRequest, session: str) -> Iterator[Reply]:
+        reply = Reply()
+        cancel = self.cancels.start(session)
+        started = time.perf_counter()
+        usage: Usage | None = None  # logged even when the reply fails
+        outcome = "ok"
+        try:
+            for _ in self._follow(request, reply, cancel, started):
+                yield reply
+            usage = reply.usage
+            reply.cleared = cancel.cleared
+            if cancel.is_set():
+                outcome = "stopped"
+                reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
+            reply.annotated = self.annotate(reply)
+        except EngineError as err:
+            outcome, reply.error = "error", str(err)
+        except Exception as err:  # a bug or an input nobody foresaw: still a message
+            log.exception("request failed unexpectedly")
+            outcome = "error"
+            reply.error = f"Something went wrong on the server: {type(err).__name__}: {err}"
+        except GeneratorExit:
+            outcome = "stopped"
+            raise
+        finally:
+            cancel.set()
+            self.cancels.finish(session, cancel)
+            _log_request(session, request, usage, started, outcome)
+        reply.finished = True
+        yield reply
+
+    def _follow(
+        self, request: ChatRequest, reply: Reply, cancel: Cancel, started: float
+    ) -> Iterator[None]:
+        """Apply the engine's deltas to `reply`; yield whenever the page should be updated."""
+        shown_at = 0.0
+        for delta in self.engine.stream(request, cancel):
+            if delta.prompt is not None:
+                reply.prompt = delta.prompt
+            if delta.progress is not None and not reply.raw:
+                reply.waiting = format_progress(delta.progress, time.perf_counter() - started, None)
+                yield
+            if delta.text:
+                reply.raw += delta.text
+                now = time.perf_counter()
+                if now - shown_at >= UPDATE_INTERVAL_S:
+                    shown_at = now
+                    yield
+            if delta.usage is not None:
+                reply.usage = delta.usage
+                reply.stats = format_stats(delta.usage)
+
+
+def _log_request(
+    session: str, request: ChatRequest, usage: Usage | None, started: float, outcome: str
+) -> None:
+    attachments = sum(len(t.attachments) for t in request.turns)
+    cached = "-" if usage is None or usage.cached_tokens is None else usage.cached_tokens
+    log.info(
+        "request session=%s attachments=%d tokens_in=%s cached=%s tokens_out=%s time=%.2fs %s",
+        session[:8],
+        attachments,
+        usage.prompt_tokens if usage else "-",
+        cached,
+        usage.completion_tokens if usage else "-",
+        time.perf_counter() - started,
+        outcome,
+    )

@@ -1,0 +1,125 @@
+"""The page's and the API's event handlers: plain methods, testable without a server.
+
+Each takes what gradio hands an event (the box's value, the chat history, the panel's values as
+keyword arguments, the `gr.Request` of the session) and returns or yields the new values. The
+chatbot's value is the one history of a browser session; gradio keeps it per session, so no
+session sees another's messages or files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app.conversation import (
+    box_to_user_messages,
+    build_request,
+    split_last_turn,
+    user_messages_to_box,
+)
+from app.engines.base import ChatRequest
+from app.render import render_reply
+from app.replies import ReplyStreamer, SessionCancels
+from app.ui.panel import PanelOptions, request_settings
+
+# The box while a reply runs (Stop in place of Send), and while none does.
+BUSY = {"submit_btn": False, "stop_btn": "Stop"}
+IDLE = {"submit_btn": "Send", "stop_btn": False}
+
+
+def session_of(request: gr.Request | None) -> str:
+    return (getattr(request, "session_hash", None) if request is not None else None) or "-"
+
+
+class ChatHandlers:
+    """What every event of the page and the API does, given the objects it works with."""
+
+    def __init__(
+        self, streamer: ReplyStreamer, cancels: SessionCancels, options: PanelOptions
+    ) -> None:
+        self.streamer = streamer
+        self.cancels = cancels
+        self.options = options
+
+    def _request(self, history: list, panel: dict[str, Any]) -> ChatRequest:
+        settings = request_settings(panel, self.options)
+        return build_request(history, settings.system_prompt, settings.params, settings.budget)
+
+    def _stream_into(self, history: list, request: ChatRequest, session: str) -> Iterator[list]:
+        for reply in self.streamer(request, session):
+            yield [] if reply.cleared else history + render_reply(reply)
+
+    def respond(
+        self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
+    ) -> Iterator[tuple[Any, list]]:
+        """Send: the box's text and files become the user's turn; the reply streams after it."""
+        history = list(history or [])
+        new = box_to_user_messages(box)
+        if not new:
+            yield gr.skip(), history
+            return
+        history += new
+        # The box empties only now that its content is safe in the history; Stop replaces Send.
+        yield gr.MultimodalTextbox(value={"text": "", "files": []}, **BUSY), history
+        chat = self._request(history, panel)
+        for shown in self._stream_into(history, chat, session_of(request)):
+            yield gr.skip(), shown
+
+    def regenerate(
+        self, history: list | None, request: gr.Request, **panel: Any
+    ) -> Iterator[tuple[list, Any]]:
+        """A new answer to the last user turn, in place of the old one."""
+        before, last_turn = split_last_turn(list(history or []))
+        if not last_turn:
+            yield gr.skip(), gr.skip()
+            return
+        history = before + last_turn
+        # Stop shows once the work starts (not while queued), when pressing it can reach it.
+        yield history, gr.MultimodalTextbox(**BUSY)
+        chat = self._request(history, panel)
+        for shown in self._stream_into(history, chat, session_of(request)):
+            yield shown, gr.skip()
+
+    def undo(self, history: list | None) -> tuple[list, Any]:
+        """Remove the last turn; what the user typed and attached comes back into the box."""
+        before, last_turn = split_last_turn(list(history or []))
+        if not last_turn:
+            return before, gr.skip()
+        return before, user_messages_to_box(last_turn)
+
+    def stop(self, request: gr.Request) -> Any:
+        self.cancels.cancel(session_of(request))
+        return gr.MultimodalTextbox(**IDLE)
+
+    def idle(self) -> Any:
+        return gr.MultimodalTextbox(**IDLE)
+
+    def clear(self, request: gr.Request) -> tuple[list, Any]:
+        self.cancels.cancel(session_of(request), cleared=True)
+        return [], gr.MultimodalTextbox(**IDLE)
+
+    def unload(self, request: gr.Request) -> None:
+        """A closed tab stops its generation, as Stop does."""
+        self.cancels.cancel(session_of(request))
+
+    def chat(
+        self,
+        message: dict | None = None,
+        history: list | None = None,
+        request: gr.Request = None,  # type: ignore[assignment] - gradio fills it in
+        **panel: Any,
+    ) -> Iterator[str]:
+        """The `/chat` API: the reply to `message` after `history` (earlier turns, optional)."""
+        new = box_to_user_messages(message)
+        if not new:
+            raise gr.Error("The message is empty: send text, files, or both.")
+        chat = self._request(list(history or []) + new, panel)
+        answer = ""
+        for reply in self.streamer(chat, session_of(request)):
+            if reply.error:
+                raise gr.Error(reply.error, print_exception=False)
+            answer = reply.answer()
+            yield answer
+        yield answer
