@@ -18,7 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,10 +70,10 @@ def _from_object(text: str) -> Mark | None:
             coords = value.get(key)
             if isinstance(coords, list) and len(coords) == size:
                 try:
-                    numbers = tuple(float(c) for c in coords)
+                    values = tuple(float(c) for c in coords)
                 except (TypeError, ValueError):
                     return None
-                return Mark(numbers, str(value.get("label", "") or ""))
+                return Mark(values, str(value.get("label", "") or ""))
         return None
     # Not valid JSON (cut off, or a stray character): read the fields one by one.
     found = _KEY_LIST.search(text)
@@ -87,7 +87,7 @@ def _from_object(text: str) -> Mark | None:
     return Mark(tuple(numbers), label.group(1) if label else "")
 
 
-def _finite(mark: Mark | None) -> bool:
+def _finite(mark: Mark | None) -> TypeGuard[Mark]:
     return mark is not None and all(math.isfinite(c) for c in mark.coords)
 
 

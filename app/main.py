@@ -113,8 +113,10 @@ def build_app(settings: Settings, engine: Engine) -> Any:
 
 
 def launch_kwargs(settings: Settings) -> dict:
-    """What `demo.launch` gets from the settings: address, login, upload limit."""
+    """What `demo.launch` gets from the settings: address, login, upload limit; the page's
+    content policy."""
     from app.settings import logins
+    from app.ui.safety import PAGE_HEAD
 
     return {
         "server_name": settings.server_name,
@@ -123,6 +125,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "inbrowser": settings.inbrowser,
         "auth": logins(settings) or None,
         "max_file_size": f"{settings.max_upload_mb}mb",
+        "head": PAGE_HEAD,
     }
 
 

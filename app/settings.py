@@ -12,6 +12,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from app.engines.base import FAMILIES
 from app.media import Budget
@@ -90,6 +91,99 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false)")
 
 
+_SWITCH = {"action": "store_true", "default": None}
+# Every flag: its names and argparse options. Each sets the Settings field of its name.
+FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("-c", "--checkpoint-path"),
+        {"help": f"hub id or local folder (default {DEFAULT_CHECKPOINT})"},
+    ),
+    (("--cpu-only",), _SWITCH | {"help": "run on the CPU even with a GPU"}),
+    (("--flash-attn2",), _SWITCH | {"help": "use flash-attention 2"}),
+    (("--load-in-4bit",), _SWITCH | {"help": "bitsandbytes nf4 weights"}),
+    (
+        ("--dtype",),
+        {"choices": ["auto", "bfloat16", "float16", "float32"], "help": "weights' dtype"},
+    ),
+    (("--max-new-tokens",), {"type": int, "help": "default and upper bound of a reply's length"}),
+    (("--share",), _SWITCH | {"help": "create a public gradio.live link"}),
+    (("--inbrowser",), _SWITCH | {"help": "open the app in a browser"}),
+    (("--server-port",), {"type": int, "help": "port (default 7860)"}),
+    (("--server-name",), {"help": "address to listen on (default 127.0.0.1; 0.0.0.0 for all)"}),
+    (
+        ("--tiny-random",),
+        {
+            "metavar": "FAMILY",
+            "choices": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"],
+            "help": "offline trial: build a tiny random checkpoint of FAMILY and serve it",
+        },
+    ),
+    (("--min-pixels",), {"type": int, "help": "smallest image size in pixels fed to the model"}),
+    (("--max-pixels",), {"type": int, "help": "largest image size in pixels fed to the model"}),
+    (("--video-fps",), {"type": float, "help": "frames sampled per second of video (default 2)"}),
+    (("--video-min-frames",), {"type": int, "help": "fewest frames sampled from a video"}),
+    (("--video-max-frames",), {"type": int, "help": "most frames sampled from a video"}),
+    (("--video-max-pixels",), {"type": int, "help": "largest size of one video frame in pixels"}),
+    (("--video-total-pixels",), {"type": int, "help": "pixel budget of all frames of one video"}),
+    (("--max-pdf-pages",), {"type": int, "help": "PDF pages read (from the first)"}),
+    (("--queue-size",), {"type": int, "help": "requests that may wait; more are told to retry"}),
+    (
+        ("--backend",),
+        {
+            "choices": ["local", "openai"],
+            "help": "local: transformers in this process (default); openai: an "
+            "OpenAI-compatible server",
+        },
+    ),
+    (("--api-base",), {"help": "the server's URL for --backend openai, e.g. http://h:8000/v1"}),
+    (("--api-key",), {"help": "bearer key for the server (or QWEN_DEMO_API_KEY)"}),
+    (("--model",), {"help": "the served model's name (default: the first one in /v1/models)"}),
+    (
+        ("--video-as",),
+        {
+            "choices": ["frames", "url"],
+            "help": "send video to the server as sampled frames (default) or as a video_url part",
+        },
+    ),
+    (
+        ("--family",),
+        {
+            "choices": list(FAMILIES),
+            "help": "the served model's family for --backend openai (default: read from its "
+            "name); says how its boxes are scaled",
+        },
+    ),
+    (
+        ("--max-prompt-tokens",),
+        {
+            "type": int,
+            "help": "longest prompt read, in tokens (default: the model's context, or less "
+            "where the free memory cannot hold it)",
+        },
+    ),
+    (
+        ("--prefix-cache-gb",),
+        {
+            "type": float,
+            "help": "memory for the model state of earlier turns, reused by follow-ups "
+            "(default: a quarter of the free memory, at most 8; 0 turns it off)",
+        },
+    ),
+    (
+        ("--auth",),
+        {
+            "metavar": "USER:PASSWORD",
+            "help": "protect the UI and the API with a login (several: comma-separated)",
+        },
+    ),
+    (("--auth-file",), {"help": "a file of USER:PASSWORD lines, one login each"}),
+    (
+        ("--max-upload-mb",),
+        {"type": int, "help": "largest file a user may upload, in MB (default 200)"},
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="web_demo_mm.py",
@@ -97,70 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Each flag can also be set by the environment variable {ENV_PREFIX}<FLAG>, "
         f"e.g. {ENV_PREFIX}CHECKPOINT_PATH.",
     )
-    add = parser.add_argument
-    add("-c", "--checkpoint-path", help=f"hub id or local folder (default {DEFAULT_CHECKPOINT})")
-    add("--cpu-only", action="store_true", default=None, help="run on the CPU even with a GPU")
-    add("--flash-attn2", action="store_true", default=None, help="use flash-attention 2")
-    add("--load-in-4bit", action="store_true", default=None, help="bitsandbytes nf4 weights")
-    add("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="weights' dtype")
-    add("--max-new-tokens", type=int, help="default and upper bound of a reply's length")
-    add("--share", action="store_true", default=None, help="create a public gradio.live link")
-    add("--inbrowser", action="store_true", default=None, help="open the app in a browser")
-    add("--server-port", type=int, help="port (default 7860)")
-    add("--server-name", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    add(
-        "--tiny-random",
-        metavar="FAMILY",
-        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"],
-        help="offline trial: build a tiny random checkpoint of FAMILY and serve it",
-    )
-    add("--min-pixels", type=int, help="smallest image size in pixels fed to the model")
-    add("--max-pixels", type=int, help="largest image size in pixels fed to the model")
-    add("--video-fps", type=float, help="frames sampled per second of video (default 2)")
-    add("--video-min-frames", type=int, help="fewest frames sampled from a video")
-    add("--video-max-frames", type=int, help="most frames sampled from a video")
-    add("--video-max-pixels", type=int, help="largest size of one video frame in pixels")
-    add("--video-total-pixels", type=int, help="pixel budget of all frames of one video")
-    add("--max-pdf-pages", type=int, help="PDF pages read (from the first)")
-    add("--queue-size", type=int, help="requests that may wait; more are told to retry")
-    add(
-        "--backend",
-        choices=["local", "openai"],
-        help="local: transformers in this process (default); openai: an OpenAI-compatible server",
-    )
-    add("--api-base", help="the server's URL for --backend openai, e.g. http://127.0.0.1:8000/v1")
-    add("--api-key", help="bearer key for the server (or QWEN_DEMO_API_KEY)")
-    add("--model", help="the served model's name (default: the first one in /v1/models)")
-    add(
-        "--video-as",
-        choices=["frames", "url"],
-        help="send video to the server as sampled frames (default) or as a video_url part",
-    )
-    add(
-        "--family",
-        choices=list(FAMILIES),
-        help="the served model's family for --backend openai (default: read from its name); "
-        "says how its boxes are scaled",
-    )
-    add(
-        "--max-prompt-tokens",
-        type=int,
-        help="longest prompt read, in tokens (default: the model's context, or less where the "
-        "free memory cannot hold it)",
-    )
-    add(
-        "--prefix-cache-gb",
-        type=float,
-        help="memory for the model state of earlier turns, reused by follow-ups (default: a "
-        "quarter of the free memory, at most 8; 0 turns it off)",
-    )
-    add(
-        "--auth",
-        metavar="USER:PASSWORD",
-        help="protect the UI and the API with a login (several: comma-separated)",
-    )
-    add("--auth-file", help="a file of USER:PASSWORD lines, one login each")
-    add("--max-upload-mb", type=int, help="largest file a user may upload, in MB (default 200)")
+    for names, options in FLAGS:
+        parser.add_argument(*names, **options)
     return parser
 
 

@@ -114,82 +114,45 @@ def _token_ids(tokenizer: Any) -> dict[str, int]:
     }
 
 
-def _config(family: str, vocab: int, token_ids: dict[str, int], eos: int, pad: int, width: int):
-    """A model config with every linear size a multiple of `width` (64 suits 4-bit)."""
-    import transformers as tf
+# The transformers config class of each family.
+CONFIG_CLASSES = {
+    "qwen2_vl": "Qwen2VLConfig",
+    "qwen2_5_vl": "Qwen2_5_VLConfig",
+    "qwen3_vl": "Qwen3VLConfig",
+    "qwen3_vl_moe": "Qwen3VLMoeConfig",
+    "qwen3_5": "Qwen3_5Config",
+}
+HEADS = 2
 
-    heads = 2
-    head_dim = width // heads  # 32 at width 64: mrope sections must sum to head_dim / 2
-    text_common = {
+
+def _text_config(family: str, vocab: int, eos: int, pad: int, width: int) -> dict[str, Any]:
+    rope: dict[str, Any] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        # Sections sum to head_dim / 2 (32 at width 64).
+        "mrope_section": [4, 6, 6],
+    }
+    text: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": width,
         "intermediate_size": width * 2,
         "num_hidden_layers": 2,
-        "num_attention_heads": heads,
-        "num_key_value_heads": heads,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
         "max_position_embeddings": 4096,
         "eos_token_id": eos,
         "pad_token_id": pad,
         "bos_token_id": None,
+        "rope_parameters": rope,
     }
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        text_common["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [4, 6, 6],
-        }
-    else:
-        text_common["head_dim"] = head_dim
-        text_common["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [4, 6, 6],
-            "mrope_interleaved": True,
-        }
-    if family == "qwen2_vl":
-        vision = {
-            "depth": 1,
-            "embed_dim": width,
-            "hidden_size": width,
-            "num_heads": heads,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-        }
-        return tf.Qwen2VLConfig(text_config=text_common, vision_config=vision, **token_ids)
-    if family == "qwen2_5_vl":
-        vision = {
-            "depth": 2,
-            "hidden_size": width,
-            "intermediate_size": width * 2,
-            "num_heads": heads,
-            "out_hidden_size": width,
-            "patch_size": 14,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-        }
-        return tf.Qwen2_5_VLConfig(text_config=text_common, vision_config=vision, **token_ids)
-    vision = {
-        "depth": 2,
-        "hidden_size": width,
-        "intermediate_size": width * 2,
-        "num_heads": heads,
-        "out_hidden_size": width,
-        "patch_size": 16,
-        "num_position_embeddings": 64,
-    }
-    if family == "qwen3_vl":
-        vision["deepstack_visual_indexes"] = [1]
-        return tf.Qwen3VLConfig(text_config=text_common, vision_config=vision, **token_ids)
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        text["head_dim"] = width // HEADS
+        rope["mrope_interleaved"] = True
     if family == "qwen3_vl_moe":
-        vision["deepstack_visual_indexes"] = [1]
-        text = dict(text_common)
         text.update({"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": width})
-        return tf.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **token_ids)
     if family == "qwen3_5":
-        text = dict(text_common)
         text.update(
             {
-                "num_hidden_layers": 2,
                 "layer_types": ["linear_attention", "full_attention"],
                 "linear_key_head_dim": 8,
                 "linear_value_head_dim": 8,
@@ -199,63 +162,58 @@ def _config(family: str, vocab: int, token_ids: dict[str, int], eos: int, pad: i
                 "num_key_value_heads": 1,
             }
         )
-        return tf.Qwen3_5Config(text_config=text, vision_config=vision, **token_ids)
-    raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    return text
 
 
-def build_tiny_checkpoint(
-    out_dir: str | Path,
-    family: str = "qwen3_vl",
-    *,
-    width: int = 64,
-    vocab_size: int = 512,
-    suppress_eos: bool = False,
-    scripted_reply: str | None = None,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny random checkpoint of `family` into `out_dir` and return the path.
+def _vision_config(family: str, width: int) -> dict[str, Any]:
+    common: dict[str, Any] = {"hidden_size": width, "num_heads": HEADS}
+    if family == "qwen2_vl":
+        return common | {"depth": 1, "embed_dim": width, "mlp_ratio": 2, "patch_size": 14}
+    vision = common | {"depth": 2, "intermediate_size": width * 2, "out_hidden_size": width}
+    if family == "qwen2_5_vl":
+        return vision | {"patch_size": 14, "window_size": 112, "fullatt_block_indexes": [1]}
+    vision |= {"patch_size": 16, "num_position_embeddings": 64}
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        vision["deepstack_visual_indexes"] = [1]
+    return vision
 
-    `suppress_eos` writes a generation config that forbids the end tokens (and the reasoning
-    tags), so that a generation always runs to `max_new_tokens` as answer text (benchmarks and
-    Stop tests need a long, predictable stream).
-    `scripted_reply` writes a generation config whose `sequence_bias` makes the model answer
-    exactly that text, then stop, whatever it is asked: the real generation stack runs, and tests
-    get a reply with boxes or reasoning in it.
-    """
-    import torch
+
+def _config(family: str, vocab: int, token_ids: dict[str, int], eos: int, pad: int, width: int):
+    """A model config with every linear size a multiple of `width` (64 suits 4-bit)."""
     import transformers
-    from transformers import AutoModelForImageTextToText, GenerationConfig, Qwen2VLImageProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    thinking = family == "qwen3_5"
-    tokenizer = _fast_tokenizer(vocab_size, thinking)
-    vocab = ((len(tokenizer) + 63) // 64) * 64
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = _config(family, vocab, _token_ids(tokenizer), eos, pad, width)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.eval()
+    config_class = getattr(transformers, CONFIG_CLASSES[family])
+    return config_class(
+        text_config=_text_config(family, vocab, eos, pad, width),
+        vision_config=_vision_config(family, width),
+        **token_ids,
+    )
+
+
+def _processor(family: str, model_type: str, tokenizer: Any) -> Any:
+    import transformers
+    from transformers import Qwen2VLImageProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     patch = 14 if family in ("qwen2_vl", "qwen2_5_vl") else 16
     # Small pixel budgets keep tests fast; they are the checkpoint's defaults, as on the hub.
     size = {"shortest_edge": (patch * 2) ** 2 * 4, "longest_edge": (patch * 2) ** 2 * 64}
-    image_processor = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, size=size)
-    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
-        from transformers import Qwen3VLVideoProcessor as VideoProcessor
-    else:
-        from transformers import Qwen2VLVideoProcessor as VideoProcessor
-    video_processor = VideoProcessor(patch_size=patch, merge_size=2, size=size)
-    processor = getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])(
-        image_processor=image_processor,
+    video_name = "Qwen2VLVideoProcessor" if patch == 14 else "Qwen3VLVideoProcessor"
+    return getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])(
+        image_processor=Qwen2VLImageProcessor(patch_size=patch, merge_size=2, size=size),
         tokenizer=tokenizer,
-        video_processor=video_processor,
+        video_processor=getattr(transformers, video_name)(
+            patch_size=patch, merge_size=2, size=size
+        ),
         chat_template=tokenizer.chat_template,
     )
+
+
+def _generation_config(tokenizer: Any, suppress_eos: bool, scripted_reply: str | None) -> Any:
+    from transformers import GenerationConfig
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     generation = GenerationConfig(
         eos_token_id=[eos, pad],
         pad_token_id=pad,
@@ -268,20 +226,121 @@ def build_tiny_checkpoint(
     )
     if suppress_eos:
         # No end, and no reasoning tags either: the whole stream is answer text.
-        generation.suppress_tokens = [
-            eos,
-            pad,
-            *tokenizer.convert_tokens_to_ids(["<think>", "</think>"]),
-        ]
+        reasoning_tags = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+        generation.suppress_tokens = [eos, pad, *reasoning_tags]
         generation.eos_token_id = None
     if scripted_reply is not None:
         generation.sequence_bias = script_bias(tokenizer, scripted_reply, eos)
-    model.generation_config = generation
+    return generation
+
+
+def build_tiny_checkpoint(
+    out_dir: str | Path,
+    family: str = "qwen3_vl",
+    *,
+    width: int = 64,
+    vocab_size: int = 512,
+    suppress_eos: bool = False,
+    scripted_reply: str | None = None,
+    seed: int = 0,
+    init_range: float | None = None,
+) -> Path:
+    """Write a tiny random checkpoint of `family` into `out_dir` and return the path.
+
+    `suppress_eos` writes a generation config that forbids the end tokens (and the reasoning
+    tags), so that a generation always runs to `max_new_tokens` as answer text (benchmarks and
+    Stop tests need a long, predictable stream).
+    `scripted_reply` writes a generation config whose `sequence_bias` makes the model answer
+    exactly that text, then stop, whatever it is asked: the real generation stack runs, and tests
+    get a reply with boxes or reasoning in it.
+    `init_range` spreads the random weights wider than transformers' default, so that greedy
+    replies vary token by token (tests comparing replies need that).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _fast_tokenizer(vocab_size, thinking=family == "qwen3_5")
+    vocab = ((len(tokenizer) + 63) // 64) * 64
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = _config(family, vocab, _token_ids(tokenizer), eos, pad, width)
+    if init_range is not None:
+        config.text_config.initializer_range = config.vision_config.initializer_range = init_range
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config = _generation_config(tokenizer, suppress_eos, scripted_reply)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    _processor(family, config.model_type, tokenizer).save_pretrained(out)
     (out / "TINY_RANDOM_CHECKPOINT.json").write_text(
         json.dumps({"family": family, "note": "random weights; answers are meaningless"})
     )
+    return out
+
+
+# The files of a released checkpoint, other than its weights, that a built model carries.
+CONFIG_FILES = (
+    "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+)
+REAL_CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "realcfg"
+
+
+def _shrink(config: Any, width: int) -> None:
+    """Tiny widths, the real vocabulary: what the tests need of a real configuration."""
+    text, vision = config.text_config, config.vision_config
+    text.hidden_size, text.intermediate_size = width, width * 2
+    text.num_hidden_layers, text.num_attention_heads = 2, HEADS
+    text.num_key_value_heads, text.head_dim = HEADS, width // HEADS
+    # mrope sections sum to head_dim / 2; the real ones (24, 20, 20) scaled down.
+    text.rope_parameters = dict(text.rope_parameters or {}) | {"mrope_section": [6, 5, 5]}
+    vision.depth, vision.hidden_size, vision.intermediate_size = 2, width, width * 2
+    vision.num_heads, vision.out_hidden_size = HEADS, width
+    vision.deepstack_visual_indexes = [1]
+    # A wide spread of random weights: with the real 151k vocabulary and the usual narrow one,
+    # a greedy reply repeats one token, and a test comparing replies would prove nothing.
+    text.initializer_range = vision.initializer_range = 1.0
+
+
+def build_from_config_folder(
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    tiny: bool = True,
+    width: int = 64,
+    text_layers: int | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Path:
+    """A random-weight model with the configuration, tokenizer, chat template and processor
+    settings of the released checkpoint in `folder`: tiny widths (tests), or the real shapes
+    (benchmarks), with `text_layers` decoder layers where given."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    source, out = Path(folder), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(source)
+    if tiny:
+        _shrink(config, width)
+    if text_layers:
+        config.text_config.num_hidden_layers = text_layers
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+    model.generation_config = GenerationConfig.from_pretrained(source)
+    model.save_pretrained(out)
+    for name in CONFIG_FILES:
+        shutil.copy(source / name, out / name)
+    marker = {"family": config.model_type, "source": source.name, "tiny": tiny}
+    (out / "TINY_RANDOM_CHECKPOINT.json").write_text(json.dumps(marker))
     return out
 
 

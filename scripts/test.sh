@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what it needs, lints, runs pytest.
+# The whole test suite on a fresh machine: installs what it needs, lints, type-checks, runs pytest.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k media`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,5 @@ export GRADIO_ANALYTICS_ENABLED=False
 
 ruff check .
 ruff format --check .
+mypy  # app/, as configured in pyproject.toml
 python -m pytest -q -rs -p no:cacheprovider "$@"

@@ -119,3 +119,76 @@ def make_bomb_png(path: Path, side: int = 30000) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
     )
     return path
+
+
+def make_tall_gif(path: Path, width: int = 1, height: int = 65535, frames: int = 2) -> Path:
+    """A tiny animated GIF (under 100 bytes) whose screen is `width` x `height`."""
+    import struct
+
+    data = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00" * 3 + b"\xff" * 3
+    for _ in range(frames):
+        data += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # 0.1 s a frame
+        data += b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    path.write_bytes(data + b"\x3b")
+    return path
+
+
+def make_png_metadata_bomb(path: Path, chunk: bytes = b"zTXt", megabytes: int = 100) -> Path:
+    """A small PNG carrying a compressed text (zTXt) or colour-profile (iCCP) block that
+    inflates to `megabytes` MB, before its pixels."""
+    import struct
+    import zlib
+
+    def block(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    bomb = zlib.compress(b"\x00" * (megabytes << 20), 9)
+    body = (b"Comment" if chunk == b"zTXt" else b"profile") + b"\x00\x00" + bomb
+    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    pixels = zlib.compress((b"\x00" + b"\x00" * 24) * 8)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + block(b"IHDR", header)
+        + block(chunk, body)
+        + block(b"IDAT", pixels)
+        + block(b"IEND", b"")
+    )
+    return path
+
+
+def make_tiff_with_a_huge_page(path: Path, side: int = 12000) -> Path:
+    """A small two-page TIFF: a 64x64 first page, then a `side` x `side` one (compressed)."""
+    first = Image.new("RGB", (64, 64), "red")
+    huge = Image.new("1", (side, side), 1)
+    first.save(path, save_all=True, append_images=[huge], compression="tiff_deflate")
+    return path
+
+
+def make_subtitle_only_mkv(path: Path) -> Path:
+    """A Matroska file holding one subtitle track and nothing else."""
+    srt = path.with_suffix(".srt")
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    with av.open(str(srt)) as source, av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream_from_template(source.streams[0])
+        for packet in source.demux(source.streams[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    srt.unlink()
+    return path
+
+
+def make_playlist(path: Path, entries: list[str]) -> Path:
+    """An HLS playlist whose segments are `entries` (paths or URLs)."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:10", "#EXT-X-MEDIA-SEQUENCE:0"]
+    for entry in entries:
+        lines += ["#EXTINF:3.0,", entry]
+    path.write_text("\n".join([*lines, "#EXT-X-ENDLIST", ""]))
+    return path
+
+
+def make_pdf_page(path: Path, size=(10, 2000)) -> Path:
+    """A one-page PDF whose page is `size` points."""
+    Image.new("RGB", size, "white").save(path, format="PDF", resolution=72.0)
+    return path

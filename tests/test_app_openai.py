@@ -66,8 +66,7 @@ class Server:
                 self.process.wait()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def _require_serve() -> None:
     import importlib.util
 
     # The `transformers` command exists without the serving extra, and then fails at start.
@@ -76,6 +75,11 @@ def served(tmp_path_factory):
         and not Path(sys.executable).with_name("transformers").exists()
     ):
         pytest.skip("`transformers serve` is not installed: pip install 'transformers[serving]'")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    _require_serve()
     from app.trial import build_tiny_checkpoint
 
     # Wider than the other tests' tiny models: ~300 tokens/s, so that a 4000-token reply takes
@@ -190,3 +194,70 @@ def test_http_errors_show_the_servers_own_message(served):
     # The server refuses the request; its own words reach the user.
     with pytest.raises(Exception, match=r"The model server (answered 4\d\d|reported): .*-5"):
         client.predict({"text": "Hi", "files": []}, max_new_tokens=-5, api_name="/chat")
+
+
+# Absolute pixels of the server's input (a 300 x 500 image is read as 308 x 504): the quarter to
+# three quarters of each side.
+ABSOLUTE_BOX = 'Here:\n```json\n[{"bbox_2d": [77, 126, 231, 378], "label": "square"}]\n```'
+
+
+@pytest.fixture(scope="module")
+def served_qwen2_5_vl(tmp_path_factory):
+    """An app in front of a served Qwen2.5-VL (by its name) that answers with a box."""
+    import json
+
+    from app.trial import build_tiny_checkpoint
+
+    _require_serve()
+    checkpoint = build_tiny_checkpoint(
+        tmp_path_factory.mktemp("served") / "qwen2_5_vl-boxes",
+        "qwen2_5_vl",
+        scripted_reply=ABSOLUTE_BOX,
+    )
+    # The real Qwen2.5-VL processor's pixel bounds (the tiny one's are far smaller).
+    config_path = checkpoint / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
+    config_path.write_text(json.dumps(config))
+    server = Server(checkpoint, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
+    server.start()
+    settings = load_settings(["--backend", "openai", "--api-base", server.url], environ={})
+    engine = OpenAIEngine(server.url)
+    try:
+        with launched_app(settings, engine) as url:
+            yield url, engine
+    finally:
+        server.stop()
+
+
+def test_a_qwen2_5_vl_box_from_the_server_lands_on_the_right_pixels(served_qwen2_5_vl, media):
+    import io
+
+    from PIL import Image
+
+    url, engine = served_qwen2_5_vl
+    assert engine.family == "qwen2_5_vl"  # read from the served model's name
+    client = Client(url, verbose=False, download_files=False)
+    _, history = client.predict(
+        {"text": "Where is the square?", "files": [handle_file(str(media / "green.png"))]},
+        [],
+        *panel(max_new_tokens=200, temperature=0),
+        api_name="/ui_send",
+    )
+    answer = next(m for m in history if m["role"] == "assistant" and not m.get("metadata"))
+    assert answer["content"][0]["text"] == ABSOLUTE_BOX
+    [drawn_file] = [
+        part["file"]
+        for m in history
+        if m["role"] == "assistant"
+        for part in m["content"]
+        if part.get("type") == "file"
+    ]
+    drawn = Image.open(io.BytesIO(httpx.get(drawn_file["url"], timeout=10).content)).convert("RGB")
+    assert drawn.size == (300, 500)
+    # The box spans x 75..225, y 125..375 of the 300 x 500 image (read as 0-1000, it would
+    # have been drawn at x 23..69, y 63..189).
+    red = (230, 25, 75)
+    for x, y in [(76, 250), (224, 250), (150, 126), (150, 374)]:
+        assert all(abs(a - b) < 40 for a, b in zip(drawn.getpixel((x, y)), red, strict=True))
+    assert drawn.getpixel((180, 300)) == (0, 128, 0)  # the inside is still green

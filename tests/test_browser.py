@@ -6,11 +6,13 @@ message saying how to install it; `scripts/test.sh` installs it where it can.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -275,6 +277,52 @@ def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_p
         assert page.locator("#chatbot pre code").count() >= 1  # the code block
         assert page.locator("#chatbot strong", has_text="Bold").count() == 1
         context.close()
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A loopback server that records every request: the page must send it none."""
+
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        _Recorder.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_no_message_makes_the_browser_fetch_from_elsewhere(browser_and_url, tmp_path):
+    from app.trial import build_tiny_checkpoint
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.hits = []
+    outside = f"http://127.0.0.1:{server.server_address[1]}"
+    # A reply that echoes picture tags, as a prompt injected through an image or PDF could ask.
+    echo = f'Sure. <img src="{outside}/model.png"> and ![x]({outside}/model-md.png) done.'
+    browser, _ = browser_and_url
+    path = build_tiny_checkpoint(tmp_path / "echo", "qwen3_vl", scripted_reply=echo)
+    engine = LocalEngine.load(str(path), max_new_tokens=256)
+    settings = load_settings(["--max-new-tokens", "256"], environ={})
+    try:
+        with launched_app(settings, engine) as url:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_selector("#input textarea")
+            _send(page, f'Look <img src="{outside}/user.png"> ![y]({outside}/user-md.png)')
+            page.wait_for_selector("#chatbot :text('done.')", timeout=30000)
+            _wait_idle(page)
+            _shot(page, "13-remote-pictures-not-fetched")
+            # The tags are in the page; the browser refused to fetch them.
+            assert page.locator(f"#chatbot img[src^='{outside}']").count() >= 1
+            context.close()
+    finally:
+        server.shutdown()
+    assert _Recorder.hits == []
 
 
 def test_closing_the_tab_stops_generation(browser_and_url):

@@ -4,8 +4,15 @@ import base64
 import io
 
 import av
+import pytest
 
-from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+from app.engines.base import (
+    Attachment,
+    ChatRequest,
+    GenerationParams,
+    Turn,
+    family_of_model_name,
+)
 from app.engines.openai import OpenAIEngine
 from app.media import Budget
 
@@ -102,3 +109,55 @@ def test_reasoning_deltas_become_a_thinking_block():
     unfinished = ReasoningJoiner()
     text = unfinished.feed({"reasoning_content": "hmm"}) + unfinished.close()
     assert split_reasoning(text).reasoning == "hmm"
+
+
+def test_the_same_image_is_the_same_bytes_in_every_turn(media):
+    """Servers with prefix caching (vLLM, SGLang) reuse earlier turns only when the request
+    repeats them byte for byte."""
+    engine = _engine()
+    files = (
+        Attachment(str(media / "red.jpg"), "red.jpg"),
+        Attachment(str(media / "clip.mp4"), "clip.mp4"),
+    )
+    first = ChatRequest((Turn("user", "What is this?", files),))
+    second = ChatRequest((*first.turns, Turn("assistant", "A red square."), Turn("user", "Sure?")))
+    one, _ = engine.build_messages(first)
+    two, _ = engine.build_messages(second)
+    assert two[: len(one)] == one
+    # Even once the decoded media is gone from the cache and read again.
+    again = _engine().build_messages(second)[0]
+    assert again == two
+
+
+@pytest.mark.parametrize(
+    ("served_name", "family"),
+    [
+        ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl"),
+        ("qwen2_5_vl_72b_awq", "qwen2_5_vl"),
+        ("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl"),
+        ("Qwen/Qwen3-VL-235B-A22B-Thinking", "qwen3_vl"),
+        ("/models/Qwen3.5-27B", "qwen3_5"),
+    ],
+)
+def test_the_family_comes_from_the_served_models_name(served_name, family):
+    assert _engine_named(served_name).family == family
+    assert _engine_named(served_name, family="qwen2_vl").family == "qwen2_vl"  # --family wins
+
+
+def test_a_name_without_a_family_is_read_as_qwen3_vl():
+    assert family_of_model_name("llava-hf/llava-1.5-7b") is None
+    assert _engine_named("llava-hf/llava-1.5-7b").family == "qwen3_vl"
+
+
+def _engine_named(name: str, family: str | None = None) -> OpenAIEngine:
+    return OpenAIEngine("http://127.0.0.1:9", model=name, family=family)
+
+
+def test_qwen2_5_vl_boxes_refer_to_the_servers_resized_image(media):
+    # A 300 x 500 image is read by the server's Qwen2.5-VL processor as 308 x 504 (28-pixel
+    # blocks): its absolute coordinates are in those pixels.
+    engine = _engine_named("Qwen/Qwen2.5-VL-7B-Instruct")
+    request = ChatRequest((Turn("user", "Where?", (Attachment(str(media / "green.png"), "g"),)),))
+    _, info = engine.build_messages(request)
+    assert info.images[0].input_size == (308, 504)
+    assert info.images[0].image.size == (300, 500)

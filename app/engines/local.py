@@ -35,7 +35,7 @@ from app.engines.memory import (
     default_prefix_cache_bytes,
 )
 from app.engines.prefix_cache import PrefixCache, Reuse
-from app.engines.prompt import Prompt, build_prompt, text_of
+from app.engines.prompt import Prompt, build_prompt, takes_thinking_switch, text_of
 from app.engines.pump import Emit, pump
 from app.engines.streamer import TokenStreamer
 from app.engines.watch import Cancelled, Watch, WatchHooks
@@ -55,6 +55,8 @@ GROUNDING_TOKENS = frozenset(
         "<|quad_end|>",
     }
 )
+# While the prompt is read, the caller hears from the engine at least this often (in seconds).
+TICK_S = 1.0
 # The processor's outputs that only the vision encoder reads (the engine runs it itself).
 PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 
@@ -102,7 +104,7 @@ class LocalEngine:
         self.sampling_defaults = SamplingDefaults(
             config.temperature, config.top_p, config.top_k, config.repetition_penalty
         )
-        self.supports_thinking = "enable_thinking" in str(processor.chat_template or "")
+        self.supports_thinking = takes_thinking_switch(processor)
         self._lock = threading.Lock()
         control = sorted(set(processor.tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
         self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
@@ -169,14 +171,16 @@ class LocalEngine:
         def work(emit: Emit) -> None:
             self._run(prompt, request, cancel, emit, counts)
 
+        progress = Progress("Starting")
         try:
-            for batch in pump(work, cancel, name="qwen-generate"):
-                progress = [item for item in batch if isinstance(item, Progress)]
-                if progress:
-                    yield Delta(progress=progress[-1])
+            for batch in pump(work, cancel, name="qwen-generate", idle_s=TICK_S):
+                news = [item for item in batch if isinstance(item, Progress)]
+                progress = news[-1] if news else progress
                 text = "".join(item for item in batch if isinstance(item, str))
                 if text:
                     yield Delta(text=text)
+                elif not counts.tokens:  # still reading: what, and (each tick) for how long
+                    yield Delta(progress=progress)
         except Cancelled:
             pass  # stopped while reading the prompt: the reply ends empty, as stopped
         except EngineError:
@@ -240,14 +244,8 @@ class LocalEngine:
         try:
             with torch.inference_mode():
                 features = self._encode_media(prompt, reuse.tokens)
-                start = self._answer_start(prompt.ids)
-                if not kv.is_cuttable(reuse.cache) and start > reuse.tokens:
-                    # A state that cannot be cut back (Qwen3.5's linear attention): read up to
-                    # the answer's turn and keep a copy there, where Regenerate and Thinking
-                    # templates (which drop earlier reasoning) take up again.
-                    self._read(prompt, reuse.cache, features, stop_at=start)
-                    marks[start] = kv.mark(reuse.cache)
-                    features = None
+                if not kv.is_cuttable(reuse.cache):
+                    features = self._read_to_marks(prompt, reuse, features, marks)
                 sequences = self._decode(
                     prompt, request, reuse.cache, features, cancel, emit, counts
                 )
@@ -256,6 +254,19 @@ class LocalEngine:
             raise
         cached = kv.length(reuse.cache)
         self.prefix_cache.put(sequences[:cached], prompt.media, reuse.cache, marks)
+
+    def _read_to_marks(self, prompt: Prompt, reuse: Reuse, features: Any, marks: kv.Marks) -> Any:
+        """For a state that cannot be cut back (Qwen3.5's linear attention): read up to where a
+        later prompt may leave this one, keeping a copy of the state there: the start of the
+        answer's turn (Thinking templates drop earlier reasoning after it; an edited question
+        leaves before it) and the last prompt token (Regenerate). Returns the media features
+        still to read (none)."""
+        for stop_at in (self._answer_start(prompt.ids), len(prompt.ids) - 1):
+            if stop_at > kv.length(reuse.cache):
+                self._read(prompt, reuse.cache, features, stop_at=stop_at)
+                marks[stop_at] = kv.mark(reuse.cache)
+                features = None
+        return features
 
     def _keep_what_was_read(self, prompt: Prompt, reuse: Reuse, marks: kv.Marks) -> None:
         """A prefill stopped between layers leaves the cache half-written: cut it back to what

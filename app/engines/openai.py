@@ -27,6 +27,7 @@ from app.engines.base import (
     Delta,
     EngineError,
     ImageRef,
+    Progress,
     PromptInfo,
     SamplingDefaults,
     Usage,
@@ -124,7 +125,7 @@ class OpenAIEngine:
 
     name = "openai"
     counts_visual_tokens = False
-    notice = None
+    notice: str | None = None
     # The server applies its own checkpoint's defaults; the UI shows its own.
     sampling_defaults = SamplingDefaults()
 
@@ -141,8 +142,7 @@ class OpenAIEngine:
         video_mode: Literal["frames", "url"] = "frames",
         timeout_s: float = 60.0,
     ) -> None:
-        import httpx
-        from openai import OpenAI
+        from openai import OpenAI, Timeout
 
         self.api_base = api_base.rstrip("/")
         if not self.api_base.endswith("/v1"):
@@ -150,7 +150,7 @@ class OpenAIEngine:
         self._client = OpenAI(
             base_url=self.api_base,
             api_key=api_key or "none",
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            timeout=Timeout(timeout_s, connect=10.0),
             max_retries=1,
         )
         self.budget = budget or Budget()
@@ -336,13 +336,16 @@ class OpenAIEngine:
                 stream.close()  # closing the response closes the connection
 
         joiner = ReasoningJoiner()
+        waiting = Progress(f"Waiting for the model server at {self.api_base}")
         try:
-            for batch in pump(work, cancel, name="openai-stream", interrupt=interrupt):
+            for batch in pump(work, cancel, name="openai-stream", interrupt=interrupt, idle_s=1.0):
                 text = "".join(self._read_chunk(chunk, joiner, measured) for chunk in batch)
                 if text:
                     if measured.first is None:
                         measured.first = time.perf_counter() - measured.started
                     yield Delta(text=text)
+                elif measured.first is None:
+                    yield Delta(progress=waiting)
         except Exception as err:
             rejected = self._rejected_fields(err, payload)
             if rejected and measured.chunks == 0:

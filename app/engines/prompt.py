@@ -58,6 +58,11 @@ class _Parts:
     video_keys: list[str]
 
 
+def takes_thinking_switch(processor: Any) -> bool:
+    """The chat template takes `enable_thinking` (Qwen3.5's do; Qwen3-VL's do not)."""
+    return "enable_thinking" in str(processor.chat_template or "")
+
+
 def text_of(turns: Sequence[Turn]) -> str:
     """All the text of a conversation: counted against the prompt bound before media is read."""
     return "\n".join(turn.text for turn in turns)
@@ -136,7 +141,8 @@ def build_prompt(
     except MediaError as err:
         raise EngineError(str(err)) from err
     template_kwargs: dict[str, Any] = {}
-    if request.params.enable_thinking is not None:
+    # Only to a template that takes it (transformers reads any other as a processor option).
+    if request.params.enable_thinking is not None and takes_thinking_switch(processor):
         template_kwargs["enable_thinking"] = request.params.enable_thinking
     text, inputs = _processor_inputs(processor, parts, template_kwargs)
     merge = getattr(processor.image_processor, "merge_size", 2)

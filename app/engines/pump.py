@@ -3,7 +3,9 @@
 The work (a `model.generate`, an HTTP stream) runs on its own thread and hands items over with
 `emit`. The caller iterates batches: everything emitted since its last batch comes as one list,
 so at high token rates the UI sends fewer, larger updates and the work loses less time to the
-caller's per-update work (they share the GIL). An exception inside the work is raised in the
+caller's per-update work (they share the GIL); with `idle_s`, an empty batch comes whenever the
+work has been silent that long (a long prefill), so the caller can show the time passing and
+gradio gets a point at which to stop the request. An exception inside the work is raised in the
 caller, not turned into a timeout. Cancellation is the request's event: when it is set,
 `interrupt` is called once (to unblock I/O the work waits on); when the caller stops early (Stop,
 a closed tab, an error upstream) the event is set and the thread given a few seconds to end.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ def pump(
     *,
     name: str,
     interrupt: Callable[[], None] | None = None,
+    idle_s: float | None = None,
     poll_s: float = 0.05,
 ) -> Iterator[list[Any]]:
     """Run `work(emit)` on a thread called `name`; yield what it emits, in batches."""
@@ -51,6 +55,7 @@ def pump(
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     interrupted = False
+    last_batch = time.perf_counter()
     try:
         while True:
             try:
@@ -59,7 +64,11 @@ def pump(
                 if cancel.is_set() and interrupt is not None and not interrupted:
                     interrupted = True
                     interrupt()
+                if idle_s is not None and time.perf_counter() - last_batch >= idle_s:
+                    last_batch = time.perf_counter()
+                    yield []
                 continue
+            last_batch = time.perf_counter()
             while _is_item(batch[-1]) and not items.empty():
                 batch.append(items.get_nowait())
             payload = [item for item in batch if _is_item(item)]

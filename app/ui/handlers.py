@@ -24,9 +24,15 @@ from app.render import render_reply
 from app.replies import ReplyStreamer, SessionCancels
 from app.ui.panel import PanelOptions, request_settings
 
-# The box while a reply runs (Stop in place of Send), and while none does.
-BUSY = {"submit_btn": False, "stop_btn": "Stop"}
-IDLE = {"submit_btn": "Send", "stop_btn": False}
+
+def busy_box(**changes: Any) -> Any:
+    """The box while a reply runs: Stop in place of Send."""
+    return gr.MultimodalTextbox(submit_btn=False, stop_btn="Stop", **changes)
+
+
+def idle_box() -> Any:
+    """The box while no reply runs: Send, and no Stop."""
+    return gr.MultimodalTextbox(submit_btn="Send", stop_btn=False)
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -62,7 +68,7 @@ class ChatHandlers:
             return
         history += new
         # The box empties only now that its content is safe in the history; Stop replaces Send.
-        yield gr.MultimodalTextbox(value={"text": "", "files": []}, **BUSY), history
+        yield busy_box(value={"text": "", "files": []}), history
         chat = self._request(history, panel)
         for shown in self._stream_into(history, chat, session_of(request)):
             yield gr.skip(), shown
@@ -77,7 +83,7 @@ class ChatHandlers:
             return
         history = before + last_turn
         # Stop shows once the work starts (not while queued), when pressing it can reach it.
-        yield history, gr.MultimodalTextbox(**BUSY)
+        yield history, busy_box()
         chat = self._request(history, panel)
         for shown in self._stream_into(history, chat, session_of(request)):
             yield shown, gr.skip()
@@ -91,14 +97,14 @@ class ChatHandlers:
 
     def stop(self, request: gr.Request) -> Any:
         self.cancels.cancel(session_of(request))
-        return gr.MultimodalTextbox(**IDLE)
+        return idle_box()
 
     def idle(self) -> Any:
-        return gr.MultimodalTextbox(**IDLE)
+        return idle_box()
 
     def clear(self, request: gr.Request) -> tuple[list, Any]:
         self.cancels.cancel(session_of(request), cleared=True)
-        return [], gr.MultimodalTextbox(**IDLE)
+        return [], idle_box()
 
     def unload(self, request: gr.Request) -> None:
         """A closed tab stops its generation, as Stop does."""
@@ -108,7 +114,7 @@ class ChatHandlers:
         self,
         message: dict | None = None,
         history: list | None = None,
-        request: gr.Request = None,  # type: ignore[assignment] - gradio fills it in
+        request: gr.Request | None = None,  # gradio fills it in
         **panel: Any,
     ) -> Iterator[str]:
         """The `/chat` API: the reply to `message` after `history` (earlier turns, optional)."""

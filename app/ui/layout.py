@@ -13,13 +13,13 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui.handlers import IDLE, ChatHandlers
+from app.ui.handlers import ChatHandlers
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 GENERATE = "generate"  # one concurrency group: every event that runs the model
-LATEX = [
+LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
     {"left": "\\(", "right": "\\)", "display": False},
@@ -83,7 +83,8 @@ class ChatPage:
             sources=["upload"],
             show_label=False,
             elem_id="input",
-            **IDLE,
+            submit_btn="Send",
+            stop_btn=False,
         )
         if EXAMPLES.is_dir():
             gr.Examples(
@@ -125,10 +126,13 @@ class ChatPage:
 
     def _setup_events(self, demo: gr.Blocks) -> None:
         h = self.handlers
-        generate = {"concurrency_limit": 1, "concurrency_id": GENERATE}
+        generate: dict[str, Any] = {"concurrency_limit": 1, "concurrency_id": GENERATE}
         # The page's own events are "undocumented": off the API page, but a script (and the
         # tests) can drive a multi-turn session exactly as the page does.
-        page = {"api_visibility": "undocumented", "inputs_kwargs": self.panel_inputs}
+        page: dict[str, Any] = {
+            "api_visibility": "undocumented",
+            "inputs_kwargs": self.panel_inputs,
+        }
         send = self.box.submit(
             h.respond,
             [self.box, self.chatbot],

@@ -1,4 +1,5 @@
-"""Guards on gradio components: the app never fetches a URL it is handed as a file."""
+"""Guards of the page: the app never fetches a URL it is handed as a file, and the browser
+never fetches a picture from elsewhere because a message said so."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def refuse_url_fetches(component: gr.components.Component) -> gr.components.Comp
     component.move_resource_to_block_cache = guarded_move  # type: ignore[method-assign]
     component.async_move_resource_to_block_cache = guarded_async_move  # type: ignore[method-assign]
     return component
+
+
+# The page loads pictures, video and sound only from itself (and data: or blob: URLs): no
+# message, typed by a user or echoed by the model from an image or PDF (prompt injection), can
+# make the browser fetch from another host, which could leak what the page shows. Gradio's
+# sanitizer keeps <img> tags; the browser enforces this policy on all of them.
+PAGE_HEAD = (
+    '<meta http-equiv="Content-Security-Policy" '
+    "content=\"img-src 'self' data: blob:; media-src 'self' data: blob:\">"
+)

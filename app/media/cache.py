@@ -1,0 +1,142 @@
+"""An attachment read within a budget, once: decoded visuals cached by content and budget.
+
+`read_attachment` is the one entry to the media layer: it sniffs the file, reads it with the
+reader its content calls for, and keeps the result in a `MediaCache`. Whatever a file holds, the
+outcome is its visuals or a `MediaError` naming the file: a failure nobody foresaw inside a
+decoder is still reported as that file's problem, never as a server error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.media.limits import Budget, MediaError
+from app.media.video import VideoClip
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    # What one attached file becomes for the model: images (a photo, pages) or video clips (a
+    # video, an animated GIF or WebP). isinstance tells them apart.
+    Visual = Image.Image | VideoClip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attached:
+    """An attachment read within a budget: its visuals, and a key naming its content and budget
+    (the same file read with the same budget always gives the same key)."""
+
+    key: str
+    visuals: list[Visual]
+
+
+def content_key(path: str | Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _visual_bytes(visuals: list[Visual]) -> int:
+    total = 0
+    for value in visuals:
+        if isinstance(value, VideoClip):
+            total += value.frames.nbytes
+        else:
+            total += value.width * value.height * 3
+    return total
+
+
+class MediaCache:
+    """Decoded attachments keyed by (content, budget), least recently used dropped past a size."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self._max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, Budget], list[Visual]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_load(
+        self, key: tuple[str, Budget], load: Callable[[], list[Visual]]
+    ) -> list[Visual]:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        visuals = load()
+        size = _visual_bytes(visuals)
+        with self._lock:
+            self.misses += 1
+            if key not in self._items and size <= self._max_bytes:
+                self._items[key] = visuals
+                self._bytes += size
+                while self._bytes > self._max_bytes:
+                    _, dropped = self._items.popitem(last=False)
+                    self._bytes -= _visual_bytes(dropped)
+        return visuals
+
+
+def load_visuals(path: str | Path, budget: Budget, label: str) -> list[Visual]:
+    """The model inputs in one file, read by the reader its content calls for."""
+    from app.media.images import open_animated_image, open_image, open_pages
+    from app.media.pdf import open_pdf
+    from app.media.sniff import sniff
+    from app.media.video import open_video
+
+    try:
+        sniffed = sniff(path, label)
+        if sniffed.kind == "image":
+            return [open_image(path, budget, label)]
+        if sniffed.kind == "pages":
+            return list(open_pages(path, budget, label))
+        if sniffed.kind == "pdf":
+            return list(open_pdf(path, budget, label))
+        if sniffed.kind == "animation":
+            return [open_animated_image(path, budget, label)]
+        return [open_video(path, budget, label, sniffed.format)]
+    except MediaError:
+        raise
+    except MemoryError as err:
+        raise MediaError(f"{label}: too large to decode in the memory this app has") from err
+    except Exception as err:  # a decoder failing in a way nobody foresaw: still this file's
+        log.warning("reading %s failed unexpectedly", label, exc_info=True)
+        raise MediaError(f"{label}: the file is damaged and cannot be read ({err})") from err
+
+
+def read_attachment(
+    path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
+) -> Attached:
+    """One attached file read within `budget`: one image, one video, or pages of a document."""
+    label = name or Path(path).name
+    try:
+        digest = content_key(path)
+    except OSError as err:
+        if not Path(path).is_file():
+            raise MediaError(f"{label}: the file is missing on the server") from err
+        raise MediaError(f"{label}: the file cannot be read ({err})") from err
+    key = f"{digest}:{budget!r}"
+    if cache is None:
+        return Attached(key, load_visuals(path, budget, label))
+    return Attached(
+        key, cache.get_or_load((digest, budget), lambda: load_visuals(path, budget, label))
+    )
+
+
+def load_attachment(
+    path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
+) -> list[Visual]:
+    """The model inputs for one attached file: one image, one video, or a document's pages."""
+    return read_attachment(path, budget, cache, name).visuals

@@ -1,0 +1,172 @@
+"""Photos, pages of a TIFF, and animated GIF/WebP/PNG: opened, checked, oriented, to RGB, scaled.
+
+Sizes are checked from the headers before any pixel is decoded: the picture, every page read,
+the animation's frames (and their total).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.media.limits import (
+    Budget,
+    MediaError,
+    check_size,
+    frame_count,
+    frame_pixels,
+    sample_times,
+    scaled_size,
+)
+from app.media.sniff import IMAGE_FORMATS
+from app.media.video import VideoClip
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pixels decoded for all the frames of one animation, at most.
+ANIMATION_PIXELS = 1_000_000_000
+# Errors Pillow raises for broken data: the documented ones, and those its plugins raise on
+# malformed headers (KeyError and TypeError from TIFF tags, IndexError from GIF frames, struct
+# errors from short fields: found by fuzzing).
+PILLOW_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    IndexError,
+    struct.error,
+)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB whatever the mode: alpha composited on white, 16-bit scaled, palette/CMYK converted."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        top = arr.max() if arr.size else 0
+        arr = arr * (255.0 / top) if top > 255 else arr
+        im = Image.fromarray(arr.clip(0, 255).astype("uint8"), mode="L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def _decoded(im: Any, budget: Budget) -> Image.Image:
+    """The current frame of an open image, decoded (shrunk while decoding where the format can),
+    oriented by its EXIF, and in RGB."""
+    from PIL import ImageOps
+
+    # Let the decoder shrink a big JPEG while decoding: a 12 MP photo stays small.
+    im.draft("RGB", scaled_size(im.width, im.height, budget.max_pixels * 4))
+    im.load()
+    return to_rgb(ImageOps.exif_transpose(im) or im)
+
+
+def _fit(im: Image.Image, budget: Budget) -> Image.Image:
+    from PIL import Image
+
+    size = scaled_size(im.width, im.height, budget.max_pixels, budget.min_pixels)
+    return im.resize(size, Image.Resampling.BICUBIC) if size != im.size else im
+
+
+def open_image(path: str | Path, budget: Budget, name: str | None = None) -> Image.Image:
+    """An RGB image, EXIF-oriented, scaled into the pixel budget; refuses bombs before decoding."""
+    from PIL import Image
+
+    label = name or Path(path).name
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            check_size(label, *im.size)
+            decoded = _decoded(im, budget)
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise MediaError(f"{label}: declares too many pixels; refused before decoding") from err
+    except PILLOW_ERRORS as err:
+        raise MediaError(f"{label}: the image is damaged or truncated ({err})") from err
+    return _fit(decoded, budget)
+
+
+def open_pages(path: str | Path, budget: Budget, name: str | None = None) -> list[Image.Image]:
+    """The first pages of a multi-page TIFF (as many as a PDF's), each checked, then decoded."""
+    from PIL import Image
+
+    label = name or Path(path).name
+    pages = []
+    try:
+        with Image.open(path, formats=("TIFF",)) as im:
+            count = min(getattr(im, "n_frames", 1), budget.max_pdf_pages)
+            for index in range(count):  # every page read is checked before any is decoded
+                im.seek(index)
+                width, height = im.size
+                check_size(label, width, height, what=f"page {index + 1}")
+            for index in range(count):
+                im.seek(index)
+                pages.append(_fit(_decoded(im, budget), budget))
+    except MediaError:
+        raise
+    except (*PILLOW_ERRORS, Image.DecompressionBombError) as err:
+        raise MediaError(f"{label}: the document is damaged or truncated ({err})") from err
+    return pages
+
+
+def _frame_starts(im: Any, label: str) -> list[float]:
+    """When each frame of an animation starts, in seconds (from the frames' durations); each
+    frame's size is checked before it is decoded (a GIF frame may be larger than its screen)."""
+    starts, t = [], 0.0
+    for index in range(getattr(im, "n_frames", 1)):
+        # Durations are read after seeking and loading: WebP fills them in only then.
+        im.seek(index)
+        width, height = im.size
+        check_size(label, width, height, what=f"frame {index + 1}")
+        im.load()
+        starts.append(t)
+        t += max(im.info.get("duration", 100) or 100, 10) / 1000
+    return [*starts, t]
+
+
+def open_animated_image(path: str | Path, budget: Budget, name: str | None = None) -> VideoClip:
+    """An animated GIF, WebP or PNG as a short video, sampled by each frame's display time."""
+    import numpy as np
+    from PIL import Image
+
+    label = name or Path(path).name
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            width, height = im.size
+            count = getattr(im, "n_frames", 1)
+            check_size(label, width, height, what="each frame")
+            if count * width * height > ANIMATION_PIXELS:
+                raise MediaError(
+                    f"{label}: {count} frames of {width}x{height} are more than this app "
+                    "decodes; refused before decoding"
+                )
+            *starts, duration = _frame_starts(im, label)
+            n = frame_count(duration, budget)
+            size = scaled_size(width, height, frame_pixels(n, budget))
+            frames, times = [], []
+            for target in sample_times(duration, n):
+                index = max(i for i, s in enumerate(starts) if s <= target)
+                im.seek(index)
+                frames.append(np.asarray(to_rgb(im.copy()).resize(size)))
+                times.append(starts[index])
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise MediaError(f"{label}: a frame declares too many pixels; refused") from err
+    except PILLOW_ERRORS as err:
+        raise MediaError(f"{label}: the animation is damaged or truncated ({err})") from err
+    rate = len(starts) / duration if duration else 10.0
+    indices = tuple(min(len(starts) - 1, round(t * rate)) for t in times)
+    return VideoClip(np.stack(frames), rate, len(starts), indices, tuple(times))

@@ -1,0 +1,89 @@
+"""Budgets and limits: how many pixels and frames reach the model, and what is refused unread.
+
+Every path into pixels (a photo, each page of a TIFF or PDF, each frame of an animation or a
+video) goes through `check_size` before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# A file whose header declares more pixels than this is refused before it is decoded.
+BOMB_PIXELS = 128_000_000
+# Smallest side fed to the processor: Qwen's resize rule needs at least one 32-pixel merge block.
+MIN_SIDE = 32
+# Longest side over shortest side; Qwen's processors refuse more than 200.
+MAX_ASPECT = 150
+
+
+class MediaError(ValueError):
+    """A file that cannot be used; the message names the file and says why."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    min_pixels: int = 28 * 28 * 4
+    max_pixels: int = 1280 * 28 * 28
+    video_fps: float = 2.0
+    video_min_frames: int = 4
+    video_max_frames: int = 64
+    video_max_pixels: int = 448 * 448
+    video_total_pixels: int = 64 * 448 * 448
+    max_pdf_pages: int = 8
+
+
+def check_size(label: str, width: float, height: float, what: str = "") -> None:
+    """Refuse a picture too large to decode or too long and thin to read, before decoding it.
+
+    `what` says which part of the file it is ("page 3", "frame 12"), when it is not all of it.
+    """
+    where = f" ({what})" if what else ""
+    size = f"{width:.0f}x{height:.0f}"
+    if width < 1 or height < 1:
+        raise MediaError(f"{label}: declares a picture of {size} pixels{where}; nothing to read")
+    if width * height > BOMB_PIXELS:
+        raise MediaError(
+            f"{label}: declares {size} pixels{where}, more than this app decodes "
+            f"({BOMB_PIXELS // 1_000_000} megapixels); refused before decoding"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise MediaError(
+            f"{label}: {size}{where} is too long and thin to read (more than {MAX_ASPECT}:1)"
+        )
+
+
+def scaled_size(width: int, height: int, max_pixels: int, min_pixels: int = 0) -> tuple[int, int]:
+    """(w, h) with the same aspect, within [min_pixels, max_pixels] and no side below MIN_SIDE."""
+    pixels = width * height
+    scale = 1.0
+    if pixels > max_pixels:
+        scale = math.sqrt(max_pixels / pixels)
+    elif min_pixels and pixels < min_pixels:
+        scale = math.sqrt(min_pixels / pixels)
+    rounding = math.floor if scale < 1 else round  # never a pixel over the budget
+    w, h = max(1, rounding(width * scale)), max(1, rounding(height * scale))
+    if min(w, h) < MIN_SIDE:
+        grow = MIN_SIDE / min(w, h)
+        w, h = round(w * grow), round(h * grow)
+    return w, h
+
+
+def frame_count(duration: float, budget: Budget) -> int:
+    """How many frames to sample from `duration` seconds: the rate within the bounds, even."""
+    wanted = round(duration * budget.video_fps)
+    n = max(budget.video_min_frames, min(budget.video_max_frames, wanted))
+    return n + (n % 2)  # the processors group frames in pairs
+
+
+def frame_pixels(n_frames: int, budget: Budget) -> int:
+    """Pixels of one sampled frame: the per-frame budget, or less where the total needs it."""
+    return max(
+        MIN_SIDE * MIN_SIDE, min(budget.video_max_pixels, budget.video_total_pixels // n_frames)
+    )
+
+
+def sample_times(duration: float, n: int) -> list[float]:
+    """n sample times spread evenly over [0, duration), each at the middle of its slot."""
+    step = duration / n
+    return [step * (i + 0.5) for i in range(n)]

@@ -1,0 +1,146 @@
+"""What a file is, judged by its content, and the only readers allowed to open it.
+
+Names and extensions are never trusted. Images are opened only by the Pillow formats listed in
+IMAGE_FORMATS, and videos only by FFmpeg demuxers that read the one file they are given, chosen
+here from the file's signature (MP4/MOV without data references, Matroska/WebM, AVI, MPEG
+program and transport streams, FLV, Ogg, ASF). FFmpeg is never left to probe: its probing picks
+demuxers that open other files or URLs by reference (HLS and DASH playlists, concat lists, image
+sequences), and those are refused here with a message that says what the file is.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from app.media.limits import MediaError
+
+Kind = Literal["image", "pages", "animation", "video", "pdf"]
+
+# Pillow formats read: common photo and screenshot formats (JPEG includes cameras' MPO).
+# Others are refused: EPS, for one, would run Ghostscript.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "TGA", "ICO")
+# Multi-frame files of these formats are animations, read as short videos; a multi-page TIFF is
+# a document, read page by page.
+ANIMATED_FORMATS = frozenset({"GIF", "WEBP", "PNG"})
+# Signatures of image files, to tell a damaged image from a file that is no image at all.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+# Signatures of text files that point at other files, and what to call them.
+PLAYLISTS = (
+    (b"#EXTM3U", "an M3U/HLS playlist"),
+    (b"ffconcat", "an FFmpeg concat list"),
+    (b"[playlist]", "a PLS playlist"),
+    (b"<?xml", "an XML manifest (DASH or similar)"),
+    (b"<MPD", "a DASH manifest"),
+)
+# Demuxer options: the file protocol only, and no MOV/MP4 data references to other files.
+_PROTOCOLS = {"protocol_whitelist": "file"}
+_MOV_OPTIONS = {"enable_drefs": "0", "use_absolute_path": "0"}
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    kind: Kind
+    format: str  # the Pillow format, the FFmpeg demuxer, or "pdf"
+
+
+def video_format(head: bytes) -> str | None:
+    """The FFmpeg demuxer for a file starting with `head`, among those allowed; else None."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mov"  # MP4, MOV, M4V, 3GP
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # MKV, WebM
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg"  # MPEG program stream (.mpg, .vob)
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
+        return "mpegts"  # a sync byte every 188 bytes
+    if head.startswith(b"FLV"):
+        return "flv"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "asf"  # WMV
+    return None
+
+
+def open_container(path: str | Path, fmt: str) -> Any:
+    """`path` opened by FFmpeg's `fmt` demuxer only, reading nothing but that file."""
+    import av
+
+    options = _PROTOCOLS | (_MOV_OPTIONS if fmt == "mov" else {})
+    return av.open(str(path), format=fmt, options=options)
+
+
+def _image_kind(path: Path, head: bytes, label: str) -> Sniffed | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            fmt, frames = str(im.format), getattr(im, "n_frames", 1)
+    except UnidentifiedImageError:
+        return None
+    except Image.DecompressionBombError as err:
+        raise MediaError(f"{label}: declares too many pixels; refused before decoding") from err
+    except ValueError as err:  # Pillow's own limits on metadata (text, colour profiles)
+        raise MediaError(f"{label}: its metadata is too large to read ({err}); refused") from err
+    except (OSError, SyntaxError, EOFError, KeyError, TypeError, IndexError, struct.error) as err:
+        if head.startswith(IMAGE_SIGNATURES):
+            raise MediaError(f"{label}: the image is damaged or truncated ({err})") from err
+        return None
+    if frames > 1 and fmt == "TIFF":
+        return Sniffed("pages", fmt)
+    if frames > 1 and fmt in ANIMATED_FORMATS:
+        return Sniffed("animation", fmt)
+    return Sniffed("image", fmt)
+
+
+def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    for signature, what in PLAYLISTS:
+        if stripped.startswith(signature):
+            raise MediaError(
+                f"{label}: is {what}, which points to other files; this app reads only the "
+                "file you upload: upload the video itself"
+            )
+    fmt = video_format(head)
+    if fmt is None:
+        raise MediaError(
+            f"{label}: not an image, video or PDF this app can read "
+            "(judged by content, not the name)"
+        )
+    try:
+        with open_container(path, fmt) as container:
+            has_video = bool(container.streams.video)
+            has_audio = bool(container.streams.audio)
+    except Exception as err:  # av raises many kinds for damaged files
+        raise MediaError(
+            f"{label}: the video is damaged or truncated and cannot be opened"
+        ) from err
+    if has_video:
+        return Sniffed("video", fmt)
+    if has_audio:
+        raise MediaError(f"{label}: has only audio; this app reads images and video")
+    raise MediaError(f"{label}: has no video track (only subtitles or data)")
+
+
+def sniff(path: str | Path, name: str | None = None) -> Sniffed:
+    """What a file is, by its content; raises MediaError for anything the app does not take."""
+    label = name or Path(path).name
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"{label}: the file is missing on the server")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{label}: the file is empty (0 bytes)")
+    with p.open("rb") as fh:
+        head = fh.read(1024)
+    if head.startswith(b"%PDF-"):
+        return Sniffed("pdf", "pdf")
+    return _image_kind(p, head, label) or _video_kind(p, head, label)
+
+
+def sniff_kind(path: str | Path, name: str | None = None) -> Kind:
+    return sniff(path, name).kind
