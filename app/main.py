@@ -101,13 +101,14 @@ def page_options(settings: Settings, engine: Engine) -> Any:
 def build_app(settings: Settings, engine: Engine) -> Any:
     """The gradio Blocks with its queue set up; launching is the caller's."""
     from app.replies import ReplyStreamer, SessionCancels
+    from app.turns import Turns
     from app.ui.handlers import ChatHandlers
     from app.ui.layout import ChatPage
 
     options = page_options(settings, engine)
     cancels = SessionCancels()
-    handlers = ChatHandlers(ReplyStreamer(engine, cancels), cancels, options.panel)
-    demo = ChatPage(handlers, options).build()
+    streamer = ReplyStreamer(engine, cancels, Turns())
+    demo = ChatPage(ChatHandlers(streamer, cancels, options.panel), options).build()
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from app.engines.base import ChatRequest, Engine, EngineError, Usage
 from app.grounding import draw_marks, parse_marks
 from app.render import Reply, format_progress, format_stats
+from app.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 # costs the server work that holds the GIL the generation thread needs, and eyes see no
 # difference past ~25 updates a second. Text held back goes out with the next token or the end.
 UPDATE_INTERVAL_S = 0.04
+# While a request waits for its turn, the page hears about it this often (and gradio gets a
+# point at which to drop it, if its user has gone).
+WAIT_TICK_S = 1.0
 
 
 class Cancel(threading.Event):
@@ -71,10 +75,15 @@ class ReplyStreamer:
     """Runs one request on the engine and yields the growing `Reply`; logs one line a request."""
 
     def __init__(
-        self, engine: Engine, cancels: SessionCancels, output_dir: Path | None = None
+        self,
+        engine: Engine,
+        cancels: SessionCancels,
+        turns: Turns | None = None,
+        output_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.cancels = cancels
+        self.turns = turns or Turns()
         self.output_dir = output_dir or Path(tempfile.mkdtemp(prefix="qwen-chat-"))
 
     def annotate(self, reply: Reply) -> str | None:
@@ -96,15 +105,21 @@ class ReplyStreamer:
             log.warning("could not draw boxes on %s: %s", ref.attachment.name, err)
             return None
 
-    def __call__(self, request: ChatRequest, session: str) -> Iterator[Reply]:
+    def __call__(
+        self, request: ChatRequest, session: str, user: str | None = None
+    ) -> Iterator[Reply]:
+        """The reply to `request` as it grows; `user` says whose turn it takes (by default,
+        the session's)."""
         reply = Reply()
         cancel = self.cancels.start(session)
         started = time.perf_counter()
         usage: Usage | None = None  # logged even when the reply fails
         outcome = "ok"
         try:
-            for _ in self._follow(request, reply, cancel, started):
-                yield reply
+            with self.turns.turn(user or session) as ticket:
+                yield from self._wait_for_turn(ticket, reply, cancel, started)
+                for _ in self._follow(request, reply, cancel, started):
+                    yield reply
             usage = reply.usage
             reply.cleared = cancel.cleared
             if cancel.is_set():
@@ -127,10 +142,27 @@ class ReplyStreamer:
         reply.finished = True
         yield reply
 
+    def _wait_for_turn(
+        self, ticket: int, reply: Reply, cancel: Cancel, started: float
+    ) -> Iterator[Reply]:
+        """Until this request's turn on the model: the wait, shown (and updated) each second."""
+        while not self.turns.wait(ticket, cancel, WAIT_TICK_S):
+            if cancel.is_set():
+                return
+            ahead = self.turns.ahead_of(ticket)
+            waited = time.perf_counter() - started
+            plural = "s" if ahead != 1 else ""
+            reply.waiting = (
+                f"Waiting for the model · {ahead} request{plural} first · {waited:.0f} s"
+            )
+            yield reply
+
     def _follow(
         self, request: ChatRequest, reply: Reply, cancel: Cancel, started: float
     ) -> Iterator[None]:
         """Apply the engine's deltas to `reply`; yield whenever the page should be updated."""
+        if cancel.is_set():  # stopped while waiting for its turn
+            return
         shown_at = 0.0
         for delta in self.engine.stream(request, cancel):
             if delta.prompt is not None:

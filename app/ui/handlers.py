@@ -8,6 +8,7 @@ session sees another's messages or files.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,29 @@ def session_of(request: gr.Request | None) -> str:
     return (getattr(request, "session_hash", None) if request is not None else None) or "-"
 
 
+def user_of(request: gr.Request | None) -> str | None:
+    """Who is asking, for taking turns on the model: the login, else the address the request
+    came from, else None (then: the session). Behind a proxy on this machine or a private
+    network (a Space, a Docker port), the address the proxy says it forwarded for; from
+    anywhere else that header could be made up, and is ignored."""
+    if request is None:
+        return None
+    if request.username:
+        return f"user:{request.username}"
+    host = getattr(request.client, "host", None)
+    forwarded = (request.headers or {}).get("x-forwarded-for", "").split(",")[0].strip()
+    if forwarded and host and _is_private(host):
+        host = forwarded
+    return f"address:{host}" if host else None
+
+
+def _is_private(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
 class ChatHandlers:
     """What every event of the page and the API does, given the objects it works with."""
 
@@ -53,8 +77,10 @@ class ChatHandlers:
         settings = request_settings(panel, self.options)
         return build_request(history, settings.system_prompt, settings.params, settings.budget)
 
-    def _stream_into(self, history: list, request: ChatRequest, session: str) -> Iterator[list]:
-        for reply in self.streamer(request, session):
+    def _stream_into(
+        self, history: list, request: ChatRequest, asker: gr.Request | None
+    ) -> Iterator[list]:
+        for reply in self.streamer(request, session_of(asker), user_of(asker)):
             yield [] if reply.cleared else history + render_reply(reply)
 
     def respond(
@@ -70,7 +96,7 @@ class ChatHandlers:
         # The box empties only now that its content is safe in the history; Stop replaces Send.
         yield busy_box(value={"text": "", "files": []}), history
         chat = self._request(history, panel)
-        for shown in self._stream_into(history, chat, session_of(request)):
+        for shown in self._stream_into(history, chat, request):
             yield gr.skip(), shown
 
     def regenerate(
@@ -85,7 +111,7 @@ class ChatHandlers:
         # Stop shows once the work starts (not while queued), when pressing it can reach it.
         yield history, busy_box()
         chat = self._request(history, panel)
-        for shown in self._stream_into(history, chat, session_of(request)):
+        for shown in self._stream_into(history, chat, request):
             yield shown, gr.skip()
 
     def undo(self, history: list | None) -> tuple[list, Any]:
@@ -123,7 +149,7 @@ class ChatHandlers:
             raise gr.Error("The message is empty: send text, files, or both.")
         chat = self._request(list(history or []) + new, panel)
         answer = ""
-        for reply in self.streamer(chat, session_of(request)):
+        for reply in self.streamer(chat, session_of(request), user_of(request)):
             if reply.error:
                 raise gr.Error(reply.error, print_exception=False)
             answer = reply.answer()

@@ -19,6 +19,10 @@ from app.ui.safety import refuse_url_fetches
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 GENERATE = "generate"  # one concurrency group: every event that runs the model
+# Requests of that group let in at once: they take turns on the model by user (app/turns.py);
+# more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
+# Undo always find one.
+IN_ROTATION = 16
 LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -126,7 +130,7 @@ class ChatPage:
 
     def _setup_events(self, demo: gr.Blocks) -> None:
         h = self.handlers
-        generate: dict[str, Any] = {"concurrency_limit": 1, "concurrency_id": GENERATE}
+        generate: dict[str, Any] = {"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE}
         # The page's own events are "undocumented": off the API page, but a script (and the
         # tests) can drive a multi-turn session exactly as the page does.
         page: dict[str, Any] = {
