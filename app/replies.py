@@ -168,7 +168,8 @@ class ReplyStreamer:
             if delta.prompt is not None:
                 reply.prompt = delta.prompt
             if delta.progress is not None and not reply.raw:
-                reply.waiting = format_progress(delta.progress, time.perf_counter() - started, None)
+                now = time.perf_counter()
+                reply.waiting = format_progress(delta.progress, now - started, now)
                 yield
             if delta.text:
                 reply.raw += delta.text

@@ -209,21 +209,28 @@ def _processor(family: str, model_type: str, tokenizer: Any) -> Any:
     )
 
 
-def _generation_config(tokenizer: Any, suppress_eos: bool, scripted_reply: str | None) -> Any:
+def _generation_config(
+    tokenizer: Any, suppress_eos: bool, scripted_reply: str | None, base: Path | None = None
+) -> Any:
+    """The released checkpoint's generation config (`base`) or one like Qwen's, made to run
+    to the end (`suppress_eos`) or to answer `scripted_reply`."""
     from transformers import GenerationConfig
 
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    generation = GenerationConfig(
-        eos_token_id=[eos, pad],
-        pad_token_id=pad,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.8,
-        top_k=20,
-        repetition_penalty=1.0,
-        max_new_tokens=256,
-    )
+    if base is not None:
+        generation = GenerationConfig.from_pretrained(base)
+    else:
+        generation = GenerationConfig(
+            eos_token_id=[eos, pad],
+            pad_token_id=pad,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.8,
+            top_k=20,
+            repetition_penalty=1.0,
+            max_new_tokens=256,
+        )
     if suppress_eos:
         # No end, and no reasoning tags either: the whole stream is answer text.
         reasoning_tags = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
@@ -317,14 +324,17 @@ def build_from_config_folder(
     text_layers: int | None = None,
     dtype: str = "float32",
     seed: int = 0,
+    suppress_eos: bool = False,
+    scripted_reply: str | None = None,
 ) -> Path:
     """A random-weight model with the configuration, tokenizer, chat template and processor
     settings of the released checkpoint in `folder`: tiny widths (tests), or the real shapes
-    (benchmarks), with `text_layers` decoder layers where given."""
+    (benchmarks), with `text_layers` decoder layers where given. `suppress_eos` and
+    `scripted_reply` as in `build_tiny_checkpoint`."""
     import shutil
 
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     source, out = Path(folder), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -335,7 +345,10 @@ def build_from_config_folder(
         config.text_config.num_hidden_layers = text_layers
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
-    model.generation_config = GenerationConfig.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.generation_config = _generation_config(
+        tokenizer, suppress_eos, scripted_reply, base=source
+    )
     model.save_pretrained(out)
     for name in CONFIG_FILES:
         shutil.copy(source / name, out / name)

@@ -56,7 +56,9 @@ def prompt_inputs(processor: Any, text: str, image: Any = None) -> Any:
 
 
 @contextmanager
-def app_process(*args: str, poll_s: float = 0.1) -> Iterator[tuple[str, Path]]:
+def app_process(
+    *args: str, poll_s: float = 0.1, ready_s: float = 120
+) -> Iterator[tuple[str, Path]]:
     """`python web_demo_mm.py ARGS` in its own process, as users run it; yields (URL, its log).
 
     A separate process keeps the measuring client's own work off the server's GIL, as it is
@@ -74,7 +76,7 @@ def app_process(*args: str, poll_s: float = 0.1) -> Iterator[tuple[str, Path]]:
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + ready_s
         while True:
             try:
                 if httpx.get(url, timeout=1).status_code == 200:

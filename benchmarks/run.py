@@ -376,6 +376,48 @@ def openai_backend(tokens: int) -> Row:
     )
 
 
+def follow_ups() -> list[Row]:
+    """An image then three text follow-ups (tiny checkpoint): the fourth turn's first token
+    against the same question with no history; and the cache's bytes per cached token."""
+    from app.engines import kv
+    from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+    from app.engines.local import LocalEngine
+    from benchmarks.common import tiny
+    from benchmarks.prefix_cache import measure, ratio, tiny_photo
+
+    checkpoint, photo = str(tiny(suppress_eos=False)), tiny_photo()
+    results = measure(checkpoint, photo)
+    cached, plain = results["cache"], results["no cache"]
+    follow_up = ratio(results)
+    engine = LocalEngine.load(checkpoint)
+    request = ChatRequest(
+        (Turn("user", "Describe", (Attachment(str(photo), "photo.jpg"),)),),
+        GenerationParams(max_new_tokens=16, temperature=0),
+    )
+    list(engine.stream(request, threading.Event()))
+    [entry] = engine.prefix_cache._entries.values()
+    stored = entry.nbytes / len(entry.ids)
+    kv_size = kv.bytes_per_token(engine.model.config, engine.model.dtype.itemsize)
+    return [
+        Row(
+            "8. follow-up after an image, first token (turn 4 / same question, no history)",
+            f"turn 4 {cached['turn 4'] * 1000:.0f} ms (without the cache "
+            f"{plain['turn 4'] * 1000:.0f} ms) vs no history {cached['no history'] * 1000:.0f} "
+            f"ms; turn 1 with the image {cached['turn 1'] * 1000:.0f} ms",
+            f"{follow_up:.2f}",
+            "<= 1.5",
+            follow_up <= 1.5,
+        ),
+        Row(
+            "9. prefix cache memory, bytes per cached token / the model's KV bytes per token",
+            f"{stored:.0f} B vs {kv_size} B ({len(entry.ids)} tokens cached)",
+            f"{stored / kv_size:.2f}",
+            "<= 1.0",
+            stored <= kv_size,
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmarks: ratios against baselines.")
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
@@ -391,6 +433,7 @@ def main() -> None:
         lambda: [many_users(64 if args.quick else 128)],
         lambda: [start_up()],
         lambda: [openai_backend(tokens)],
+        follow_ups,
     ]
     for step in steps:
         try:

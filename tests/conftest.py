@@ -17,15 +17,21 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(family, suppress_eos=False) -> path of a checkpoint built once per run."""
-    from app.trial import build_tiny_checkpoint
+    from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
 
     built: dict[tuple[str, bool], Path] = {}
 
     def get(family: str = "qwen3_vl", suppress_eos: bool = False) -> Path:
+        """`family` is a tiny family, or real-instruct / real-thinking: tiny widths with the
+        released Qwen3-VL-2B tokenizer, templates and processors (assets/realcfg)."""
         key = (family, suppress_eos)
         if key not in built:
             folder = tmp_path_factory.mktemp(f"{family}{'-long' if suppress_eos else ''}")
-            built[key] = build_tiny_checkpoint(folder, family, suppress_eos=suppress_eos)
+            if family.startswith("real-"):
+                source = REAL_CONFIGS / f"Qwen3-VL-2B-{family.removeprefix('real-').title()}"
+                built[key] = build_from_config_folder(source, folder, suppress_eos=suppress_eos)
+            else:
+                built[key] = build_tiny_checkpoint(folder, family, suppress_eos=suppress_eos)
         return built[key]
 
     return get

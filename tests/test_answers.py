@@ -16,7 +16,7 @@ from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
-from app.trial import build_tiny_checkpoint
+from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
 from tests.panel import panel
 
 BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
@@ -30,7 +30,12 @@ def scripted(tmp_path_factory):
     contexts = []
 
     def launch(family: str, reply: str):
-        path = build_tiny_checkpoint(tmp_path_factory.mktemp(family), family, scripted_reply=reply)
+        folder = tmp_path_factory.mktemp(family)
+        if family == "real-thinking":  # tiny widths, the released Thinking template
+            source = REAL_CONFIGS / "Qwen3-VL-2B-Thinking"
+            path = build_from_config_folder(source, folder, scripted_reply=reply)
+        else:
+            path = build_tiny_checkpoint(folder, family, scripted_reply=reply)
         settings = load_settings(["--max-new-tokens", "256"], environ={})
         engine = LocalEngine.load(str(path), media_cache=MediaCache(), max_new_tokens=256)
         context = launched_app(settings, engine)
@@ -81,8 +86,14 @@ def test_boxes_in_a_reply_come_back_drawn_on_the_image(scripted, media):
     assert len(_files(history)) == 2  # one more drawing for the repeated boxes, nothing else
 
 
-def test_reasoning_is_shown_apart_and_excluded_from_the_api_reply(scripted):
-    url, engine = scripted("qwen3_5", THOUGHT)
+@pytest.mark.parametrize("family", ["qwen3_5", "real-thinking"])
+def test_reasoning_is_shown_apart_and_excluded_from_the_api_reply(scripted, family):
+    url, engine = scripted(family, THOUGHT)
+    # The thinking switch shows for a template that takes it (Qwen3.5's), not for Qwen3-VL
+    # Thinking's, which always thinks.
+    config = httpx.get(f"{url}config", timeout=5).json()
+    [switch] = [c for c in config["components"] if c["props"].get("elem_id") == "enable_thinking"]
+    assert switch["props"]["visible"] is (family == "qwen3_5")
     client = Client(url, verbose=False, download_files=False)
     _, history = client.predict(
         {"text": "What is it?", "files": []}, [], *PANEL, api_name="/ui_send"
@@ -100,16 +111,19 @@ def test_reasoning_is_shown_apart_and_excluded_from_the_api_reply(scripted):
 
     @functools.wraps(original)
     def record(messages, *args, **kwargs):
-        seen.append(messages)
-        return original(messages, *args, **kwargs)
+        rendered = original(messages, *args, **kwargs)
+        seen.append((messages, rendered))
+        return rendered
 
     engine.processor.apply_chat_template = record
     try:
         client.predict({"text": "Sure?", "files": []}, history, *PANEL, api_name="/ui_send")
     finally:
         engine.processor.apply_chat_template = original
-    sent = [part["text"] for m in seen[-1] for part in m["content"] if part["type"] == "text"]
+    messages, rendered = seen[-1]
+    sent = [part["text"] for m in messages for part in m["content"] if part["type"] == "text"]
     assert sent == ["What is it?", "A green picture.", "Sure?"]
+    assert "look closely" not in rendered and rendered.count("A green picture.") == 1
 
 
 def test_settings_reach_generate(scripted):

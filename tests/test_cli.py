@@ -106,3 +106,27 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(tmp_path):
+    import json
+    import struct
+
+    # The weights' headers alone: 80e9 bytes of float32 declared, no data (nothing is read).
+    folder = tmp_path / "huge-model"
+    folder.mkdir()
+    header = {"model.language_model.layers.0.mlp.weight": {
+        "dtype": "F32", "shape": [200_000, 100_000], "data_offsets": [0, 0]}}  # fmt: skip
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", "-c", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=120,
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "needs about 74.5 GB" in last and "--load-in-4bit (about 9.3 GB)" in last  # GiB

@@ -135,10 +135,13 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Progress:
-    """Work before the first token: what is being done, and how far (0-1) where known."""
+    """Work before the first token: what is being done, how far (0-1), when it began
+    (`time.perf_counter()`), and how long it should take in all, where known."""
 
     stage: str
     fraction: float | None = None
+    started: float | None = None
+    estimate_s: float | None = None
 
 
 @dataclass(frozen=True)

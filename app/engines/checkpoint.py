@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import math
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.engines.base import EngineError
+from app.engines.memory import GB, available_bytes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,55 @@ def choose_dtype(name: str, on_cuda: bool) -> Any:
     return torch.float32
 
 
+def _tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Every weight's shape, read from the safetensors headers alone (no weight is read)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with file.open("rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                shapes[name] = tuple(entry["shape"])
+    return shapes
+
+
+def weight_bytes(path: str, dtype_bytes: int, four_bit: bool) -> int:
+    """The weights' size once loaded: in `dtype_bytes` a parameter, or, in 4-bit, half a byte
+    for the matrices bitsandbytes quantizes (not the embeddings and the output layer)."""
+    total = 0.0
+    for name, shape in _tensor_shapes(path).items():
+        count = math.prod(shape)
+        quantized = four_bit and len(shape) == 2 and not ("embed" in name or "lm_head" in name)
+        total += count * (0.5 if quantized else dtype_bytes)
+    return int(total)
+
+
+def check_fits(checkpoint: str, path: str, dtype: Any, options: LoadOptions, on_cuda: bool) -> None:
+    """Say in one line, before loading starts, that the weights cannot fit in free memory, or
+    that a dependency the options need is missing."""
+    if options.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise EngineError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
+    need = weight_bytes(path, dtype.itemsize, options.load_in_4bit)
+    free = available_bytes(on_cuda)
+    place = "GPU" if on_cuda else "machine"
+    log.info(
+        "loading %s: about %.1f GB of weights in %s onto the %s (%.1f GB free)",
+        checkpoint,
+        need / GB,
+        "4-bit nf4" if options.load_in_4bit else str(dtype).removeprefix("torch."),
+        place,
+        free / GB,
+    )
+    if need > 0.95 * free:
+        smaller = weight_bytes(path, 2, True)
+        raise EngineError(
+            f"{checkpoint} needs about {need / GB:.1f} GB for its weights, more than the "
+            f"{free / GB:.1f} GB free on this {place}: try --load-in-4bit (about "
+            f"{smaller / GB:.1f} GB), or a smaller checkpoint."
+        )
+
+
 def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
     """(model, processor) of `checkpoint`, ready for inference; logs what it chose and how long."""
     path = resolve_checkpoint(checkpoint)  # first: a missing checkpoint fails in a blink
@@ -95,6 +148,7 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
     imported = time.perf_counter() - started
     on_cuda = torch.cuda.is_available() and not options.cpu_only
     dtype = choose_dtype(options.dtype, on_cuda)
+    check_fits(checkpoint, path, dtype, options, on_cuda)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": choose_attention(options.flash_attn2, on_cuda),

@@ -218,7 +218,8 @@ class LocalEngine:
                 try:
                     self._generate(prompt, request, cancel, emit, counts)
                 except Exception as err:
-                    if not _is_out_of_memory(err) or counts.tokens or not len(self.prefix_cache):
+                    held = counts.cached_tokens or len(self.prefix_cache)
+                    if not _is_out_of_memory(err) or counts.tokens or not held:
                         raise
                     log.warning("out of memory with the prefix cache held; dropped it, retrying")
                     self.prefix_cache.clear()
@@ -294,7 +295,7 @@ class LocalEngine:
                 continue
             names = ", ".join(dict.fromkeys(span.name for span in new))
             tokens = sum(span.end - span.start for span in new)
-            self._hooks.set_stage(f"Reading {names} · {tokens} visual tokens")
+            self._hooks.set_stage(f"Reading {names} · {tokens} visual tokens", "vision", tokens)
             grid = prompt.inputs[grid_name]
             first = new[0].index
             rows = int(grid[:first].prod(-1).sum())
@@ -317,7 +318,8 @@ class LocalEngine:
 
     def _read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int) -> None:
         """Read the prompt up to `stop_at` into `cache` (one forward; the sampled token unused)."""
-        self._hooks.set_stage(f"Reading the conversation · {stop_at - kv.length(cache)} tokens")
+        tokens = stop_at - kv.length(cache)
+        self._hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
         extra = {"mm_encoder_outputs": features} if features else {}
         self.model.generate(
             **self._model_inputs(prompt, stop_at),
@@ -343,14 +345,14 @@ class LocalEngine:
         """Read the rest of the prompt, then generate the reply; return every id read or made."""
         from transformers import StoppingCriteriaList
 
-        self._hooks.set_stage(
-            f"Reading the conversation · {len(prompt.ids) - kv.length(cache)} tokens"
-        )
+        tokens = len(prompt.ids) - kv.length(cache)
+        self._hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
         control_tokens = self._control_tokens
 
         def on_token(count: int) -> None:
             if counts.first_token_s is None:
                 counts.first_token_s = time.perf_counter() - counts.started
+                self._hooks.end_stage()
             counts.tokens += count
 
         def on_text(text: str) -> None:

@@ -98,13 +98,26 @@ def _collect(turns: Sequence[Turn], budget: Budget, media_cache: MediaCache) -> 
     return parts
 
 
-def _processor_inputs(processor: Any, parts: _Parts, template_kwargs: dict[str, Any]) -> Any:
+def image_size_bounds(processor: Any, budget: Budget) -> dict[str, int]:
+    """The pixel bounds the processor resizes images within: the request's budget, kept inside
+    the checkpoint's own bounds. Given to the processor, its own rounding to whole patches
+    stays within the budget, and an image costs what the processor alone would make of it."""
+    own = getattr(processor.image_processor, "size", None) or {}
+    low = max(budget.min_pixels, int(own.get("shortest_edge") or 0))
+    high = min(budget.max_pixels, int(own.get("longest_edge") or budget.max_pixels))
+    return {"shortest_edge": min(low, high), "longest_edge": high}
+
+
+def _processor_inputs(
+    processor: Any, parts: _Parts, template_kwargs: dict[str, Any], budget: Budget
+) -> Any:
     prompt = processor.apply_chat_template(
         parts.messages, add_generation_prompt=True, tokenize=False, **template_kwargs
     )
     kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
     if parts.images:
         kwargs["images"] = parts.images
+        kwargs["images_kwargs"] = {"size": image_size_bounds(processor, budget)}
     if parts.videos:
         kwargs["videos"] = [clip.frames for clip in parts.videos]
         kwargs["videos_kwargs"] = {
@@ -144,7 +157,7 @@ def build_prompt(
     # Only to a template that takes it (transformers reads any other as a processor option).
     if request.params.enable_thinking is not None and takes_thinking_switch(processor):
         template_kwargs["enable_thinking"] = request.params.enable_thinking
-    text, inputs = _processor_inputs(processor, parts, template_kwargs)
+    text, inputs = _processor_inputs(processor, parts, template_kwargs, budget)
     merge = getattr(processor.image_processor, "merge_size", 2)
     patch = getattr(processor.image_processor, "patch_size", 14)
     image_tokens = [t * h * w // merge**2 for t, h, w in _grids(inputs, "image_grid_thw")]

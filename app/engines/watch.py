@@ -3,7 +3,8 @@
 A prefill (the vision encoder over an image, the language model over a long prompt) is one call
 that can take minutes on a CPU. Forward pre-hooks on the vision blocks and the language layers
 let a request's cancel event end it between two layers, and report how far it has come. They
-are registered once per model and act only while a request's `Watch` is set on them.
+are registered once per model and act only while a request's `Watch` is set on them. Each stage
+is timed, so later requests can be told how long theirs should take (`StageRates`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,35 @@ class Cancelled(Exception):
 
 @dataclass
 class Watch:
-    """One request's cancel event and where its progress goes."""
+    """One request's cancel event and where its progress goes; the stage it is in."""
 
     cancel: threading.Event
     emit: Emit
     stage: str = ""
+    kind: str | None = None  # "vision" or "language": which rate the stage is timed for
+    tokens: int = 0
+    started: float = 0.0
+    estimate_s: float | None = None
     done: int = 0
     total: int = 0
     last_sent: float = field(default=0.0)
+
+
+class StageRates:
+    """Seconds a token of each kind of work took in this process: a running mean, weighted
+    to the latest requests (the machine's load changes)."""
+
+    def __init__(self) -> None:
+        self._seconds_per_token: dict[str, float] = {}
+
+    def observe(self, kind: str, tokens: int, seconds: float) -> None:
+        rate = seconds / max(1, tokens)
+        old = self._seconds_per_token.get(kind)
+        self._seconds_per_token[kind] = rate if old is None else 0.5 * old + 0.5 * rate
+
+    def estimate(self, kind: str | None, tokens: int) -> float | None:
+        rate = self._seconds_per_token.get(kind or "")
+        return None if rate is None else rate * tokens
 
 
 class WatchHooks:
@@ -41,6 +63,7 @@ class WatchHooks:
 
     def __init__(self, model: Any) -> None:
         self.watch: Watch | None = None
+        self.rates = StageRates()
         inner = model.model
         self._vision_blocks = list(getattr(getattr(inner, "visual", None), "blocks", []))
         self._language_layers = list(inner.language_model.layers)
@@ -49,12 +72,23 @@ class WatchHooks:
         for layer in self._language_layers:
             layer.register_forward_pre_hook(self._before_language_layer, with_kwargs=True)
 
-    def set_stage(self, stage: str) -> None:
+    def set_stage(self, stage: str, kind: str | None = None, tokens: int = 0) -> None:
+        """A new stage of the request: `tokens` tokens of `kind` work to do."""
         watch = self.watch
         if watch is None:
             return
-        watch.stage, watch.done, watch.total = stage, 0, 0
+        self.end_stage()
+        watch.stage, watch.kind, watch.tokens = stage, kind, tokens
+        watch.started, watch.done, watch.total = time.perf_counter(), 0, 0
+        watch.estimate_s = self.rates.estimate(kind, tokens)
         self._report(watch, force=True)
+
+    def end_stage(self) -> None:
+        """The stage is done: its time per token goes into the rates of later estimates."""
+        watch = self.watch
+        if watch is not None and watch.kind is not None:
+            self.rates.observe(watch.kind, watch.tokens, time.perf_counter() - watch.started)
+            watch.kind = None
 
     def _before_vision_block(self, module: Any, args: Any) -> None:
         self._step(len(self._vision_blocks))
@@ -80,4 +114,4 @@ class WatchHooks:
             return
         watch.last_sent = now
         fraction = (watch.done - 1) / watch.total if watch.total else None
-        watch.emit(Progress(watch.stage, fraction))
+        watch.emit(Progress(watch.stage, fraction, watch.started, watch.estimate_s))
