@@ -7,22 +7,27 @@ only wires them together (as transformers' `build_server` does). Nothing is modu
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from app.engines.base import Engine
-from app.media import Budget, MediaCache
+from app.media import CPU_MAX_PIXELS, Budget, MediaCache
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
 GB = 1 << 30
 
 
-def budget_of(settings: Settings) -> Budget:
+def budget_of(settings: Settings, on_cpu: bool = False) -> Budget:
+    """The media budget of the settings; where they leave the image budget to the app, the
+    one measured for CPUs when the model runs on one."""
+    automatic = CPU_MAX_PIXELS if on_cpu else Budget().max_pixels
     return Budget(
         min_pixels=settings.min_pixels,
-        max_pixels=settings.max_pixels,
+        max_pixels=settings.max_pixels or automatic,
         video_fps=settings.video_fps,
         video_min_frames=settings.video_min_frames,
         video_max_frames=settings.video_max_frames,
@@ -48,7 +53,7 @@ def build_openai_engine(settings: Settings) -> Engine:
 
 
 def build_local_engine(settings: Settings) -> Engine:
-    from app.engines.checkpoint import LoadOptions
+    from app.engines.checkpoint import LoadOptions, runs_on_cpu
     from app.engines.local import LocalEngine
     from app.engines.zerogpu import for_zero_gpu
 
@@ -67,7 +72,7 @@ def build_local_engine(settings: Settings) -> Engine:
     engine = LocalEngine.load(
         checkpoint,
         options,
-        budget=budget_of(settings),
+        budget=budget_of(settings, runs_on_cpu(options)),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         max_prompt_tokens=settings.max_prompt_tokens,
@@ -86,16 +91,51 @@ def page_options(settings: Settings, engine: Engine) -> Any:
     from app.ui.layout import PageOptions
     from app.ui.panel import PanelOptions
 
+    notes = [engine.notice, cpu_budget_note(settings, engine)]
     return PageOptions(
         title=f"Qwen-VL Chat · {engine.model_name}",
-        banner=engine.notice,
+        banner=" ".join(note for note in notes if note) or None,
+        state_secret=state_secret(settings),
         panel=PanelOptions(
             max_new_tokens=settings.max_new_tokens,
             sampling=engine.sampling_defaults,
             supports_thinking=engine.supports_thinking,
-            budget=budget_of(settings),
+            budget=engine.budget,
         ),
     )
+
+
+def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
+    """Where the app lowered the image budget for the CPU: say so, and how to raise it."""
+    if settings.max_pixels is not None or engine.budget.max_pixels != CPU_MAX_PIXELS:
+        return None
+    return (
+        f"Running on the CPU: images are read at up to {CPU_MAX_PIXELS / 1e6:.1f} megapixels "
+        "(the usual is 1.0), so that a photo's first answer comes in about half a minute "
+        "rather than one and a half. Raise it in Settings (Max pixels per image), or start "
+        "with --max-pixels 1003520."
+    )
+
+
+def state_secret(settings: Settings) -> str | None:
+    """The key that encrypts saved chats in the browser: kept in a file of the user's cache
+    (made on first start), so chats survive a restart; None (a new key each start, chats then
+    lost on restart) where that folder cannot be written."""
+    import secrets
+
+    if settings.state_secret:
+        return settings.state_secret
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen-vl-chat"
+    path = folder / "browser-state-secret"
+    try:
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+    except OSError as err:
+        log.warning("saved chats will not survive a restart: %s", err)
+        return None
 
 
 def build_app(settings: Settings, engine: Engine) -> Any:
@@ -104,11 +144,13 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     from app.turns import Turns
     from app.ui.handlers import ChatHandlers
     from app.ui.layout import ChatPage
+    from app.ui.saved import SavedChats
 
     options = page_options(settings, engine)
     cancels = SessionCancels()
     streamer = ReplyStreamer(engine, cancels, Turns())
-    demo = ChatPage(ChatHandlers(streamer, cancels, options.panel), options).build()
+    handlers = ChatHandlers(streamer, cancels, options.panel)
+    demo = ChatPage(handlers, SavedChats(), options).build()
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
 
@@ -127,6 +169,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "auth": logins(settings) or None,
         "max_file_size": f"{settings.max_upload_mb}mb",
         "head": PAGE_HEAD,
+        "mcp_server": settings.mcp,
     }
 
 

@@ -103,6 +103,7 @@ class Reply:
     finished: bool = False
     annotated: str | None = None  # an image with the reply's boxes drawn on it
     cleared: bool = False  # the user cleared the chat while this reply was streaming
+    detached: bool = False  # the user opened another chat while this reply was streaming
 
     def answer(self) -> str:
         return split_reasoning(self.raw, self.prompt.opens_in_reasoning).answer

@@ -32,9 +32,11 @@ WAIT_TICK_S = 1.0
 
 
 class Cancel(threading.Event):
-    """A generation's cancel event; `cleared` says the chat was cleared, not just stopped."""
+    """A generation's cancel event; `cleared` says the chat was cleared, `detached` that its
+    user opened another chat, not just stopped."""
 
     cleared = False
+    detached = False
 
 
 class SessionCancels:
@@ -64,10 +66,11 @@ class SessionCancels:
             if not events:
                 self._events.pop(session, None)
 
-    def cancel(self, session: str, cleared: bool = False) -> None:
+    def cancel(self, session: str, cleared: bool = False, detached: bool = False) -> None:
         with self._lock:
             for event in self._events.get(session, ()):
                 event.cleared = event.cleared or cleared
+                event.detached = event.detached or detached
                 event.set()
 
 
@@ -121,7 +124,7 @@ class ReplyStreamer:
                 for _ in self._follow(request, reply, cancel, started):
                     yield reply
             usage = reply.usage
-            reply.cleared = cancel.cleared
+            reply.cleared, reply.detached = cancel.cleared, cancel.detached
             if cancel.is_set():
                 outcome = "stopped"
                 reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"

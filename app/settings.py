@@ -24,7 +24,11 @@ ENV_PREFIX = "QWEN_DEMO_"
 # count only where the QWEN_DEMO_ name is not set.
 ENV_ALIASES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT"}
 # Fields whose default is None but whose environment value is a number.
-_ENV_KINDS: dict[str, type] = {"max_prompt_tokens": int, "prefix_cache_gb": float}
+_ENV_KINDS: dict[str, type] = {
+    "max_pixels": int,
+    "max_prompt_tokens": int,
+    "prefix_cache_gb": float,
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -45,7 +49,8 @@ class Settings:
     # Pixel budgets (Qwen resize rules): per image, per video frame, and per whole video. The
     # defaults are the media module's own.
     min_pixels: int = _MEDIA.min_pixels
-    max_pixels: int = _MEDIA.max_pixels
+    # None: the GPU default (Budget's), or a lower one measured for CPUs (CPU_MAX_PIXELS).
+    max_pixels: int | None = None
     video_fps: float = _MEDIA.video_fps
     video_min_frames: int = _MEDIA.video_min_frames
     video_max_frames: int = _MEDIA.video_max_frames
@@ -68,6 +73,9 @@ class Settings:
     auth: str | None = None
     auth_file: str | None = None
     max_upload_mb: int = 200
+    # Serve the chat as an MCP tool; the key of saved chats in browsers (default: from a file).
+    mcp: bool = False
+    state_secret: str | None = None
 
     @property
     def is_offline_trial(self) -> bool:
@@ -119,7 +127,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         },
     ),
     (("--min-pixels",), {"type": int, "help": "smallest image size in pixels fed to the model"}),
-    (("--max-pixels",), {"type": int, "help": "largest image size in pixels fed to the model"}),
+    (
+        ("--max-pixels",),
+        {
+            "type": int,
+            "help": "largest image size in pixels fed to the model (default 1003520; 401408 "
+            "on a CPU, where a photo's first answer then comes in about 30 s)",
+        },
+    ),
     (("--video-fps",), {"type": float, "help": "frames sampled per second of video (default 2)"}),
     (("--video-min-frames",), {"type": int, "help": "fewest frames sampled from a video"}),
     (("--video-max-frames",), {"type": int, "help": "most frames sampled from a video"}),
@@ -177,6 +192,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         },
     ),
     (("--auth-file",), {"help": "a file of USER:PASSWORD lines, one login each"}),
+    (("--mcp",), _SWITCH | {"help": "also serve the chat as an MCP tool (for agents)"}),
+    (
+        ("--state-secret",),
+        {
+            "help": "key encrypting the chats saved in browsers (default: kept in "
+            "~/.cache/qwen-vl-chat; give one when that folder is not kept, as in some containers)"
+        },
+    ),
     (
         ("--max-upload-mb",),
         {"type": int, "help": "largest file a user may upload, in MB (default 200)"},
@@ -237,7 +260,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--max-new-tokens must be at least 1")
     if not 0 < settings.server_port < 65536:
         raise SettingsError("--server-port must be between 1 and 65535")
-    if settings.min_pixels < 1 or settings.max_pixels < settings.min_pixels:
+    if (
+        settings.min_pixels < 1
+        or (settings.max_pixels or settings.min_pixels) < settings.min_pixels
+    ):
         raise SettingsError("--max-pixels must be at least --min-pixels, both positive")
     if settings.video_fps <= 0:
         raise SettingsError("--video-fps must be positive")

@@ -44,14 +44,22 @@ def bare_stream(model: Any, processor: Any, inputs: Any, max_new_tokens: int) ->
     return {"first": first - started, "last": last - started}
 
 
-def prompt_inputs(processor: Any, text: str, image: Any = None) -> Any:
+def prompt_inputs(
+    processor: Any, text: str, image: Any = None, longest_edge: int | None = None
+) -> Any:
+    """Bare processor inputs for one user turn; `longest_edge` bounds the image's pixels."""
     content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
-    kwargs = {"text": [prompt], "return_tensors": "pt"}
+    kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
     if image is not None:
         kwargs["images"] = [image]
+    if longest_edge is not None:
+        own = processor.image_processor.size
+        kwargs["images_kwargs"] = {
+            "size": {"shortest_edge": own["shortest_edge"], "longest_edge": longest_edge}
+        }
     return processor(**kwargs)
 
 

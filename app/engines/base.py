@@ -169,6 +169,8 @@ class Engine(Protocol):
     supports_thinking: bool  # the chat template takes `enable_thinking`
     counts_visual_tokens: bool  # Usage.visual_tokens is filled in
     notice: str | None  # a line the page shows about this model (the offline trial's banner)
+    budget: Budget  # the media budget requests get unless they ask for another
+    runs_on_cpu: bool  # the model computes on this machine's CPU
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Yield deltas until the reply ends or `cancel` is set; raise EngineError on failure."""

@@ -100,6 +100,7 @@ class LocalEngine:
         self.media_cache = media_cache or MediaCache()
         self.max_new_tokens = max_new_tokens
         self.family = family_of_model_type(model.config.model_type)
+        self.runs_on_cpu = model.device.type == "cpu"
         config = model.generation_config
         self.sampling_defaults = SamplingDefaults(
             config.temperature, config.top_p, config.top_k, config.repetition_penalty

@@ -38,6 +38,8 @@ class ZeroGPUEngine:
         self.supports_thinking = inner.supports_thinking
         self.counts_visual_tokens = inner.counts_visual_tokens
         self.notice = inner.notice
+        self.budget = inner.budget
+        self.runs_on_cpu = False
 
         # The GPU task gets the request alone (a cancel event cannot cross into ZeroGPU's
         # worker); Stop closes the generator in `stream`, which ends the task.

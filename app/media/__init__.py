@@ -21,13 +21,22 @@ from app.media.cache import (
     read_attachment,
 )
 from app.media.images import open_animated_image, open_image, open_pages
-from app.media.limits import BOMB_PIXELS, MAX_ASPECT, MIN_SIDE, Budget, MediaError, scaled_size
+from app.media.limits import (
+    BOMB_PIXELS,
+    CPU_MAX_PIXELS,
+    MAX_ASPECT,
+    MIN_SIDE,
+    Budget,
+    MediaError,
+    scaled_size,
+)
 from app.media.pdf import open_pdf
 from app.media.sniff import sniff, sniff_kind
 from app.media.video import VideoClip, open_video
 
 __all__ = [
     "BOMB_PIXELS",
+    "CPU_MAX_PIXELS",
     "MAX_ASPECT",
     "MIN_SIDE",
     "Attached",

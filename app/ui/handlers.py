@@ -81,7 +81,10 @@ class ChatHandlers:
         self, history: list, request: ChatRequest, asker: gr.Request | None
     ) -> Iterator[list]:
         for reply in self.streamer(request, session_of(asker), user_of(asker)):
-            yield [] if reply.cleared else history + render_reply(reply)
+            if reply.detached:  # its chat is no longer the one shown
+                yield gr.skip()
+            else:
+                yield [] if reply.cleared else history + render_reply(reply)
 
     def respond(
         self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
@@ -114,6 +117,21 @@ class ChatHandlers:
         for shown in self._stream_into(history, chat, request):
             yield shown, gr.skip()
 
+    def edit(
+        self, history: list | None, event: gr.EditData, request: gr.Request, **panel: Any
+    ) -> Iterator[tuple[list, Any]]:
+        """An earlier question edited: the turns after it go, and it is answered again."""
+        index = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        history = [*list(history or [])[:index], {"role": "user", "content": event.value}]
+        yield history, busy_box()
+        chat = self._request(history, panel)
+        for shown in self._stream_into(history, chat, request):
+            yield shown, gr.skip()
+
+    def leave(self, request: gr.Request) -> None:
+        """The user opens another chat: a reply still running stops, and stays out of view."""
+        self.cancels.cancel(session_of(request), detached=True)
+
     def undo(self, history: list | None) -> tuple[list, Any]:
         """Remove the last turn; what the user typed and attached comes back into the box."""
         before, last_turn = split_last_turn(list(history or []))
@@ -136,6 +154,31 @@ class ChatHandlers:
         """A closed tab stops its generation, as Stop does."""
         self.cancels.cancel(session_of(request))
 
+    def ask(
+        self,
+        text: str = "",
+        file_1: str | None = None,
+        file_2: str | None = None,
+        file_3: str | None = None,
+        file_4: str | None = None,
+        request: gr.Request | None = None,  # gradio fills it in
+        **panel: Any,
+    ) -> Iterator[str]:
+        """Ask the Qwen vision-language model a question about up to four images, videos or PDFs.
+
+        Args:
+            text: the question
+            file_1: an image, video or PDF, as base64 data (a data: URL) or an uploaded file;
+                never fetched from a web URL
+            file_2: another, in the same way
+            file_3: another, in the same way
+            file_4: another, in the same way
+        Returns:
+            the model's answer (its reasoning, if any, left out)
+        """
+        files = [f for f in (file_1, file_2, file_3, file_4) if f]
+        yield from self.chat({"text": text, "files": files}, None, request, **panel)
+
     def chat(
         self,
         message: dict | None = None,
@@ -143,7 +186,15 @@ class ChatHandlers:
         request: gr.Request | None = None,  # gradio fills it in
         **panel: Any,
     ) -> Iterator[str]:
-        """The `/chat` API: the reply to `message` after `history` (earlier turns, optional)."""
+        """Ask the Qwen vision-language model about images, videos and PDFs, and get its answer.
+
+        Args:
+            message: the question: {"text": "...", "files": [...]} with images, videos or PDFs
+                (uploaded files, or base64 data URLs; never fetched from a URL)
+            history: earlier turns of the conversation, as chat messages (optional)
+        Returns:
+            the model's answer (its reasoning, if any, left out)
+        """
         new = box_to_user_messages(message)
         if not new:
             raise gr.Error("The message is empty: send text, files, or both.")

@@ -13,11 +13,14 @@ from typing import Any
 
 import gradio as gr
 
+from app import chats
 from app.ui.handlers import ChatHandlers
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
+from app.ui.saved import SavedChats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
+STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
 GENERATE = "generate"  # one concurrency group: every event that runs the model
 # Requests of that group let in at once: they take turns on the model by user (app/turns.py);
 # more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
@@ -42,13 +45,17 @@ class PageOptions:
     title: str = "Qwen-VL Chat"
     banner: str | None = None
     panel: PanelOptions = field(default_factory=PanelOptions)
+    # The key of the saved chats in the browser's storage: the same across restarts, so that
+    # they survive them (None: a new one each start).
+    state_secret: str | None = None
 
 
 class ChatPage:
     """The Blocks app for one set of handlers."""
 
-    def __init__(self, handlers: ChatHandlers, options: PageOptions) -> None:
+    def __init__(self, handlers: ChatHandlers, saved: SavedChats, options: PageOptions) -> None:
         self.handlers = handlers
+        self.saved = saved
         self.options = options
         self.panel_inputs: dict[str, Any] = {}
         self.api_inputs: dict[str, Any] = {}
@@ -56,11 +63,19 @@ class ChatPage:
     def build(self) -> gr.Blocks:
         with gr.Blocks(title=self.options.title, fill_height=True) as demo:
             self._render_header()
+            self._render_sidebar()
             self._render_chatbot_area()
             self._render_footer()
             self._render_api()
             self._setup_events(demo)
-        for component in (self.chatbot, self.box, self.api_message, self.api_history):
+            self._setup_saved_chats(demo)
+        for component in (
+            self.chatbot,
+            self.box,
+            self.api_message,
+            self.api_history,
+            *self.api_files,
+        ):
             refuse_url_fetches(component)
         return demo
 
@@ -71,6 +86,34 @@ class ChatPage:
         if self.options.banner:
             gr.Markdown(f"**{self.options.banner}**", elem_id="banner")
 
+    def _render_sidebar(self) -> None:
+        """Saved chats, kept in this browser only: the list, new, rename, delete, export, import."""
+        self.store = gr.BrowserState(
+            chats.empty_store(), storage_key=STORAGE_KEY, secret=self.options.state_secret
+        )
+        with gr.Sidebar(label="Chats", open=False, elem_id="chats"):
+            self.new_btn = gr.Button("New chat", elem_id="new_chat", size="sm", variant="primary")
+            self.chat_list = gr.Radio(
+                choices=[], label="Saved in this browser", elem_id="chat_list"
+            )
+            self.rename_box = gr.Textbox(
+                placeholder="A new name for this chat",
+                show_label=False,
+                elem_id="rename",
+                submit_btn="Rename",
+            )
+            self.delete_btn = gr.Button("Delete this chat", elem_id="delete_chat", size="sm")
+            with gr.Row():
+                self.export_json_btn = gr.Button("Export JSON", elem_id="export_json", size="sm")
+                self.export_md_btn = gr.Button("Export Markdown", elem_id="export_md", size="sm")
+            # Shown once there is a file to download (empty, it took half a phone's screen).
+            self.export_file = gr.File(
+                label="Download", elem_id="export_file", interactive=False, visible=False
+            )
+            self.import_btn = gr.UploadButton(
+                "Import JSON", file_types=[".json"], elem_id="import_chat", size="sm"
+            )
+
     def _render_chatbot_area(self) -> None:
         self.chatbot = gr.Chatbot(
             label="Chat",
@@ -79,6 +122,7 @@ class ChatPage:
             latex_delimiters=LATEX,
             sanitize_html=True,
             render_markdown=True,
+            editable="user",
         )
         self.box = gr.MultimodalTextbox(
             placeholder="Ask about your images and videos (drop, paste or upload several)",
@@ -90,6 +134,16 @@ class ChatPage:
             submit_btn="Send",
             stop_btn=False,
         )
+        # Right under the box, in one row even on a phone (seen there: stacked under the
+        # examples, they were four screens away from it).
+        with gr.Row(equal_height=True):
+            self.regenerate_btn = gr.Button(
+                "Regenerate", elem_id="regenerate", size="sm", min_width=80
+            )
+            self.undo_btn = gr.Button("Undo", elem_id="undo", size="sm", min_width=80)
+            self.clear_btn = gr.Button("Clear", elem_id="clear", size="sm", min_width=80)
+
+    def _render_footer(self) -> None:
         if EXAMPLES.is_dir():
             gr.Examples(
                 examples=[
@@ -100,12 +154,6 @@ class ChatPage:
                 label="Examples (click one to fill the box)",
                 examples_per_page=4,
             )
-
-    def _render_footer(self) -> None:
-        with gr.Row():
-            self.regenerate_btn = gr.Button("Regenerate", elem_id="regenerate", size="sm")
-            self.undo_btn = gr.Button("Undo last turn", elem_id="undo", size="sm")
-            self.clear_btn = gr.Button("Clear", elem_id="clear", size="sm")
         by_name = {f.name: f for f in FIELDS}
         made = {}
         with gr.Accordion("Settings", open=False, elem_id="settings"):
@@ -125,6 +173,9 @@ class ChatPage:
             self.api_inputs = {f.name: f.api_component() for f in FIELDS}
             self.api_reply = gr.Textbox(label="reply")
             self.api_trigger = gr.Button(visible=False)
+            self.api_text = gr.Textbox(label="text")
+            self.api_files = [gr.File(label=f"file_{i}") for i in range(1, 5)]
+            self.api_ask = gr.Button(visible=False)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -153,13 +204,17 @@ class ChatPage:
             **page,
             **generate,
         )
-        for event in (send, regenerate):  # runs after success, failure or Stop alike
+        edit = self.chatbot.edit(
+            h.edit, [self.chatbot], [self.chatbot, self.box], **page, **generate
+        )
+        self.generating = (send, regenerate, edit)
+        for event in self.generating:  # runs after success, failure or Stop alike
             event.then(h.idle, None, self.box, queue=False, api_visibility="private")
         # Stop sets this session's cancel events: the reply ends as usual, partial text and
         # stats kept (no "cancelled" event state in the page).
         self.box.stop(h.stop, None, self.box, api_visibility="private", queue=False)
         demo.unload(h.unload)
-        self.undo_btn.click(
+        undo = self.undo_btn.click(
             h.undo,
             [self.chatbot],
             [self.chatbot, self.box],
@@ -167,14 +222,62 @@ class ChatPage:
             api_visibility="undocumented",
             queue=False,
         )
-        self.clear_btn.click(
+        clear = self.clear_btn.click(
             h.clear, None, [self.chatbot, self.box], api_visibility="private", queue=False
         )
+        # The chatbot's own bin clears it as Clear does.
+        bin_ = self.chatbot.clear(
+            h.clear, None, [self.chatbot, self.box], api_visibility="private", queue=False
+        )
+        self.changing = (*self.generating, undo, clear, bin_)
+        chat = with_panel_parameters(h.chat)
+        # gradio's MCP server makes each public endpoint a tool, but states no schema it can
+        # check for a list of files (a box's files, a history's): agents get /ask, a question
+        # and up to four files each in a plain file input, and /chat stays for scripts.
+        chat._mcp_type = "not a tool"  # type: ignore[attr-defined]
         self.api_trigger.click(
-            with_panel_parameters(h.chat),
+            chat,
             [self.api_message, self.api_history],
             [self.api_reply],
             inputs_kwargs=self.api_inputs,
             api_name="chat",
             **generate,
+        )
+        self.api_ask.click(
+            with_panel_parameters(h.ask),
+            [self.api_text, *self.api_files],
+            [self.api_reply],
+            inputs_kwargs=self.api_inputs,
+            api_name="ask",
+            **generate,
+        )
+
+    def _setup_saved_chats(self, demo: gr.Blocks) -> None:
+        """Every change of the chat is kept in the browser's list; the list's own events."""
+        s, store, chat_list, chatbot = self.saved, self.store, self.chat_list, self.chatbot
+        quiet: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+        demo.load(s.restore, [store], [store, chat_list, chatbot], **quiet)
+        for event in self.changing:
+            event.then(s.persist, [chatbot, store], [store, chat_list], **quiet)
+        # Opening another chat first stops a reply still running in this one.
+        leave = self.handlers.leave
+        self.new_btn.click(leave, None, None, **quiet).then(
+            s.new_chat, [store], [store, chat_list, chatbot], **quiet
+        )
+        chat_list.input(leave, None, None, **quiet).then(
+            s.open, [chat_list, store], [store, chatbot], **quiet
+        )
+        self.delete_btn.click(leave, None, None, **quiet).then(
+            s.delete, [store], [store, chat_list, chatbot], **quiet
+        )
+        self.rename_box.submit(
+            s.rename,
+            [self.rename_box, chatbot, store],
+            [store, chat_list, self.rename_box],
+            **quiet,
+        )
+        self.export_json_btn.click(s.export_json, [chatbot, store], [self.export_file], **quiet)
+        self.export_md_btn.click(s.export_markdown, [chatbot, store], [self.export_file], **quiet)
+        self.import_btn.upload(leave, None, None, **quiet).then(
+            s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **quiet
         )

@@ -1,0 +1,210 @@
+"""Saved conversations: the list kept in the browser, and a conversation as a file and back.
+
+The list lives in the user's browser (gradio's BrowserState, local storage): a dict
+`{"chats": [{"id", "title", "updated", "messages"}, ...], "current": id}`. The server only
+transforms it during an event and never keeps it. Messages are the chatbot's own; their files
+are paths in gradio's upload folder, which the server may have cleaned by the time a chat is
+opened again: `restorable` turns each missing file into a note saying which file is gone.
+
+A conversation exports as JSON (messages, files inside as base64) and as Markdown (a zip with
+the files beside the text); a JSON export imports back as the same conversation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import time
+import uuid
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.conversation import is_display_only
+
+Store = dict[str, Any]
+TITLE_CHARS = 60
+FORMAT = "qwen-vl-chat/1"
+
+
+def empty_store() -> Store:
+    return {"chats": [], "current": None}
+
+
+def _parts(message: Mapping[str, Any]) -> list[Any]:
+    content = message.get("content")
+    return content if isinstance(content, list) else [content]
+
+
+def _file_of(part: Any) -> dict[str, Any] | None:
+    if isinstance(part, Mapping):
+        if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
+            return dict(part["file"])
+        if part.get("path") and part.get("type") not in ("text", "component"):
+            return dict(part)
+    return None
+
+
+def _text_of(part: Any) -> str | None:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping) and part.get("type") == "text":
+        return str(part.get("text", ""))
+    return None
+
+
+def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The first question, shortened: how the chat shows in the list."""
+    for message in messages:
+        if message.get("role") == "user":
+            text = " ".join(t for t in map(_text_of, _parts(message)) if t).strip()
+            if text:
+                return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+    return "New chat"
+
+
+def save(store: Store, messages: list, renamed: str | None = None) -> Store:
+    """The store with the current chat holding `messages` (a new chat if there is none)."""
+    store = {"chats": [dict(c) for c in store.get("chats") or []], "current": store.get("current")}
+    chat = next((c for c in store["chats"] if c["id"] == store["current"]), None)
+    if chat is None:
+        if not messages and renamed is None:
+            return store  # nothing to keep yet
+        chat = {"id": uuid.uuid4().hex, "title": "", "named": False}
+        store["chats"].append(chat)
+        store["current"] = chat["id"]
+    chat["messages"] = list(messages)
+    chat["updated"] = time.time()
+    if renamed is not None and renamed.strip():
+        chat["title"], chat["named"] = renamed.strip(), True
+    elif not chat.get("named"):
+        chat["title"] = title_of(messages)
+    return store
+
+
+def start_new(store: Store) -> Store:
+    return {"chats": list(store.get("chats") or []), "current": None}
+
+
+def delete_current(store: Store) -> Store:
+    chats = [c for c in store.get("chats") or [] if c["id"] != store.get("current")]
+    return {"chats": chats, "current": None}
+
+
+def select(store: Store, chat_id: str | None) -> tuple[Store, list]:
+    """The store with `chat_id` current, and that chat's messages as they can be shown now."""
+    chat = next((c for c in store.get("chats") or [] if c["id"] == chat_id), None)
+    if chat is None:
+        return start_new(store), []
+    return {"chats": list(store["chats"]), "current": chat["id"]}, restorable(chat["messages"])
+
+
+def current_messages(store: Store) -> list:
+    chat = next((c for c in store.get("chats") or [] if c["id"] == store.get("current")), None)
+    return restorable(chat["messages"]) if chat else []
+
+
+def choices(store: Store) -> list[tuple[str, str]]:
+    """(title, id) of each chat, the most recently changed first."""
+    chats = sorted(store.get("chats") or [], key=lambda c: c.get("updated", 0), reverse=True)
+    return [(c["title"] or "New chat", c["id"]) for c in chats]
+
+
+def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
+    """`messages` with each file the server no longer has replaced by a note naming it (a
+    display-only message: the model never reads it, and the chat still opens)."""
+    out: list = []
+    for message in messages:
+        files = [f for f in map(_file_of, _parts(message)) if f]
+        gone = [f for f in files if not Path(str(f.get("path", ""))).is_file()]
+        if not gone:
+            out.append(dict(message))
+            continue
+        gone_paths = {g.get("path") for g in gone}
+        kept = [p for p in _parts(message) if (_file_of(p) or {}).get("path") not in gone_paths]
+        if any(_file_of(p) or _text_of(p) for p in kept):
+            out.append({**message, "content": kept})
+        for lost in gone:
+            name = lost.get("orig_name") or Path(str(lost.get("path"))).name
+            out.append(
+                {
+                    "role": message.get("role", "user"),
+                    "content": "",
+                    "metadata": {"title": f"📎 {name} is no longer on the server"},
+                }
+            )
+    return out
+
+
+def to_json(messages: Sequence[Mapping[str, Any]], title: str) -> str:
+    """The conversation as one JSON document, its files inside (base64)."""
+    exported = []
+    for message in messages:
+        parts = []
+        for part in _parts(message):
+            text, file = _text_of(part), _file_of(part)
+            if file is not None:
+                path = Path(str(file["path"]))
+                data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
+                name = file.get("orig_name") or path.name
+                parts.append({"type": "file", "name": name, "data": data})
+            elif text is not None:
+                parts.append({"type": "text", "text": text})
+        entry: dict[str, Any] = {"role": message.get("role"), "content": parts}
+        if message.get("metadata"):  # reasoning, stats, notes: shown again, never sent
+            entry["metadata"] = dict(message["metadata"])
+        exported.append(entry)
+    return json.dumps({"format": FORMAT, "title": title, "messages": exported}, indent=1)
+
+
+def from_json(document: str, folder: Path) -> tuple[str, list]:
+    """(title, chatbot messages) of an exported conversation; files written into `folder`."""
+    data = json.loads(document)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError("not a conversation exported by this app")
+    folder.mkdir(parents=True, exist_ok=True)
+    messages = []
+    for index, message in enumerate(data.get("messages") or []):
+        parts: list[dict[str, Any]] = []
+        for part in message.get("content") or []:
+            if part.get("type") == "text":
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif part.get("type") == "file" and part.get("data"):
+                name = Path(str(part.get("name") or "file")).name or "file"
+                path = folder / f"{index}-{name}"
+                path.write_bytes(base64.b64decode(part["data"]))
+                mime = mimetypes.guess_type(name)[0]  # an image shows as one, not as a file
+                file = {"path": str(path), "orig_name": name, "mime_type": mime}
+                parts.append({"type": "file", "file": file})
+        if message.get("role") in ("user", "assistant") and (parts or message.get("metadata")):
+            entry: dict[str, Any] = {"role": message["role"], "content": parts or ""}
+            if isinstance(message.get("metadata"), dict):
+                entry["metadata"] = {
+                    k: str(v) for k, v in message["metadata"].items() if k in ("title", "status")
+                }
+            messages.append(entry)
+    return str(data.get("title") or title_of(messages)), messages
+
+
+def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
+    """The conversation as Markdown, its files beside it, in one zip at `path`."""
+    lines = [f"# {title}", ""]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for index, message in enumerate(messages):
+            if is_display_only(message) and not any(map(_file_of, _parts(message))):
+                continue
+            lines.append(f"**{'You' if message.get('role') == 'user' else 'Assistant'}:**")
+            for part in _parts(message):
+                text, file = _text_of(part), _file_of(part)
+                if file is not None and Path(str(file["path"])).is_file():
+                    name = f"files/{index}-{Path(str(file.get('orig_name') or file['path'])).name}"
+                    archive.write(str(file["path"]), name)
+                    kind = (mimetypes.guess_type(name)[0] or "").split("/")[0]
+                    lines.append(f"![{name}]({name})" if kind == "image" else f"[{name}]({name})")
+                elif text:
+                    lines.append(text)
+            lines.append("")
+        archive.writestr("conversation.md", "\n".join(lines))
+    return path

@@ -1,0 +1,202 @@
+"""Conversations people keep, in a real Chromium: saved chats (reload, switch, delete, files gone
+from the server), editing an earlier question, export and import, another browser's chats, and
+the page on a phone. Screenshots go to artifacts/browser/."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from app.engines.local import LocalEngine
+from app.settings import load_settings
+from app.testing.launch import launched_app
+from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _send, _wait_idle
+
+pytestmark = pytest.mark.browser
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser_and_url(tiny_checkpoint, tmp_path_factory):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    # The key of saved chats kept where this app keeps it, as on a user's machine.
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    settings = load_settings(["--max-new-tokens", "8"], environ={})
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=8)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with launched_app(settings, engine) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser, url
+        browser.close()
+
+
+def _open(browser, url, viewport=None):
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#input textarea")
+    return context, page
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _users(page) -> list[str]:
+    return [m.inner_text().strip() for m in page.locator("#chatbot [data-testid='user']").all()]
+
+
+def _ask(page, text: str, files=()) -> None:
+    _send(page, text, files)
+    page.wait_for_selector(f"#chatbot [data-testid='user'] :text('{text}')", timeout=15000)
+    _wait_idle(page)
+    page.wait_for_selector("#chatbot :text('tokens')", timeout=15000)
+
+
+_ON_SCREEN = (
+    "() => { const r = document.querySelector('#new_chat').getBoundingClientRect();"
+    " return r.width > 0 && r.left >= 0 && r.right <= window.innerWidth; }"
+)
+
+
+def _sidebar(page) -> None:
+    """The saved chats' panel, opened (a closed one sits off the screen)."""
+    if not page.evaluate(_ON_SCREEN):
+        page.locator("button[aria-label='Toggle Sidebar']").click()
+        page.wait_for_function(_ON_SCREEN)
+
+
+def _saved_titles(page) -> list[str]:
+    _sidebar(page)
+    return [t.strip() for t in page.locator("#chat_list label").all_inner_texts()]
+
+
+def test_a_chat_survives_a_reload_and_two_chats_keep_their_own(browser_and_url):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "First question")
+    page.reload()
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('First question')")
+    _shot(page, "20-chat-after-reload")
+    _sidebar(page)
+    page.locator("#new_chat").click()
+    page.wait_for_function("() => !document.querySelector(\"#chatbot [data-testid='user']\")")
+    _ask(page, "Second question")
+    assert _saved_titles(page) == ["Second question", "First question"]  # newest first
+    page.locator("#chat_list label", has_text="First question").click()
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('First question')")
+    assert _users(page) == ["First question"]
+    page.locator("#chat_list label", has_text="Second question").click()
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('Second question')")
+    assert _users(page) == ["Second question"]
+    _shot(page, "21-two-chats")
+    page.locator("#delete_chat").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#chat_list label').length === 1", timeout=10000
+    )
+    assert _saved_titles(page) == ["First question"]
+    # Another browser (a new profile) sees none of these.
+    other, other_page = _open(browser, url)
+    assert _saved_titles(other_page) == [] and _users(other_page) == []
+    other.close()
+    context.close()
+
+
+def test_a_file_gone_from_the_server_is_named_and_the_chat_goes_on(browser_and_url, media):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "What colour?", [media / "red.jpg"])
+    src = page.locator("#chatbot [data-testid='user'] img").first.get_attribute("src")
+    uploaded = Path(src.split("file=", 1)[1].split("?")[0])
+    assert uploaded.is_file()
+    uploaded.unlink()  # the server's cache cleaned
+    page.reload()
+    page.wait_for_selector("#chatbot :text('red.jpg is no longer on the server')")
+    _ask(page, "And now?")
+    assert page.locator("#chatbot .error").count() == 0
+    _shot(page, "22-file-gone")
+    context.close()
+
+
+def test_editing_an_earlier_question_answers_it_again_and_drops_what_came_after(
+    browser_and_url,
+):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "Question one")
+    _ask(page, "Question two")
+    page.locator("#chatbot [data-testid='user']").first.hover()
+    page.locator("#chatbot button[aria-label='Edit']").first.click()  # the first question's
+    page.locator("#chatbot textarea").first.fill("Question one, edited")
+    page.locator("#chatbot button[aria-label='Submit']").first.click()
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('Question one, edited')")
+    _wait_idle(page)
+    page.wait_for_selector("#chatbot :text('tokens')")
+    assert _users(page) == ["Question one, edited"]
+    _shot(page, "23-edited")
+    context.close()
+
+
+def test_export_then_import_gives_the_same_conversation(browser_and_url, media, tmp_path):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "Describe it", [media / "green.png"])
+    _sidebar(page)
+    page.locator("#export_json").click()
+    link = page.locator("#export_file a").first
+    link.wait_for(timeout=10000)
+    first_href = link.get_attribute("href")
+    exported = page.request.get(first_href).text()
+    document = json.loads(exported)
+    roles = [(m["role"], "metadata" in m) for m in document["messages"]]
+    # The photo, the question, the answer, and its stats line (shown again, never sent).
+    assert roles == [("user", False), ("user", False), ("assistant", False), ("assistant", True)]
+    saved = tmp_path / "conversation.json"
+    saved.write_text(exported)
+    page.locator("#new_chat").click()
+    page.set_input_files(
+        "#import_chat input[type=file], input[type=file][accept*='json']", str(saved)
+    )
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('Describe it')", timeout=15000)
+    assert len(_saved_titles(page)) == 2  # the exported chat and its imported copy
+    page.locator("#export_json").click()
+    page.wait_for_function(
+        "old => { const a = document.querySelector('#export_file a');"
+        " return a && a.getAttribute('href') !== old; }",
+        arg=first_href,
+    )
+    again = json.loads(
+        page.request.get(page.locator("#export_file a").first.get_attribute("href")).text()
+    )
+    assert again["messages"] == document["messages"]
+    _shot(page, "24-imported")
+    context.close()
+
+
+def _no_sideways_scrolling(page) -> bool:
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_the_page_on_a_phone(browser_and_url, media):
+    browser, url = browser_and_url
+    context, page = _open(browser, url, PHONE)
+    _shot(page, "30-phone-loaded")
+    assert _no_sideways_scrolling(page)
+    _ask(page, "What is this?", [media / "red.jpg"])
+    _shot(page, "31-phone-reply")
+    assert _no_sideways_scrolling(page)
+    page.locator("#settings").get_by_text("Settings").first.click()
+    page.locator("#max_new_tokens").wait_for(state="visible")
+    page.locator("#max_new_tokens").scroll_into_view_if_needed()
+    _shot(page, "32-phone-settings")
+    assert _no_sideways_scrolling(page)
+    _sidebar(page)
+    assert page.locator("#new_chat").is_visible()
+    _shot(page, "33-phone-chats")
+    assert _no_sideways_scrolling(page)
+    context.close()

@@ -1,0 +1,78 @@
+"""Saved chats: the store kept in the browser, missing files, export and import."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from app import chats
+
+
+def _text(text: str) -> list:
+    return [{"type": "text", "text": text}]
+
+
+def _conversation(media, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((media / "red.jpg").read_bytes())
+    file = {"type": "file", "file": {"path": str(photo), "orig_name": "photo.jpg"}}
+    return [
+        {"role": "user", "content": [file]},
+        {"role": "user", "content": _text("What colour is this square, exactly?")},
+        {"role": "assistant", "content": _text("Red."), "metadata": {"title": "Thinking"}},
+        {"role": "assistant", "content": _text("It is **red**.")},
+        {"role": "assistant", "content": _text(""), "metadata": {"title": "12 tokens"}},
+    ]
+
+
+def test_chats_are_titled_listed_newest_first_renamed_and_deleted(media, tmp_path):
+    store = chats.save(chats.empty_store(), [])
+    assert store["chats"] == []  # nothing kept until there is something to keep
+    first = chats.save(store, _conversation(media, tmp_path))
+    assert chats.choices(first) == [("What colour is this square, exactly?", first["current"])]
+    second = chats.save(chats.start_new(first), [{"role": "user", "content": "Hello"}])
+    assert [title for title, _ in chats.choices(second)] == ["Hello", first["chats"][0]["title"]]
+    renamed = chats.save(second, [{"role": "user", "content": "Hello"}], renamed="Greetings")
+    later = chats.save(
+        renamed, [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]
+    )
+    assert chats.choices(later)[0][0] == "Greetings"  # a name given stays
+    reopened, messages = chats.select(later, first["current"])
+    assert reopened["current"] == first["current"] and len(messages) == 5
+    remaining = chats.delete_current(reopened)
+    assert [title for title, _ in chats.choices(remaining)] == ["Greetings"]
+
+
+def test_a_file_gone_from_the_server_becomes_a_note_and_the_chat_still_opens(media, tmp_path):
+    messages = _conversation(media, tmp_path)
+    (tmp_path / "photo.jpg").unlink()
+    shown = chats.restorable(messages)
+    notes = [m["metadata"]["title"] for m in shown if m.get("metadata")]
+    assert "📎 photo.jpg is no longer on the server" in notes
+    parts = [p for m in shown if isinstance(m["content"], list) for p in m["content"]]
+    assert not [p for p in parts if isinstance(p, dict) and p.get("type") == "file"]
+    from app.conversation import history_to_turns
+
+    [question, answer] = history_to_turns(shown)  # the model reads the text only
+    assert question.attachments == () and answer.text == "It is **red**."
+
+
+def test_json_export_then_import_gives_the_same_conversation(media, tmp_path):
+    messages = _conversation(media, tmp_path)
+    document = chats.to_json(messages, "My chat")
+    title, imported = chats.from_json(document, tmp_path / "imported")
+    assert title == "My chat"
+    assert json.loads(chats.to_json(imported, title)) == json.loads(document)
+    [file] = [p["file"] for m in imported for p in m["content"] if p.get("type") == "file"]
+    assert Path(file["path"]).read_bytes() == (media / "red.jpg").read_bytes()
+    assert file["orig_name"] == "photo.jpg"
+
+
+def test_markdown_export_is_a_zip_with_the_files_beside_the_text(media, tmp_path):
+    path = chats.to_markdown_zip(_conversation(media, tmp_path), "My chat", tmp_path / "c.zip")
+    with zipfile.ZipFile(path) as archive:
+        text = archive.read("conversation.md").decode()
+        assert "![files/0-photo.jpg](files/0-photo.jpg)" in text
+        assert archive.read("files/0-photo.jpg") == (media / "red.jpg").read_bytes()
+    assert text.startswith("# My chat") and "It is **red**." in text and "12 tokens" not in text
