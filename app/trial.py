@@ -368,7 +368,7 @@ def script_bias(tokenizer: Any, reply: str, eos: int) -> list[list]:
 
 
 TRIAL_BANNER = (
-    "Offline trial: this is a tiny model with random weights made on the spot. "
+    "Offline trial: this model has random weights, made on the spot. "
     "Its answers are meaningless; everything else works as with a real checkpoint."
 )
 
@@ -384,9 +384,13 @@ def build_trial_checkpoint(family: str) -> Path:
     return path
 
 
-def trial_family(path: str | Path) -> str | None:
-    """The family of the tiny checkpoint at `path`, or None when it is not one of ours."""
+def trial_name(path: str | Path) -> str | None:
+    """What the random-weight checkpoint at `path` is, for people ("tiny random qwen3_vl",
+    "random-weight Qwen3-VL-2B-Instruct shapes"); None when it is not one of ours."""
     marker = Path(path) / "TINY_RANDOM_CHECKPOINT.json"
     if not marker.is_file():
         return None
-    return str(json.loads(marker.read_text()).get("family", "unknown"))
+    made = json.loads(marker.read_text())
+    if "source" not in made:
+        return f"tiny random {made.get('family', 'model')}"
+    return f"{'tiny ' if made.get('tiny') else ''}random-weight {made['source']} shapes"

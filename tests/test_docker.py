@@ -53,8 +53,8 @@ def test_image_start_command_parses_with_the_apps_parser(name):
     assert "HEALTHCHECK" in kinds and "EXPOSE" in kinds and "VOLUME" in kinds
     user = [rest for kind, rest in instructions if kind == "USER"]
     assert user and user[-1] not in ("root", "0", "0:0")
-    base = next(rest for kind, rest in instructions if kind == "FROM")
-    assert re.fullmatch(r"[\w./-]+:[\w.-]+", base) and not base.endswith(":latest")  # pinned
+    for base in (rest.split()[0] for kind, rest in instructions if kind == "FROM"):
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", base) and not base.endswith(":latest")  # pinned
 
 
 def test_compose_commands_parse_with_the_apps_parser():

@@ -40,7 +40,7 @@ from app.engines.pump import Emit, pump
 from app.engines.streamer import TokenStreamer
 from app.engines.watch import Cancelled, Watch, WatchHooks
 from app.media import Budget, MediaCache
-from app.trial import TRIAL_BANNER, trial_family
+from app.trial import TRIAL_BANNER, trial_name
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class LocalEngine:
         prefix_cache_bytes: int | None = None,
     ) -> None:
         self.checkpoint = checkpoint or str(getattr(model.config, "_name_or_path", ""))
-        trial = trial_family(self.checkpoint)
+        trial = trial_name(self.checkpoint)
         # A name for people (the page title): never a server path.
-        self.model_name = f"tiny random {trial}" if trial else Path(self.checkpoint).name
+        self.model_name = trial or Path(self.checkpoint).name
         self.notice = TRIAL_BANNER if trial else None
         self.model = model
         self.processor = processor

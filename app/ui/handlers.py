@@ -47,10 +47,12 @@ def user_of(request: gr.Request | None) -> str | None:
     anywhere else that header could be made up, and is ignored."""
     if request is None:
         return None
-    if request.username:
-        return f"user:{request.username}"
-    host = getattr(request.client, "host", None)
-    forwarded = (request.headers or {}).get("x-forwarded-for", "").split(",")[0].strip()
+    username = getattr(request, "username", None)
+    if username:
+        return f"user:{username}"
+    host = getattr(getattr(request, "client", None), "host", None)
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
     if forwarded and host and _is_private(host):
         host = forwarded
     return f"address:{host}" if host else None

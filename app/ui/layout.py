@@ -1,14 +1,17 @@
 """The page, built area by area (as gradio's own ChatInterface is), then its events wired.
 
-`ChatPage.build()` renders the header, the chat area, the footer (buttons and the settings
-panel) and the hidden inputs of the `/chat` API, then sets up every event with the same
-`panel_inputs`: the settings reach each handler as keyword arguments named after their fields.
+`ChatPage.build()` renders the header, the side panel of saved chats, the chat area (chatbot,
+box, Regenerate/Undo/Clear), the footer (examples, the settings panel) and the hidden inputs of
+the `/chat` and `/ask` APIs, then sets up every event; the events that run the model all get the
+same `panel_inputs`: the settings reach each handler as keyword arguments named after their
+fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
@@ -26,6 +29,7 @@ GENERATE = "generate"  # one concurrency group: every event that runs the model
 # more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
 # Undo always find one.
 IN_ROTATION = 16
+GENERATING = MappingProxyType({"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE})
 LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -45,8 +49,8 @@ class PageOptions:
     title: str = "Qwen-VL Chat"
     banner: str | None = None
     panel: PanelOptions = field(default_factory=PanelOptions)
-    # The key of the saved chats in the browser's storage: the same across restarts, so that
-    # they survive them (None: a new one each start).
+    # The secret that encrypts saved chats in the browser's storage: the same across restarts,
+    # so that they survive them (None: a new one each start).
     state_secret: str | None = None
 
 
@@ -181,75 +185,59 @@ class ChatPage:
 
     def _setup_events(self, demo: gr.Blocks) -> None:
         h = self.handlers
-        generate: dict[str, Any] = {"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE}
         # The page's own events are "undocumented": off the API page, but a script (and the
         # tests) can drive a multi-turn session exactly as the page does.
         page: dict[str, Any] = {
             "api_visibility": "undocumented",
             "inputs_kwargs": self.panel_inputs,
+            **GENERATING,
         }
+        chat_io = ([self.chatbot], [self.chatbot, self.box])
         send = self.box.submit(
             h.respond,
             [self.box, self.chatbot],
             [self.box, self.chatbot],
             api_name="ui_send",
             **page,
-            **generate,
         )
         regenerate = self.regenerate_btn.click(
-            h.regenerate,
-            [self.chatbot],
-            [self.chatbot, self.box],
-            api_name="ui_regenerate",
-            **page,
-            **generate,
+            h.regenerate, *chat_io, api_name="ui_regenerate", **page
         )
-        edit = self.chatbot.edit(
-            h.edit, [self.chatbot], [self.chatbot, self.box], **page, **generate
-        )
+        edit = self.chatbot.edit(h.edit, *chat_io, **page)
         self.generating = (send, regenerate, edit)
         for event in self.generating:  # runs after success, failure or Stop alike
             event.then(h.idle, None, self.box, queue=False, api_visibility="private")
         # Stop sets this session's cancel events: the reply ends as usual, partial text and
         # stats kept (no "cancelled" event state in the page).
-        self.box.stop(h.stop, None, self.box, api_visibility="private", queue=False)
+        quick: dict[str, Any] = {"api_visibility": "private", "queue": False}
+        self.box.stop(h.stop, None, self.box, **quick)
         demo.unload(h.unload)
         undo = self.undo_btn.click(
-            h.undo,
-            [self.chatbot],
-            [self.chatbot, self.box],
-            api_name="ui_undo",
-            api_visibility="undocumented",
-            queue=False,
+            h.undo, *chat_io, api_name="ui_undo", api_visibility="undocumented", queue=False
         )
-        clear = self.clear_btn.click(
-            h.clear, None, [self.chatbot, self.box], api_visibility="private", queue=False
-        )
-        # The chatbot's own bin clears it as Clear does.
-        bin_ = self.chatbot.clear(
-            h.clear, None, [self.chatbot, self.box], api_visibility="private", queue=False
-        )
+        clear = self.clear_btn.click(h.clear, None, chat_io[1], **quick)
+        bin_ = self.chatbot.clear(h.clear, None, chat_io[1], **quick)  # the chatbot's own bin
         self.changing = (*self.generating, undo, clear, bin_)
+        self._setup_api()
+
+    def _setup_api(self) -> None:
+        """/chat for scripts (a message and its history), /ask for agents (MCP)."""
+        h = self.handlers
         chat = with_panel_parameters(h.chat)
         # gradio's MCP server makes each public endpoint a tool, but states no schema it can
         # check for a list of files (a box's files, a history's): agents get /ask, a question
         # and up to four files each in a plain file input, and /chat stays for scripts.
         chat._mcp_type = "not a tool"  # type: ignore[attr-defined]
+        api: dict[str, Any] = {"inputs_kwargs": self.api_inputs, **GENERATING}
         self.api_trigger.click(
-            chat,
-            [self.api_message, self.api_history],
-            [self.api_reply],
-            inputs_kwargs=self.api_inputs,
-            api_name="chat",
-            **generate,
+            chat, [self.api_message, self.api_history], [self.api_reply], api_name="chat", **api
         )
         self.api_ask.click(
             with_panel_parameters(h.ask),
             [self.api_text, *self.api_files],
             [self.api_reply],
-            inputs_kwargs=self.api_inputs,
             api_name="ask",
-            **generate,
+            **api,
         )
 
     def _setup_saved_chats(self, demo: gr.Blocks) -> None:
