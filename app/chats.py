@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.conversation import is_display_only
+from app.conversation import is_display_only, parts_of, text_of
 
 Store = dict[str, Any]
 TITLE_CHARS = 60
@@ -31,11 +31,6 @@ FORMAT = "qwen-vl-chat/1"
 
 def empty_store() -> Store:
     return {"chats": [], "current": None}
-
-
-def _parts(message: Mapping[str, Any]) -> list[Any]:
-    content = message.get("content")
-    return content if isinstance(content, list) else [content]
 
 
 def _file_of(part: Any) -> dict[str, Any] | None:
@@ -47,19 +42,11 @@ def _file_of(part: Any) -> dict[str, Any] | None:
     return None
 
 
-def _text_of(part: Any) -> str | None:
-    if isinstance(part, str):
-        return part
-    if isinstance(part, Mapping) and part.get("type") == "text":
-        return str(part.get("text", ""))
-    return None
-
-
 def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
     """The first question, shortened: how the chat shows in the list."""
     for message in messages:
         if message.get("role") == "user":
-            text = " ".join(t for t in map(_text_of, _parts(message)) if t).strip()
+            text = " ".join(t for t in map(text_of, parts_of(message)) if t).strip()
             if text:
                 return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
     return "New chat"
@@ -117,14 +104,14 @@ def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
     display-only message: the model never reads it, and the chat still opens)."""
     out: list = []
     for message in messages:
-        files = [f for f in map(_file_of, _parts(message)) if f]
+        files = [f for f in map(_file_of, parts_of(message)) if f]
         gone = [f for f in files if not Path(str(f.get("path", ""))).is_file()]
         if not gone:
             out.append(dict(message))
             continue
         gone_paths = {g.get("path") for g in gone}
-        kept = [p for p in _parts(message) if (_file_of(p) or {}).get("path") not in gone_paths]
-        if any(_file_of(p) or _text_of(p) for p in kept):
+        kept = [p for p in parts_of(message) if (_file_of(p) or {}).get("path") not in gone_paths]
+        if any(_file_of(p) or text_of(p) for p in kept):
             out.append({**message, "content": kept})
         for lost in gone:
             name = lost.get("orig_name") or Path(str(lost.get("path"))).name
@@ -143,8 +130,8 @@ def to_json(messages: Sequence[Mapping[str, Any]], title: str) -> str:
     exported = []
     for message in messages:
         parts = []
-        for part in _parts(message):
-            text, file = _text_of(part), _file_of(part)
+        for part in parts_of(message):
+            text, file = text_of(part), _file_of(part)
             if file is not None:
                 path = Path(str(file["path"]))
                 data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
@@ -193,11 +180,11 @@ def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Pat
     lines = [f"# {title}", ""]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for index, message in enumerate(messages):
-            if is_display_only(message) and not any(map(_file_of, _parts(message))):
+            if is_display_only(message) and not any(map(_file_of, parts_of(message))):
                 continue
             lines.append(f"**{'You' if message.get('role') == 'user' else 'Assistant'}:**")
-            for part in _parts(message):
-                text, file = _text_of(part), _file_of(part)
+            for part in parts_of(message):
+                text, file = text_of(part), _file_of(part)
                 if file is not None and Path(str(file["path"])).is_file():
                     name = f"files/{index}-{Path(str(file.get('orig_name') or file['path'])).name}"
                     archive.write(str(file["path"]), name)

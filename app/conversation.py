@@ -38,12 +38,19 @@ def _file_of(part: Any) -> Attachment | None:
     return None
 
 
-def _text_of(part: Any) -> str | None:
+def text_of(part: Any) -> str | None:
+    """The text of a chatbot content part, or None when it holds none (a file, a component)."""
     if isinstance(part, str):
         return part
     if isinstance(part, Mapping) and part.get("type") == "text":
         return str(part.get("text", ""))
     return None
+
+
+def parts_of(message: Message) -> list[Any]:
+    """A message's content as a list of parts (a plain string or file is one part)."""
+    content = message.get("content")
+    return content if isinstance(content, list) else [content]
 
 
 def is_display_only(message: Message) -> bool:
@@ -53,9 +60,7 @@ def is_display_only(message: Message) -> bool:
         return True
     if message.get("role") != "assistant":
         return False
-    content = message.get("content")
-    parts = content if isinstance(content, list) else [content]
-    return all(_text_of(p) is None for p in parts)
+    return all(text_of(p) is None for p in parts_of(message))
 
 
 def history_to_turns(history: Sequence[Message]) -> list[Turn]:
@@ -65,9 +70,8 @@ def history_to_turns(history: Sequence[Message]) -> list[Turn]:
         role = message.get("role")
         if role not in ("user", "assistant") or is_display_only(message):
             continue
-        content = message.get("content")
-        parts = content if isinstance(content, list) else [content]
-        texts = [t for t in (_text_of(p) for p in parts) if t]
+        parts = parts_of(message)
+        texts = [t for t in (text_of(p) for p in parts) if t]
         files = tuple(a for a in (_file_of(p) for p in parts) if a)
         text = "\n".join(texts)
         if turns and turns[-1].role == role:

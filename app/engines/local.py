@@ -62,9 +62,14 @@ PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 
 
 @dataclass
-class _Counts:
-    """What the generation thread measured, handed to the caller as the run's last item."""
+class _Job:
+    """One request on its way through the model: what it asks, where its output goes (`emit`,
+    read by the caller through the pump), and what the generation thread measures."""
 
+    prompt: Prompt
+    request: ChatRequest
+    cancel: threading.Event
+    emit: Emit = field(default=lambda item: None)
     tokens: int = 0
     first_token_s: float | None = None
     cached_tokens: int = 0
@@ -167,10 +172,11 @@ class LocalEngine:
         )
         self._check_prompt(prompt)
         yield Delta(prompt=prompt.info)
-        counts = _Counts()
+        job = _Job(prompt, request, cancel)
 
         def work(emit: Emit) -> None:
-            self._run(prompt, request, cancel, emit, counts)
+            job.emit = emit
+            self._run(job)
 
         progress = Progress("Starting")
         try:
@@ -180,7 +186,7 @@ class LocalEngine:
                 text = "".join(item for item in batch if isinstance(item, str))
                 if text:
                     yield Delta(text=text)
-                elif not counts.tokens:  # still reading: what, and (each tick) for how long
+                elif not job.tokens:  # still reading: what, and (each tick) for how long
                     yield Delta(progress=progress)
         except Cancelled:
             pass  # stopped while reading the prompt: the reply ends empty, as stopped
@@ -188,59 +194,46 @@ class LocalEngine:
             raise
         except Exception as err:
             raise self._user_error(err) from err
-        yield Delta(usage=self._usage(prompt, counts))
+        yield Delta(usage=self._usage(job))
 
-    def _usage(self, prompt: Prompt, counts: _Counts) -> Usage:
+    def _usage(self, job: _Job) -> Usage:
         return Usage(
-            prompt_tokens=len(prompt.ids),
-            completion_tokens=counts.tokens,
-            visual_tokens=prompt.visual_tokens,
-            visual_by_attachment=prompt.costs,
-            first_token_s=counts.first_token_s,
-            total_s=time.perf_counter() - counts.started,
-            cached_tokens=counts.cached_tokens if self.prefix_cache.enabled else None,
+            prompt_tokens=len(job.prompt.ids),
+            completion_tokens=job.tokens,
+            visual_tokens=job.prompt.visual_tokens,
+            visual_by_attachment=job.prompt.costs,
+            first_token_s=job.first_token_s,
+            total_s=time.perf_counter() - job.started,
+            cached_tokens=job.cached_tokens if self.prefix_cache.enabled else None,
         )
 
-    def _run(
-        self,
-        prompt: Prompt,
-        request: ChatRequest,
-        cancel: threading.Event,
-        emit: Emit,
-        counts: _Counts,
-    ) -> None:
+    def _run(self, job: _Job) -> None:
         """The generation thread: one request on the model, retried once on out-of-memory
         without the prefix cache (the cache must never be why a request runs out)."""
         with self._lock:
-            if cancel.is_set():
+            if job.cancel.is_set():
                 return
-            self._hooks.watch = Watch(cancel, emit)
+            self._hooks.watch = Watch(job.cancel, job.emit)
             try:
                 try:
-                    self._generate(prompt, request, cancel, emit, counts)
+                    self._generate(job)
                 except Exception as err:
-                    held = counts.cached_tokens or len(self.prefix_cache)
-                    if not _is_out_of_memory(err) or counts.tokens or not held:
+                    held = job.cached_tokens or len(self.prefix_cache)
+                    if not _is_out_of_memory(err) or job.tokens or not held:
                         raise
                     log.warning("out of memory with the prefix cache held; dropped it, retrying")
                     self.prefix_cache.clear()
                     _free_accelerator_memory()
-                    self._generate(prompt, request, cancel, emit, counts)
+                    self._generate(job)
             finally:
                 self._hooks.watch = None
 
-    def _generate(
-        self,
-        prompt: Prompt,
-        request: ChatRequest,
-        cancel: threading.Event,
-        emit: Emit,
-        counts: _Counts,
-    ) -> None:
+    def _generate(self, job: _Job) -> None:
         import torch
 
+        prompt = job.prompt
         reuse = self.prefix_cache.take(prompt.ids, prompt.media)
-        counts.cached_tokens = reuse.tokens
+        job.cached_tokens = reuse.tokens
         _log_reuse(prompt, reuse)
         marks = dict(reuse.marks)
         try:
@@ -248,9 +241,7 @@ class LocalEngine:
                 features = self._encode_media(prompt, reuse.tokens)
                 if not kv.is_cuttable(reuse.cache):
                     features = self._read_to_marks(prompt, reuse, features, marks)
-                sequences = self._decode(
-                    prompt, request, reuse.cache, features, cancel, emit, counts
-                )
+                sequences = self._decode(job, reuse.cache, features)
         except Cancelled:
             self._keep_what_was_read(prompt, reuse, marks)
             raise
@@ -333,46 +324,38 @@ class LocalEngine:
             top_k=None,
         )
 
-    def _decode(
-        self,
-        prompt: Prompt,
-        request: ChatRequest,
-        cache: Any,
-        features: Any,
-        cancel: threading.Event,
-        emit: Emit,
-        counts: _Counts,
-    ) -> list[int]:
+    def _decode(self, job: _Job, cache: Any, features: Any) -> list[int]:
         """Read the rest of the prompt, then generate the reply; return every id read or made."""
         from transformers import StoppingCriteriaList
 
+        prompt = job.prompt
         tokens = len(prompt.ids) - kv.length(cache)
         self._hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
         control_tokens = self._control_tokens
 
         def on_token(count: int) -> None:
-            if counts.first_token_s is None:
-                counts.first_token_s = time.perf_counter() - counts.started
+            if job.first_token_s is None:
+                job.first_token_s = time.perf_counter() - job.started
                 self._hooks.end_stage()
-            counts.tokens += count
+            job.tokens += count
 
         def on_text(text: str) -> None:
             text = control_tokens.sub("", text)
             if text:
-                emit(text)
+                job.emit(text)
 
         extra = {"mm_encoder_outputs": features} if features else {}
-        if request.params.seed is not None:
+        if job.request.params.seed is not None:
             from transformers import set_seed
 
-            set_seed(request.params.seed)
+            set_seed(job.request.params.seed)
         sequences = self.model.generate(
             **self._model_inputs(prompt),
             **extra,
-            **self._generate_kwargs(request),
+            **self._generate_kwargs(job.request),
             cache=cache,
             streamer=TokenStreamer(self.processor.tokenizer, on_text, on_token),
-            stopping_criteria=StoppingCriteriaList([_stop_on_cancel(cancel)]),
+            stopping_criteria=StoppingCriteriaList([_stop_on_cancel(job.cancel)]),
         )
         return list(sequences[0].tolist())
 
