@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -185,6 +186,36 @@ def make_playlist(path: Path, entries: list[str]) -> Path:
     for entry in entries:
         lines += ["#EXTINF:3.0,", entry]
     path.write_text("\n".join([*lines, "#EXT-X-ENDLIST", ""]))
+    return path
+
+
+def make_external_reference_mp4(path: Path, source: Path, target: str) -> Path:
+    """`source` (an MP4 from make_video) whose track's samples are said to live in `target`,
+    named by an absolute path in a QuickTime alias; its own media data zeroed. A demuxer that
+    follows the alias reads `target` at the sample offsets of `source`."""
+
+    def alias(name: str) -> bytes:
+        where = name.encode() + (b"\x00" if len(name.encode()) % 2 else b"")
+        # Volume, file name, levels: 150 bytes FFmpeg skips or reads; then type 2, the path.
+        body = bytes(150) + struct.pack(">hH", 2, len(where)) + where + struct.pack(">hH", -1, 0)
+        return struct.pack(">I", 12 + len(body)) + b"alis" + bytes(4) + body
+
+    def rewrite(data: bytes) -> bytes:
+        out, at = [], 0
+        while at < len(data):
+            size, kind = struct.unpack_from(">I4s", data, at)
+            body = data[at + 8 : at + size]
+            if kind in (b"moov", b"trak", b"mdia", b"minf", b"dinf"):
+                body = rewrite(body)
+            elif kind == b"dref":
+                body = bytes(4) + struct.pack(">I", 1) + alias(target)
+            elif kind == b"mdat":
+                body = bytes(len(body))  # the movie box comes after it: offsets unchanged
+            out.append(struct.pack(">I", 8 + len(body)) + kind + body)
+            at += size
+        return b"".join(out)
+
+    path.write_bytes(rewrite(source.read_bytes()))
     return path
 
 

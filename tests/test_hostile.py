@@ -112,6 +112,29 @@ def test_a_playlist_is_refused_and_reads_no_server_file(served, tmp_path):
     _answers_normally(url)
 
 
+def test_a_video_kept_in_another_file_is_refused_and_that_file_not_read(served, tmp_path):
+    url, _ = served
+    secret = mf.make_video(tmp_path / "elsewhere.mp4", seconds=2)
+    present = mf.make_external_reference_mp4(tmp_path / "alias.mp4", secret, str(secret))
+    missing = mf.make_external_reference_mp4(tmp_path / "gone.mp4", secret, "/nowhere/clip.mp4")
+    messages = []
+    for video in (present, missing):
+        with pytest.raises(Exception, match="kept in other files") as info:
+            _ask(url, [video])
+        messages.append(str(info.value).replace(video.name, "NAME"))
+    assert messages[0] == messages[1]
+    _answers_normally(url)
+
+
+def test_references_are_found_in_the_box_structure(tmp_path):
+    from app.media.isobmff import has_external_references
+
+    plain = mf.make_video(tmp_path / "plain.mp4", seconds=1)
+    assert not has_external_references(plain)
+    assert has_external_references(mf.make_external_reference_mp4(tmp_path / "r.mp4", plain, "/x"))
+    assert not has_external_references(mf.make_video(tmp_path / "p.mov", seconds=1, fmt="mov"))
+
+
 SHAPES = [
     ("thin.pdf", mf.make_pdf_page, "10x2000 (page 1) is too long and thin"),
     ("thin.mp4", lambda p: mf.make_video(p, size=(16, 2432), seconds=1), "16x2432 is too long"),

@@ -7,6 +7,7 @@ use them.
 
     limits.py   budgets, size and shape checks before decoding
     sniff.py    what a file is; the allowed Pillow formats and FFmpeg demuxers
+    isobmff.py  MP4/MOV boxes: data references to other files
     images.py   photos, TIFF pages, animated GIF/WebP/PNG
     video.py    video with PyAV, sampled by time
     pdf.py      PDF pages

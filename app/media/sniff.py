@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from app.media.isobmff import has_external_references
 from app.media.limits import MediaError
 
 Kind = Literal["image", "pages", "animation", "video", "pdf"]
@@ -111,6 +112,11 @@ def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
         raise MediaError(
             f"{label}: not an image, video or PDF this app can read "
             "(judged by content, not the name)"
+        )
+    if fmt == "mov" and has_external_references(path):
+        raise MediaError(
+            f"{label}: its video is kept in other files (external data references); this app "
+            "reads only the file you upload: export the video as one self-contained file"
         )
     try:
         with open_container(path, fmt) as container:

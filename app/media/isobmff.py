@@ -1,0 +1,89 @@
+"""MP4/MOV box structure, read only as far as needed to find data references to other files.
+
+An MP4 or MOV track may keep its samples in another file, named by a `dref` entry (a URL or a
+QuickTime alias with an absolute path). FFmpeg does not follow them while `enable_drefs` is off,
+but such a file then decodes to nothing, or to what the other file holds where that option is
+ever turned on; either way the user deserves to hear why. Pure Python, no decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+# Boxes on the way from the file's top level down to each track's data reference box.
+_PATH_TO_DREF = (b"moov", b"trak", b"mdia", b"minf", b"dinf")
+# A movie box larger than this is left to FFmpeg (whose drefs stay off): no real one comes near.
+_MAX_MOOV_BYTES = 64 << 20
+_SELF_CONTAINED = 0x000001  # the entry's flag: "the media data is in this file"
+# Real files have a handful of top-level boxes; a file of millions of empty ones is not walked.
+_MAX_TOP_LEVEL_BOXES = 1000
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, body) of each box in `data`; stops at the first malformed header."""
+    found, at = [], 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1 and at + 16 <= len(data):
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:
+            size = len(data) - at
+        if size < header or at + size > len(data):
+            break
+        found.append((kind, data[at + header : at + size]))
+        at += size
+    return found
+
+
+def _top_level_moov(fh: BinaryIO, file_size: int) -> bytes | None:
+    """The body of the file's movie box, found by skipping from header to header."""
+    at = 0
+    for _ in range(_MAX_TOP_LEVEL_BOXES):
+        if at + 8 > file_size:
+            return None
+        fh.seek(at)
+        header = fh.read(16)
+        if len(header) < 8:
+            return None
+        size, kind = struct.unpack_from(">I4s", header)
+        skip = 8
+        if size == 1 and len(header) == 16:
+            size, skip = struct.unpack_from(">Q", header, 8)[0], 16
+        elif size == 0:
+            size = file_size - at
+        if size < skip:
+            return None
+        if kind == b"moov":
+            if size > _MAX_MOOV_BYTES:
+                return None
+            fh.seek(at + skip)
+            return fh.read(size - skip)
+        at += size
+    return None
+
+
+def _dref_bodies(moov: bytes) -> list[bytes]:
+    """Every data reference box's body, one level of the path at a time."""
+    level = [moov]
+    for container in _PATH_TO_DREF[1:]:
+        level = [body for data in level for kind, body in _boxes(data) if kind == container]
+    return [body for data in level for kind, body in _boxes(data) if kind == b"dref"]
+
+
+def _refers_elsewhere(dref: bytes) -> bool:
+    """Whether a dref body (version, flags, count, entries) has an entry outside this file."""
+    return any(
+        len(body) < 4 or not struct.unpack_from(">I", body)[0] & _SELF_CONTAINED
+        for _, body in _boxes(dref[8:])
+    )
+
+
+def has_external_references(path: str | Path) -> bool:
+    """Whether an MP4/MOV file's tracks refer to media data kept in other files."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        moov = _top_level_moov(fh, path.stat().st_size)
+    return moov is not None and any(_refers_elsewhere(d) for d in _dref_bodies(moov))
