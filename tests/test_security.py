@@ -166,21 +166,33 @@ def test_eight_clients_at_once_get_their_own_complete_replies(app_url):
 
 
 def test_a_flood_beyond_the_queue_is_told_to_retry(long_engine):
-    settings = load_settings(["--max-new-tokens", "4000", "--queue-size", "2"], environ={})
+    # At most IN_ROTATION requests take turns on the model and `--queue-size` more wait to
+    # enter the rotation; the rest are told at once to try again. Long answers keep the first
+    # ones busy while the flood arrives, so no slot frees up whatever the machine's speed.
+    from app.ui.layout import IN_ROTATION
+
+    queue_size, beyond = 2, 3
+    settings = load_settings(
+        ["--max-new-tokens", "4000", "--queue-size", str(queue_size)], environ={}
+    )
     with launched_app(settings, long_engine) as url:
         client = Client(url, verbose=False)
         jobs = [
-            client.submit({"text": f"flood {i}", "files": []}, max_new_tokens=600, api_name="/chat")
-            for i in range(6)
+            client.submit(
+                {"text": f"flood {i}", "files": []}, max_new_tokens=4000, api_name="/chat"
+            )
+            for i in range(IN_ROTATION + queue_size + beyond)
         ]
-        refused = 0
+        deadline = time.monotonic() + 60
+        while sum(job.done() for job in jobs) < beyond and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = [job for job in jobs if job.done()]
+        for job in refused:
+            error = str(job.exception())
+            assert "queue is full" in error.lower() or "busy" in error.lower(), error
+        assert len(refused) >= beyond  # more in a burst: gradio counts undispatched events
         for job in jobs:
-            try:
-                job.result(timeout=120)
-            except Exception as err:  # noqa: BLE001
-                assert "queue is full" in str(err).lower() or "busy" in str(err).lower(), err
-                refused += 1
-        assert refused >= 1
+            job.cancel()
         # Once the flood has passed, the app serves as before.
         assert isinstance(
             client.predict({"text": "after", "files": []}, max_new_tokens=4, api_name="/chat"), str
