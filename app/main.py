@@ -53,7 +53,7 @@ def build_openai_engine(settings: Settings) -> Engine:
 
 
 def build_local_engine(settings: Settings) -> Engine:
-    from app.engines.checkpoint import LoadOptions, runs_on_cpu
+    from app.engines.checkpoint import LoadOptions, load_model
     from app.engines.local import LocalEngine
     from app.engines.zerogpu import for_zero_gpu
 
@@ -69,10 +69,14 @@ def build_local_engine(settings: Settings) -> Engine:
         dtype=settings.dtype,
     )
     cache_gb = settings.prefix_cache_gb
-    engine = LocalEngine.load(
-        checkpoint,
-        options,
-        budget=budget_of(settings, runs_on_cpu(options)),
+    # Loaded first: where the model landed decides the image budget, and torch is imported
+    # inside the load, whose log line says how long that took.
+    model, processor = load_model(checkpoint, options)
+    engine = LocalEngine(
+        model,
+        processor,
+        checkpoint=checkpoint,
+        budget=budget_of(settings, on_cpu=model.device.type == "cpu"),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         max_prompt_tokens=settings.max_prompt_tokens,

@@ -24,6 +24,12 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_help_lists_the_flags():
     out = subprocess.run(
         [sys.executable, "web_demo_mm.py", "--help"], cwd=ROOT, capture_output=True, text=True
@@ -99,6 +105,9 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
                 time.sleep(0.5)
         config = httpx.get(url + "config", timeout=5).text
         assert "answers are meaningless" in config
+        # On a CPU the image budget is the one measured for CPUs, and the page says so.
+        on_cpu = "Running on the CPU: images are read at up to 0.4 megapixels" in config
+        assert on_cpu == (not _has_cuda())
         reply = Client(url, verbose=False).predict(
             {"text": "hi", "files": []}, max_new_tokens=4, api_name="/chat"
         )

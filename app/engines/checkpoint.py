@@ -79,13 +79,6 @@ def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
     return "flash_attention_2"
 
 
-def runs_on_cpu(options: LoadOptions) -> bool:
-    """The model will compute on the CPU (no GPU, or --cpu-only)."""
-    import torch
-
-    return options.cpu_only or not torch.cuda.is_available()
-
-
 def choose_dtype(name: str, on_cuda: bool) -> Any:
     import torch
 
