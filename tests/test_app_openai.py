@@ -167,7 +167,9 @@ def test_stop_closes_the_stream_and_the_server_stops_generating(served):
     time.sleep(0.3)
     started = time.perf_counter()
     reply = client.predict({"text": "Short", "files": []}, max_new_tokens=4, api_name="/chat")
-    assert reply and time.perf_counter() - started < 3
+    # A reply, not an error (four sampled tokens of a random model may all be special ones,
+    # which decode to nothing: it happened once in ten runs).
+    assert isinstance(reply, str) and time.perf_counter() - started < 3
 
 
 def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(served):
