@@ -113,11 +113,12 @@ def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
     """Where the app lowered the image budget for the CPU: say so, and how to raise it."""
     if settings.max_pixels is not None or engine.budget.max_pixels != CPU_MAX_PIXELS:
         return None
+    usual = Budget().max_pixels
     return (
         f"Running on the CPU: images are read at up to {CPU_MAX_PIXELS / 1e6:.1f} megapixels "
-        "(the usual is 1.0), so that a photo's first answer comes in about half a minute "
-        "rather than one and a half. Raise it in Settings (Max pixels per image), or start "
-        "with --max-pixels 1003520."
+        f"(the usual is {usual / 1e6:.1f}), so that a photo's first answer comes in about half "
+        "a minute rather than one and a half. Raise it in Settings (Max pixels per image), or "
+        f"start with --max-pixels {usual}."
     )
 
 

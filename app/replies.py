@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.engines.base import ChatRequest, Engine, EngineError, Usage
+from app.engines.base import PROGRESS_TICK_S, ChatRequest, Engine, EngineError, Usage
 from app.grounding import draw_marks, parse_marks
 from app.render import Reply, format_progress, format_stats
 from app.turns import Turns
@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 # costs the server work that holds the GIL the generation thread needs, and eyes see no
 # difference past ~25 updates a second. Text held back goes out with the next token or the end.
 UPDATE_INTERVAL_S = 0.04
-# While a request waits for its turn, the page hears about it this often (and gradio gets a
-# point at which to drop it, if its user has gone).
-WAIT_TICK_S = 1.0
 
 
 class Cancel(threading.Event):
@@ -149,7 +146,7 @@ class ReplyStreamer:
         self, ticket: int, reply: Reply, cancel: Cancel, started: float
     ) -> Iterator[Reply]:
         """Until this request's turn on the model: the wait, shown (and updated) each second."""
-        while not self.turns.wait(ticket, cancel, WAIT_TICK_S):
+        while not self.turns.wait(ticket, cancel, PROGRESS_TICK_S):
             if cancel.is_set():
                 return
             ahead = self.turns.ahead_of(ticket)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from app.engines.base import FAMILIES
-from app.media import Budget
+from app.media import CPU_MAX_PIXELS, Budget
+from app.trial import FAMILIES as TRIAL_FAMILIES
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
 _MEDIA = Budget()  # frozen: the default budget, read for the flags' defaults
@@ -122,7 +123,7 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--tiny-random",),
         {
             "metavar": "FAMILY",
-            "choices": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"],
+            "choices": list(TRIAL_FAMILIES),
             "help": "offline trial: build a tiny random checkpoint of FAMILY and serve it",
         },
     ),
@@ -131,8 +132,8 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--max-pixels",),
         {
             "type": int,
-            "help": "largest image size in pixels fed to the model (default 1003520; 401408 "
-            "on a CPU, where a photo's first answer then comes in about 30 s)",
+            "help": f"largest image size in pixels fed to the model (default {_MEDIA.max_pixels}; "
+            f"{CPU_MAX_PIXELS} on a CPU, where a photo's first answer then comes in about 30 s)",
         },
     ),
     (("--video-fps",), {"type": float, "help": "frames sampled per second of video (default 2)"}),

@@ -133,6 +133,11 @@ class PromptInfo:
     images: tuple[ImageRef, ...] = ()
 
 
+# Before the first token, the caller hears about the request at least this often (the page
+# shows the time passing; gradio gets a point at which to drop a request whose user has gone).
+PROGRESS_TICK_S = 1.0
+
+
 @dataclass(frozen=True)
 class Progress:
     """Work before the first token: what is being done, how far (0-1), when it began

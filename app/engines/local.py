@@ -20,6 +20,7 @@ from typing import Any
 
 from app.engines import kv
 from app.engines.base import (
+    PROGRESS_TICK_S,
     ChatRequest,
     Delta,
     EngineError,
@@ -55,8 +56,6 @@ GROUNDING_TOKENS = frozenset(
         "<|quad_end|>",
     }
 )
-# While the prompt is read, the caller hears from the engine at least this often (in seconds).
-TICK_S = 1.0
 # The processor's outputs that only the vision encoder reads (the engine runs it itself).
 PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 
@@ -180,7 +179,7 @@ class LocalEngine:
 
         progress = Progress("Starting")
         try:
-            for batch in pump(work, cancel, name="qwen-generate", idle_s=TICK_S):
+            for batch in pump(work, cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S):
                 news = [item for item in batch if isinstance(item, Progress)]
                 progress = news[-1] if news else progress
                 text = "".join(item for item in batch if isinstance(item, str))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.engines.base import (
+    PROGRESS_TICK_S,
     ChatRequest,
     Delta,
     EngineError,
@@ -339,7 +340,9 @@ class OpenAIEngine:
         joiner = ReasoningJoiner()
         waiting = Progress(f"Waiting for the model server at {self.api_base}")
         try:
-            for batch in pump(work, cancel, name="openai-stream", interrupt=interrupt, idle_s=1.0):
+            for batch in pump(
+                work, cancel, name="openai-stream", interrupt=interrupt, idle_s=PROGRESS_TICK_S
+            ):
                 text = "".join(self._read_chunk(chunk, joiner, measured) for chunk in batch)
                 if text:
                     if measured.first is None:
