@@ -6,7 +6,6 @@ the animation's frames (and their total).
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from app.media.limits import (
     sample_times,
     scaled_size,
 )
-from app.media.sniff import IMAGE_FORMATS
+from app.media.sniff import IMAGE_FORMATS, PILLOW_ERRORS
 from app.media.video import VideoClip
 
 if TYPE_CHECKING:
@@ -27,19 +26,6 @@ if TYPE_CHECKING:
 
 # Pixels decoded for all the frames of one animation, at most.
 ANIMATION_PIXELS = 1_000_000_000
-# Errors Pillow raises for broken data: the documented ones, and those its plugins raise on
-# malformed headers (KeyError and TypeError from TIFF tags, IndexError from GIF frames, struct
-# errors from short fields: found by fuzzing).
-PILLOW_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    KeyError,
-    TypeError,
-    IndexError,
-    struct.error,
-)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -21,17 +21,26 @@ _SELF_CONTAINED = 0x000001  # the entry's flag: "the media data is in this file"
 _MAX_TOP_LEVEL_BOXES = 1000
 
 
+def _header(head: bytes, to_end: int) -> tuple[bytes, int, int] | None:
+    """(type, header length, size) of the box starting with `head` (its first 16 bytes or
+    fewer), `to_end` bytes from the end of what holds it; None where the header is malformed."""
+    if len(head) < 8:
+        return None
+    size, kind = struct.unpack_from(">I4s", head)
+    header = 8
+    if size == 1 and len(head) == 16:
+        size, header = struct.unpack_from(">Q", head, 8)[0], 16
+    elif size == 0:  # the box runs to the end
+        size = to_end
+    return None if size < header else (kind, header, size)
+
+
 def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
     """The (type, body) of each box in `data`; stops at the first malformed header."""
     found, at = [], 0
-    while at + 8 <= len(data):
-        size, kind = struct.unpack_from(">I4s", data, at)
-        header = 8
-        if size == 1 and at + 16 <= len(data):
-            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
-        elif size == 0:
-            size = len(data) - at
-        if size < header or at + size > len(data):
+    while (box := _header(data[at : at + 16], len(data) - at)) is not None:
+        kind, header, size = box
+        if at + size > len(data):
             break
         found.append((kind, data[at + header : at + size]))
         at += size
@@ -45,22 +54,15 @@ def _top_level_moov(fh: BinaryIO, file_size: int) -> bytes | None:
         if at + 8 > file_size:
             return None
         fh.seek(at)
-        header = fh.read(16)
-        if len(header) < 8:
+        box = _header(fh.read(16), file_size - at)
+        if box is None:
             return None
-        size, kind = struct.unpack_from(">I4s", header)
-        skip = 8
-        if size == 1 and len(header) == 16:
-            size, skip = struct.unpack_from(">Q", header, 8)[0], 16
-        elif size == 0:
-            size = file_size - at
-        if size < skip:
-            return None
+        kind, header, size = box
         if kind == b"moov":
             if size > _MAX_MOOV_BYTES:
                 return None
-            fh.seek(at + skip)
-            return fh.read(size - skip)
+            fh.seek(at + header)
+            return fh.read(size - header)
         at += size
     return None
 

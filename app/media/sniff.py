@@ -26,6 +26,19 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "TGA", "ICO
 # Multi-frame files of these formats are animations, read as short videos; a multi-page TIFF is
 # a document, read page by page.
 ANIMATED_FORMATS = frozenset({"GIF", "WEBP", "PNG"})
+# Errors Pillow raises for broken data: the documented ones, and those its plugins raise on
+# malformed headers (KeyError and TypeError from TIFF tags, IndexError from GIF frames, struct
+# errors from short fields: found by fuzzing).
+PILLOW_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    IndexError,
+    struct.error,
+)
 # Signatures of image files, to tell a damaged image from a file that is no image at all.
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 # Signatures of text files that point at other files, and what to call them.
@@ -88,7 +101,7 @@ def _image_kind(path: Path, head: bytes, label: str) -> Sniffed | None:
         raise MediaError(f"{label}: declares too many pixels; refused before decoding") from err
     except ValueError as err:  # Pillow's own limits on metadata (text, colour profiles)
         raise MediaError(f"{label}: its metadata is too large to read ({err}); refused") from err
-    except (OSError, SyntaxError, EOFError, KeyError, TypeError, IndexError, struct.error) as err:
+    except PILLOW_ERRORS as err:
         if head.startswith(IMAGE_SIGNATURES):
             raise MediaError(f"{label}: the image is damaged or truncated ({err})") from err
         return None
