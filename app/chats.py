@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.conversation import is_display_only, parts_of, text_of
+from app.conversation import file_data, is_display_only, parts_of, text_of
 
 Store = dict[str, Any]
 TITLE_CHARS = 60
@@ -33,13 +33,14 @@ def empty_store() -> Store:
     return {"chats": [], "current": None}
 
 
+def find_chat(store: Store, chat_id: str | None) -> dict[str, Any] | None:
+    """The chat of `chat_id` in the store, if it holds one."""
+    return next((c for c in store.get("chats") or [] if c["id"] == chat_id), None)
+
+
 def _file_of(part: Any) -> dict[str, Any] | None:
-    if isinstance(part, Mapping):
-        if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
-            return dict(part["file"])
-        if part.get("path") and part.get("type") not in ("text", "component"):
-            return dict(part)
-    return None
+    data = file_data(part)
+    return dict(data) if data is not None else None
 
 
 def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -55,7 +56,7 @@ def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
 def save(store: Store, messages: list, renamed: str | None = None) -> Store:
     """The store with the current chat holding `messages` (a new chat if there is none)."""
     store = {"chats": [dict(c) for c in store.get("chats") or []], "current": store.get("current")}
-    chat = next((c for c in store["chats"] if c["id"] == store["current"]), None)
+    chat = find_chat(store, store["current"])
     if chat is None:
         if not messages and renamed is None:
             return store  # nothing to keep yet
@@ -82,14 +83,14 @@ def delete_current(store: Store) -> Store:
 
 def select(store: Store, chat_id: str | None) -> tuple[Store, list]:
     """The store with `chat_id` current, and that chat's messages as they can be shown now."""
-    chat = next((c for c in store.get("chats") or [] if c["id"] == chat_id), None)
+    chat = find_chat(store, chat_id)
     if chat is None:
         return start_new(store), []
     return {"chats": list(store["chats"]), "current": chat["id"]}, restorable(chat["messages"])
 
 
 def current_messages(store: Store) -> list:
-    chat = next((c for c in store.get("chats") or [] if c["id"] == store.get("current")), None)
+    chat = find_chat(store, store.get("current"))
     return restorable(chat["messages"]) if chat else []
 
 

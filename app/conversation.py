@@ -20,18 +20,28 @@ if TYPE_CHECKING:
 Message = Mapping[str, Any]
 
 
+def file_data(part: Any) -> Mapping[str, Any] | None:
+    """The file (a FileData dict) a chatbot content part holds, if it is a mapping that holds
+    one: a normalized `{"type": "file", "file": {...}}` part, or a FileData dict itself."""
+    if not isinstance(part, Mapping):
+        return None
+    if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
+        return part["file"]
+    if part.get("type") in ("text", "component") or not part.get("path"):
+        return None
+    return part
+
+
 def _file_of(part: Any) -> Attachment | None:
     """The attachment in a chatbot content part (normalized dict, FileData dict, or path)."""
     if isinstance(part, str):
         return None
     if isinstance(part, Mapping):
-        if part.get("type") == "file" and isinstance(part.get("file"), Mapping):
-            part = part["file"]
-        elif part.get("type") in ("text", "component"):
+        data = file_data(part)
+        if data is None or not data.get("path"):
             return None
-        path = part.get("path")
-        if path:
-            return Attachment(path=str(path), name=str(part.get("orig_name") or Path(path).name))
+        where = str(data["path"])
+        return Attachment(path=where, name=str(data.get("orig_name") or Path(where).name))
     path = getattr(part, "path", None)
     if path:
         return Attachment(path=str(path), name=str(getattr(part, "orig_name", None) or path))

@@ -52,8 +52,8 @@ class SavedChats:
         return store, _list(store), []
 
     def _title(self, store: chats.Store | None, history: list) -> str:
-        current = (store or {}).get("current")
-        chat = next((c for c in (store or {}).get("chats") or [] if c["id"] == current), None)
+        store = store or chats.empty_store()
+        chat = chats.find_chat(store, store.get("current"))
         return chat["title"] if chat else chats.title_of(history)
 
     def export_json(self, history: list | None, store: chats.Store | None) -> Any:
