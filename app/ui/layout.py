@@ -9,6 +9,7 @@ fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +31,8 @@ GENERATE = "generate"  # one concurrency group: every event that runs the model
 # Undo always find one.
 IN_ROTATION = 16
 GENERATING = MappingProxyType({"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE})
+# Events that answer at once, outside the queue, and are no API of the app.
+QUIET: Mapping[str, Any] = MappingProxyType({"queue": False, "api_visibility": "private"})
 LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -209,14 +212,13 @@ class ChatPage:
             event.then(h.idle, None, self.box, queue=False, api_visibility="private")
         # Stop sets this session's cancel events: the reply ends as usual, partial text and
         # stats kept (no "cancelled" event state in the page).
-        quick: dict[str, Any] = {"api_visibility": "private", "queue": False}
-        self.box.stop(h.stop, None, self.box, **quick)
+        self.box.stop(h.stop, None, self.box, **QUIET)
         demo.unload(h.unload)
         undo = self.undo_btn.click(
             h.undo, *chat_io, api_name="ui_undo", api_visibility="undocumented", queue=False
         )
-        clear = self.clear_btn.click(h.clear, None, chat_io[1], **quick)
-        bin_ = self.chatbot.clear(h.clear, None, chat_io[1], **quick)  # the chatbot's own bin
+        clear = self.clear_btn.click(h.clear, None, chat_io[1], **QUIET)
+        bin_ = self.chatbot.clear(h.clear, None, chat_io[1], **QUIET)  # the chatbot's own bin
         self.changing = (*self.generating, undo, clear, bin_)
         self._setup_api()
 
@@ -243,29 +245,28 @@ class ChatPage:
     def _setup_saved_chats(self, demo: gr.Blocks) -> None:
         """Every change of the chat is kept in the browser's list; the list's own events."""
         s, store, chat_list, chatbot = self.saved, self.store, self.chat_list, self.chatbot
-        quiet: dict[str, Any] = {"queue": False, "api_visibility": "private"}
-        demo.load(s.restore, [store], [store, chat_list, chatbot], **quiet)
+        demo.load(s.restore, [store], [store, chat_list, chatbot], **QUIET)
         for event in self.changing:
-            event.then(s.persist, [chatbot, store], [store, chat_list], **quiet)
+            event.then(s.persist, [chatbot, store], [store, chat_list], **QUIET)
         # Opening another chat first stops a reply still running in this one.
         leave = self.handlers.leave
-        self.new_btn.click(leave, None, None, **quiet).then(
-            s.new_chat, [store], [store, chat_list, chatbot], **quiet
+        self.new_btn.click(leave, None, None, **QUIET).then(
+            s.new_chat, [store], [store, chat_list, chatbot], **QUIET
         )
-        chat_list.input(leave, None, None, **quiet).then(
-            s.open, [chat_list, store], [store, chatbot], **quiet
+        chat_list.input(leave, None, None, **QUIET).then(
+            s.open, [chat_list, store], [store, chatbot], **QUIET
         )
-        self.delete_btn.click(leave, None, None, **quiet).then(
-            s.delete, [store], [store, chat_list, chatbot], **quiet
+        self.delete_btn.click(leave, None, None, **QUIET).then(
+            s.delete, [store], [store, chat_list, chatbot], **QUIET
         )
         self.rename_box.submit(
             s.rename,
             [self.rename_box, chatbot, store],
             [store, chat_list, self.rename_box],
-            **quiet,
+            **QUIET,
         )
-        self.export_json_btn.click(s.export_json, [chatbot, store], [self.export_file], **quiet)
-        self.export_md_btn.click(s.export_markdown, [chatbot, store], [self.export_file], **quiet)
-        self.import_btn.upload(leave, None, None, **quiet).then(
-            s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **quiet
+        self.export_json_btn.click(s.export_json, [chatbot, store], [self.export_file], **QUIET)
+        self.export_md_btn.click(s.export_markdown, [chatbot, store], [self.export_file], **QUIET)
+        self.import_btn.upload(leave, None, None, **QUIET).then(
+            s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **QUIET
         )
