@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+# The file that marks a checkpoint as one of ours (random weights), and says what it is.
+MARKER = "TINY_RANDOM_CHECKPOINT.json"
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -282,7 +284,7 @@ def build_tiny_checkpoint(
     model.generation_config = _generation_config(tokenizer, suppress_eos, scripted_reply)
     model.save_pretrained(out)
     _processor(family, config.model_type, tokenizer).save_pretrained(out)
-    (out / "TINY_RANDOM_CHECKPOINT.json").write_text(
+    (out / MARKER).write_text(
         json.dumps({"family": family, "note": "random weights; answers are meaningless"})
     )
     return out
@@ -353,7 +355,7 @@ def build_from_config_folder(
     for name in CONFIG_FILES:
         shutil.copy(source / name, out / name)
     marker = {"family": config.model_type, "source": source.name, "tiny": tiny}
-    (out / "TINY_RANDOM_CHECKPOINT.json").write_text(json.dumps(marker))
+    (out / MARKER).write_text(json.dumps(marker))
     return out
 
 
@@ -387,7 +389,7 @@ def build_trial_checkpoint(family: str) -> Path:
 def trial_name(path: str | Path) -> str | None:
     """What the random-weight checkpoint at `path` is, for people ("tiny random qwen3_vl",
     "random-weight Qwen3-VL-2B-Instruct shapes"); None when it is not one of ours."""
-    marker = Path(path) / "TINY_RANDOM_CHECKPOINT.json"
+    marker = Path(path) / MARKER
     if not marker.is_file():
         return None
     made = json.loads(marker.read_text())
