@@ -93,18 +93,23 @@ def test_memory_bombs_are_refused_before_decoding(served, tmp_path, name, make, 
     _answers_normally(url)
 
 
+def _refused_alike(url: str, present: Path, missing: Path, problem: str) -> None:
+    """Both files refused for `problem`, in the same words (their names aside): the answer does
+    not depend on whether the server file they point to exists, so it cannot be probed."""
+    messages = []
+    for pointer in (present, missing):
+        with pytest.raises(Exception, match=problem) as info:
+            _ask(url, [pointer])
+        messages.append(str(info.value).replace(pointer.name, "NAME"))
+    assert messages[0] == messages[1]
+
+
 def test_a_playlist_is_refused_and_reads_no_server_file(served, tmp_path):
     url, _ = served
     secret = mf.make_video(tmp_path / "elsewhere.mp4", seconds=2)
     present = mf.make_playlist(tmp_path / "present.m3u8", [f"file:{secret}", str(secret)])
     missing = mf.make_playlist(tmp_path / "absent.m3u8", ["file:/nowhere/clip.mp4"])
-    messages = []
-    for playlist in (present, missing):
-        with pytest.raises(Exception, match="playlist, which points to other files") as info:
-            _ask(url, [playlist])
-        messages.append(str(info.value).replace(playlist.name, "NAME"))
-    # The same answer whether the file it points to exists or not: nothing to probe with.
-    assert messages[0] == messages[1]
+    _refused_alike(url, present, missing, "playlist, which points to other files")
     concat = tmp_path / "list.txt"
     concat.write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
     with pytest.raises(Exception, match=r"list\.txt: is an FFmpeg concat list"):
@@ -117,12 +122,7 @@ def test_a_video_kept_in_another_file_is_refused_and_that_file_not_read(served, 
     secret = mf.make_video(tmp_path / "elsewhere.mp4", seconds=2)
     present = mf.make_external_reference_mp4(tmp_path / "alias.mp4", secret, str(secret))
     missing = mf.make_external_reference_mp4(tmp_path / "gone.mp4", secret, "/nowhere/clip.mp4")
-    messages = []
-    for video in (present, missing):
-        with pytest.raises(Exception, match="kept in other files") as info:
-            _ask(url, [video])
-        messages.append(str(info.value).replace(video.name, "NAME"))
-    assert messages[0] == messages[1]
+    _refused_alike(url, present, missing, "kept in other files")
     _answers_normally(url)
 
 
