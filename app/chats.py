@@ -27,6 +27,8 @@ from app.conversation import file_data, is_display_only, parts_of, text_of
 Store = dict[str, Any]
 TITLE_CHARS = 60
 FORMAT = "qwen-vl-chat/1"
+# Characters kept of an imported file's name: file systems refuse names past 255 bytes.
+NAME_CHARS = 100
 
 
 def empty_store() -> Store:
@@ -160,7 +162,7 @@ def from_json(document: str, folder: Path) -> tuple[str, list]:
             if part.get("type") == "text":
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif part.get("type") == "file" and part.get("data"):
-                name = Path(str(part.get("name") or "file")).name or "file"
+                name = _short_name(Path(str(part.get("name") or "file")).name or "file")
                 path = folder / f"{index}-{name}"
                 path.write_bytes(base64.b64decode(part["data"]))
                 mime = mimetypes.guess_type(name)[0]  # an image shows as one, not as a file
@@ -174,6 +176,14 @@ def from_json(document: str, folder: Path) -> tuple[str, list]:
                 }
             messages.append(entry)
     return str(data.get("title") or title_of(messages)), messages
+
+
+def _short_name(name: str) -> str:
+    """`name` within NAME_CHARS characters, its extension kept (it says what the file is)."""
+    if len(name) <= NAME_CHARS:
+        return name
+    suffix = Path(name).suffix[:16]
+    return name[: NAME_CHARS - len(suffix) - 1] + "…" + suffix
 
 
 def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:

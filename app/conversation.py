@@ -98,11 +98,12 @@ def build_request(
     system_prompt: str | None,
     params: GenerationParams,
     budget: Budget | None = None,
+    owner: str = "",
 ) -> ChatRequest:
     turns = history_to_turns(history)
     if system_prompt and system_prompt.strip():
         turns.insert(0, Turn("system", system_prompt.strip()))
-    return ChatRequest(turns=tuple(turns), params=params, budget=budget)
+    return ChatRequest(turns=tuple(turns), params=params, budget=budget, owner=owner)
 
 
 def box_to_user_messages(box: Mapping[str, Any] | None) -> list[dict]:

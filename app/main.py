@@ -19,6 +19,8 @@ from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
 GB = 1 << 30
+# Files one upload request may carry at their largest (the box takes several at once).
+UPLOAD_FILES = 8
 
 
 def budget_of(settings: Settings, on_cpu: bool = False) -> Budget:
@@ -37,6 +39,13 @@ def budget_of(settings: Settings, on_cpu: bool = False) -> Budget:
     )
 
 
+def build_decoder(settings: Settings) -> Any:
+    """The worker processes that decode attached files, each within --decode-timeout-s."""
+    from app.media.worker import DecodePool
+
+    return DecodePool(timeout_s=settings.decode_timeout_s)
+
+
 def build_openai_engine(settings: Settings) -> Engine:
     from app.engines.openai import OpenAIEngine
 
@@ -49,6 +58,7 @@ def build_openai_engine(settings: Settings) -> Engine:
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         video_mode="url" if settings.video_as == "url" else "frames",
+        decoder=build_decoder(settings),
     )
 
 
@@ -81,6 +91,7 @@ def build_local_engine(settings: Settings) -> Engine:
         max_new_tokens=settings.max_new_tokens,
         max_prompt_tokens=settings.max_prompt_tokens,
         prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),
+        decoder=build_decoder(settings),
     )
     return for_zero_gpu(engine)
 
@@ -91,15 +102,17 @@ def build_engine(settings: Settings) -> Engine:
     return build_local_engine(settings)
 
 
-def page_options(settings: Settings, engine: Engine) -> Any:
+def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
     from app.ui.layout import PageOptions
     from app.ui.panel import PanelOptions
+    from app.ui.sealed import browser_layer_secret
 
     notes = [engine.notice, cpu_budget_note(settings, engine)]
     return PageOptions(
         title=f"Qwen-VL Chat · {engine.model_name}",
         banner=" ".join(note for note in notes if note) or None,
-        state_secret=state_secret(settings),
+        browser_secret=browser_layer_secret(secret),
+        keep_files_s=settings.keep_files_hours * 3600,
         panel=PanelOptions(
             max_new_tokens=settings.max_new_tokens,
             sampling=engine.sampling_defaults,
@@ -122,10 +135,10 @@ def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
     )
 
 
-def state_secret(settings: Settings) -> str | None:
-    """The key that encrypts saved chats in the browser: kept in a file of the user's cache
-    (made on first start), so chats survive a restart; None (a new key each start, chats then
-    lost on restart) where that folder cannot be written."""
+def state_secret(settings: Settings) -> str:
+    """The server's key for the saved chats in browsers (it never leaves the server): kept in a
+    file of the user's cache (made on first start), so chats survive a restart; a new one each
+    start (chats then lost on restart) where that folder cannot be written."""
     import secrets
 
     if settings.state_secret:
@@ -140,32 +153,48 @@ def state_secret(settings: Settings) -> str | None:
         return path.read_text().strip()
     except OSError as err:
         log.warning("saved chats will not survive a restart: %s", err)
-        return None
+        return secrets.token_urlsafe(24)
 
 
 def build_app(settings: Settings, engine: Engine) -> Any:
     """The gradio Blocks with its queue set up; launching is the caller's."""
+    from app.files import Folder
     from app.replies import ReplyStreamer, SessionCancels
+    from app.settings import trusted_networks
     from app.turns import Turns
     from app.ui.handlers import ChatHandlers
     from app.ui.layout import ChatPage
     from app.ui.saved import SavedChats
+    from app.ui.sealed import StoreSeal
 
-    options = page_options(settings, engine)
+    secret = state_secret(settings)
+    options = page_options(settings, engine, secret)
+    keep_s = options.keep_files_s
     cancels = SessionCancels()
-    streamer = ReplyStreamer(engine, cancels, Turns())
-    handlers = ChatHandlers(streamer, cancels, options.panel)
-    demo = ChatPage(handlers, SavedChats(), options).build()
+    streamer = ReplyStreamer(engine, cancels, Turns(), Folder.new("qwen-chat-", keep_s))
+    handlers = ChatHandlers(streamer, cancels, options.panel, trusted_networks(settings))
+    saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
+    demo = ChatPage(handlers, saved, options).build()
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
 
 
 def launch_kwargs(settings: Settings) -> dict:
-    """What `demo.launch` gets from the settings: address, login, upload limit; the page's
-    content policy."""
+    """What `demo.launch` gets from the settings: address, login, upload and request limits;
+    the page's content policy."""
+    from starlette.middleware import Middleware
+
+    from app.http_limits import RequestLimits
     from app.settings import logins
     from app.ui.safety import PAGE_HEAD
 
+    limits = Middleware(
+        RequestLimits,
+        max_bytes=settings.max_request_mb << 20,
+        # One upload may carry several files, each within gradio's own max_file_size.
+        upload_max_bytes=(settings.max_upload_mb << 20) * UPLOAD_FILES + (1 << 20),
+        timeout_s=settings.body_timeout_s,
+    )
     return {
         "server_name": settings.server_name,
         "server_port": settings.server_port,
@@ -175,6 +204,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "max_file_size": f"{settings.max_upload_mb}mb",
         "head": PAGE_HEAD,
         "mcp_server": settings.mcp,
+        "app_kwargs": {"middleware": [limits]},
     }
 
 

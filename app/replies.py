@@ -13,9 +13,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from app.engines.base import PROGRESS_TICK_S, ChatRequest, Engine, EngineError, Usage
+from app.files import Folder
 from app.grounding import draw_marks, parse_marks
 from app.render import Reply, format_progress, format_stats
 from app.turns import Turns
@@ -79,12 +79,12 @@ class ReplyStreamer:
         engine: Engine,
         cancels: SessionCancels,
         turns: Turns | None = None,
-        output_dir: Path | None = None,
+        output_dir: Folder | None = None,
     ) -> None:
         self.engine = engine
         self.cancels = cancels
         self.turns = turns or Turns()
-        self.output_dir = output_dir or Path(tempfile.mkdtemp(prefix="qwen-chat-"))
+        self.output_dir = output_dir or Folder.new("qwen-chat-")
 
     def annotate(self, reply: Reply) -> str | None:
         """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None."""
@@ -97,7 +97,7 @@ class ReplyStreamer:
         try:
             drawn = draw_marks(ref.image, marks, self.engine.family, ref.input_size)
             with tempfile.NamedTemporaryFile(
-                dir=self.output_dir, prefix="boxes-", suffix=".png", delete=False
+                dir=self.output_dir.fresh(), prefix="boxes-", suffix=".png", delete=False
             ) as out:
                 drawn.save(out, format="PNG")
             return out.name

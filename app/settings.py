@@ -9,6 +9,7 @@ heavy is imported or loaded.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -30,6 +31,7 @@ _ENV_KINDS: dict[str, type] = {
     "max_prompt_tokens": int,
     "prefix_cache_gb": float,
 }
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -77,6 +79,15 @@ class Settings:
     # Serve the chat as an MCP tool; the key of saved chats in browsers (default: from a file).
     mcp: bool = False
     state_secret: str | None = None
+    # Work bounds: seconds one file may take to decode; how long uploaded and made files live.
+    decode_timeout_s: float = 30.0
+    keep_files_hours: float = 24.0
+    # Addresses of proxies whose X-Forwarded-For is believed (comma-separated IPs or networks).
+    trusted_proxies: str | None = None
+    # Largest body of a request that is not an upload (an event's values, a saved-chats store);
+    # seconds a request body may take to arrive (a slow upload is cut off after it).
+    max_request_mb: int = 32
+    body_timeout_s: float = 120.0
 
     @property
     def is_offline_trial(self) -> bool:
@@ -205,6 +216,37 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--max-upload-mb",),
         {"type": int, "help": "largest file a user may upload, in MB (default 200)"},
     ),
+    (
+        ("--decode-timeout-s",),
+        {
+            "type": float,
+            "help": "seconds one attached file may take to decode; slower ones are refused "
+            "(default 30)",
+        },
+    ),
+    (
+        ("--keep-files-hours",),
+        {
+            "type": float,
+            "help": "hours uploaded and generated files are kept on the server (default 24)",
+        },
+    ),
+    (
+        ("--trusted-proxies",),
+        {
+            "metavar": "ADDRESSES",
+            "help": "comma-separated addresses or networks of proxies whose X-Forwarded-For "
+            "header names the user (default: none; every peer is the user)",
+        },
+    ),
+    (
+        ("--max-request-mb",),
+        {"type": int, "help": "largest request body other than an upload, in MB (default 32)"},
+    ),
+    (
+        ("--body-timeout-s",),
+        {"type": float, "help": "seconds a request body may take to arrive (default 120)"},
+    ),
 )
 
 
@@ -285,8 +327,33 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--max-prompt-tokens must be at least 16")
     if settings.prefix_cache_gb is not None and settings.prefix_cache_gb < 0:
         raise SettingsError("--prefix-cache-gb must be 0 (off) or more")
+    if settings.decode_timeout_s <= 0 or settings.body_timeout_s <= 0:
+        raise SettingsError("--decode-timeout-s and --body-timeout-s must be positive")
+    if settings.keep_files_hours <= 0:
+        raise SettingsError("--keep-files-hours must be positive")
+    if settings.max_request_mb < 1:
+        raise SettingsError("--max-request-mb must be at least 1")
+    trusted_networks(settings)
+    if settings.mcp and (settings.auth or settings.auth_file):
+        raise SettingsError(
+            "--mcp cannot be used with a login (--auth, --auth-file): gradio's MCP server "
+            "calls the app through a client that carries no login, so every tool call would "
+            "fail. Serve MCP from a second instance without a login on a private address."
+        )
     if settings.load_in_4bit and settings.dtype == "float16" and settings.cpu_only:
         raise SettingsError("4-bit on the CPU computes in float32 or bfloat16, not float16")
+
+
+def trusted_networks(settings: Settings) -> tuple[IPNetwork, ...]:
+    """The networks of --trusted-proxies (an address alone is a network of one)."""
+    networks = []
+    for entry in (settings.trusted_proxies or "").split(","):
+        if entry.strip():
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError as err:
+                raise SettingsError(f"--trusted-proxies: {entry.strip()!r} is no address") from err
+    return tuple(networks)
 
 
 def logins(settings: Settings) -> list[tuple[str, str]]:

@@ -223,3 +223,110 @@ def make_pdf_page(path: Path, size=(10, 2000)) -> Path:
     """A one-page PDF whose page is `size` points."""
     Image.new("RGB", size, "white").save(path, format="PDF", resolution=72.0)
     return path
+
+
+# --- shapes whose decoding costs far more than their pixels say (hostile input, round three) --
+
+
+def make_many_scan_jpeg(path: Path, repeats: int = 2400, size=(256, 256)) -> Path:
+    """A progressive JPEG whose last scan is repeated `repeats` times: each is a pass over the
+    picture for the decoder."""
+    import io
+
+    buffer = io.BytesIO()
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).ellipse((20, 20, size[0] - 20, size[1] - 20), fill="green")
+    image.save(buffer, format="JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    path.write_bytes(data[:end] + data[last_scan:end] * repeats + data[end:])
+    return path
+
+
+def make_nested_form_pdf(path: Path, depth: int = 24, fanout: int = 2) -> Path:
+    """A one-page PDF of form XObjects each drawing the next `fanout` times, `depth` deep: a few
+    KB that ask for fanout**depth drawings."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R "
+        b"/Resources << /XObject << /F 5 0 R >> >> >>",
+    ]
+    page = b"/F Do"
+    objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(page), page))
+    for level in range(depth):
+        number = 5 + level
+        last = level == depth - 1
+        body = b"0 0 1 1 re f" if last else b" ".join([b"q 0.9 0 0 0.9 1 1 cm /F Do Q"] * fanout)
+        resources = b"" if last else b"/Resources << /XObject << /F %d 0 R >> >> " % (number + 1)
+        objects.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] %s/Length %d >>\n"
+            b"stream\n%s\nendstream" % (resources, len(body), body)
+        )
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A small real PNG whose header then declares `width` x `height` (its CRC made right)."""
+    import io
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (16, 16), "red").save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def make_icon_with_big_png(path: Path, side: int = 13370) -> Path:
+    """An ICO whose one entry (256x256 in the directory) holds a PNG declaring side x side."""
+    png = _png_with_size(side, side)
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    path.write_bytes(header + entry + png)
+    return path
+
+
+def make_growing_mjpeg_mkv(path: Path, frames: int = 12, side: int = 16000) -> Path:
+    """A Motion-JPEG MKV of 64x64 frames whose frames after the first declare side x side."""
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("mjpeg", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuvj420p"
+        for i in range(frames):
+            pixels = np.full((64, 64, 3), (20 * i) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 9) if data[i : i + 2] == b"\xff\xc0"]
+    for at in starts[1:]:  # every frame's start-of-frame header but the first
+        data[at + 5 : at + 9] = struct.pack(">HH", side, side)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_mp4_declaring_samples(path: Path, samples: int = 80_000_000) -> Path:
+    """A short real MP4 whose sample-size table then declares `samples` samples."""
+    make_video(path, seconds=1, fps=8, size=(64, 48))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"stsz")
+    # After the type: version and flags (4 bytes), the one size of all samples (4), the count.
+    data[at + 12 : at + 16] = struct.pack(">I", samples)
+    path.write_bytes(bytes(data))
+    return path

@@ -191,11 +191,16 @@ def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(
 
 
 def test_http_errors_show_the_servers_own_message(served):
-    url, _, _ = served
-    client = Client(url, verbose=False)
-    # The server refuses the request; its own words reach the user.
-    with pytest.raises(Exception, match=r"The model server (answered 4\d\d|reported): .*-5"):
-        client.predict({"text": "Hi", "files": []}, max_new_tokens=-5, api_name="/chat")
+    import threading
+
+    from app.engines.base import ChatRequest, EngineError, GenerationParams, Turn
+
+    _, _, engine = served
+    # A request the page cannot make (its settings stay within the panel's bounds), so the
+    # server refuses it; its own words are the engine's message.
+    request = ChatRequest((Turn("user", "Hi"),), GenerationParams(max_new_tokens=-5))
+    with pytest.raises(EngineError, match=r"The model server (answered 4\d\d|reported): .*-5"):
+        list(engine.stream(request, threading.Event()))
 
 
 # Absolute pixels of the server's input (a 300 x 500 image is read as 308 x 504): the quarter to

@@ -96,6 +96,9 @@ class ChatRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     # Pixel and frame budget for this request's media; None: the engine's own.
     budget: Budget | None = None
+    # Whose requests may share model state with this one (the prefix cache): the login, else
+    # the browser session. One user's prompts never change what another's cost or return.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

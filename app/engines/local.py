@@ -41,6 +41,7 @@ from app.engines.pump import Emit, pump
 from app.engines.streamer import TokenStreamer
 from app.engines.watch import Cancelled, Watch, WatchHooks
 from app.media import Budget, MediaCache
+from app.media.worker import DecodePool, DecodeStopped
 from app.trial import TRIAL_BANNER, trial_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ GROUNDING_TOKENS = frozenset(
         "<|quad_end|>",
     }
 )
+# Text is counted against the prompt bound in pieces of this many characters.
+TEXT_PIECE_CHARS = 1 << 16
 # The processor's outputs that only the vision encoder reads (the engine runs it itself).
 PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 
@@ -92,6 +95,7 @@ class LocalEngine:
         checkpoint: str = "",
         max_prompt_tokens: int | None = None,
         prefix_cache_bytes: int | None = None,
+        decoder: DecodePool | None = None,
     ) -> None:
         self.checkpoint = checkpoint or str(getattr(model.config, "_name_or_path", ""))
         trial = trial_name(self.checkpoint)
@@ -102,6 +106,8 @@ class LocalEngine:
         self.processor = processor
         self.budget = budget or Budget()
         self.media_cache = media_cache or MediaCache()
+        # Files decoded in worker processes that Stop and a time budget end (None: here).
+        self.decoder = decoder
         self.max_new_tokens = max_new_tokens
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
@@ -140,18 +146,24 @@ class LocalEngine:
     # --- bounds ---------------------------------------------------------------------------
 
     def _check_text(self, request: ChatRequest) -> None:
-        """Refuse a conversation whose text alone is over the bound, before any media is read."""
+        """Refuse a conversation whose text alone is over the bound, before any media is read.
+        The text is tokenized a piece at a time and counting stops once past the bound: a
+        30 MB message costs what a prompt at the bound costs, not 30 MB of tokens."""
         text = text_of(request.turns)
         limit = self.max_prompt_tokens
         if len(text.encode()) <= limit:  # no token is shorter than a byte
             return
-        tokens = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokens > limit:
-            raise EngineError(
-                f"This conversation's text is {tokens:,} tokens, more than this app reads in one "
-                f"prompt ({limit:,} tokens, --max-prompt-tokens). Shorten the message or start a "
-                "new chat."
-            )
+        tokenize = self.processor.tokenizer
+        tokens = 0
+        for start in range(0, len(text), TEXT_PIECE_CHARS):
+            piece = text[start : start + TEXT_PIECE_CHARS]
+            tokens += len(tokenize(piece, add_special_tokens=False)["input_ids"])
+            if tokens > limit:
+                raise EngineError(
+                    f"This conversation's text is over {limit:,} tokens, more than this app "
+                    f"reads in one prompt ({limit:,} tokens, --max-prompt-tokens). Shorten the "
+                    "message or start a new chat."
+                )
 
     def _check_prompt(self, prompt: Prompt) -> None:
         if len(prompt.ids) > self.max_prompt_tokens:
@@ -166,9 +178,17 @@ class LocalEngine:
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         self._check_text(request)
-        prompt = build_prompt(
-            self.processor, request, request.budget or self.budget, self.media_cache
-        )
+        try:
+            prompt = build_prompt(
+                self.processor,
+                request,
+                request.budget or self.budget,
+                self.media_cache,
+                self.decoder.for_request(cancel) if self.decoder else None,
+                self.max_prompt_tokens,
+            )
+        except DecodeStopped:
+            return  # stopped while a file was read: the reply ends empty, as stopped
         self._check_prompt(prompt)
         yield Delta(prompt=prompt.info)
         job = _Job(prompt, request, cancel)
@@ -231,7 +251,8 @@ class LocalEngine:
         import torch
 
         prompt = job.prompt
-        reuse = self.prefix_cache.take(prompt.ids, prompt.media)
+        owner = job.request.owner
+        reuse = self.prefix_cache.take(prompt.ids, prompt.media, owner)
         job.cached_tokens = reuse.tokens
         _log_reuse(prompt, reuse)
         marks = dict(reuse.marks)
@@ -242,10 +263,10 @@ class LocalEngine:
                     features = self._read_to_marks(prompt, reuse, features, marks)
                 sequences = self._decode(job, reuse.cache, features)
         except Cancelled:
-            self._keep_what_was_read(prompt, reuse, marks)
+            self._keep_what_was_read(prompt, reuse, marks, owner)
             raise
         cached = kv.length(reuse.cache)
-        self.prefix_cache.put(sequences[:cached], prompt.media, reuse.cache, marks)
+        self.prefix_cache.put(sequences[:cached], prompt.media, reuse.cache, marks, owner)
 
     def _read_to_marks(self, prompt: Prompt, reuse: Reuse, features: Any, marks: kv.Marks) -> Any:
         """For a state that cannot be cut back (Qwen3.5's linear attention): read up to where a
@@ -260,12 +281,16 @@ class LocalEngine:
                 features = None
         return features
 
-    def _keep_what_was_read(self, prompt: Prompt, reuse: Reuse, marks: kv.Marks) -> None:
+    def _keep_what_was_read(
+        self, prompt: Prompt, reuse: Reuse, marks: kv.Marks, owner: str
+    ) -> None:
         """A prefill stopped between layers leaves the cache half-written: cut it back to what
         it held before (where the cache allows that) and keep it."""
         if reuse.tokens and kv.is_cuttable(reuse.cache):
             kv.cut(reuse.cache, reuse.tokens, marks)
-            self.prefix_cache.put(prompt.ids[: reuse.tokens], prompt.media, reuse.cache, marks)
+            self.prefix_cache.put(
+                prompt.ids[: reuse.tokens], prompt.media, reuse.cache, marks, owner
+            )
 
     def _answer_start(self, ids: tuple[int, ...]) -> int:
         """Where the answer's turn starts: the last `<|im_start|>` of the prompt."""

@@ -37,6 +37,7 @@ from app.engines.base import (
 from app.engines.pump import Emit, pump
 from app.grounding import model_input_size
 from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
+from app.media.worker import DecodePool, DecodeStopped
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class OpenAIEngine:
         max_new_tokens: int = 1024,
         video_mode: Literal["frames", "url"] = "frames",
         timeout_s: float = 60.0,
+        decoder: DecodePool | None = None,
     ) -> None:
         from openai import OpenAI, Timeout
 
@@ -157,6 +159,8 @@ class OpenAIEngine:
         )
         self.budget = budget or Budget()
         self.media_cache = media_cache or MediaCache()
+        # Files decoded in worker processes that Stop and a time budget end (None: here).
+        self.decoder = decoder
         self.max_new_tokens = max_new_tokens
         self.video_mode = video_mode
         self.model = model or self._served_model()
@@ -217,8 +221,11 @@ class OpenAIEngine:
                 self._urls[(key, index)] = url
         return url
 
-    def build_messages(self, request: ChatRequest) -> tuple[list[dict], PromptInfo]:
+    def build_messages(
+        self, request: ChatRequest, cancel: threading.Event | None = None
+    ) -> tuple[list[dict], PromptInfo]:
         budget = request.budget or self.budget
+        decode = self.decoder.for_request(cancel) if self.decoder else None
         messages: list[dict] = []
         refs: list[ImageRef] = []
         for turn in request.turns:
@@ -229,7 +236,7 @@ class OpenAIEngine:
             for attachment in turn.attachments:
                 try:
                     attached = read_attachment(
-                        attachment.path, budget, self.media_cache, attachment.name
+                        attachment.path, budget, self.media_cache, attachment.name, decode
                     )
                 except MediaError as err:
                     raise EngineError(str(err)) from err
@@ -287,7 +294,10 @@ class OpenAIEngine:
     # --- streaming -----------------------------------------------------------------------
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
-        messages, info = self.build_messages(request)
+        try:
+            messages, info = self.build_messages(request, cancel)
+        except DecodeStopped:
+            return  # stopped while a file was read: the reply ends empty, as stopped
         yield Delta(prompt=info)
         measured = _Progress(time.perf_counter())
         while True:

@@ -5,7 +5,9 @@ the images and videos among them, and the KV cache holding their state. A new pr
 longest prefix any entry shares with it, matched by token ids and media keys (never by browser
 session, so Regenerate, Undo, an edited message and API clients all hit it; never by text, since
 a re-tokenised reply may differ from the generated ids). Only the rest is then read: earlier
-images are not encoded again.
+images are not encoded again. Entries are kept apart by owner (a login, else a browser session):
+a prompt is matched only against its owner's entries, so no user can learn from the cached
+count, or the time to the first token, what another user sent.
 
 Entries live within a byte budget, least recently used first out. An entry being extended by a
 request is taken out of the cache until the request puts it back, so it is never evicted while
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Entry:
+    owner: str  # whose requests made it: only theirs may reuse it
     ids: tuple[int, ...]
     media: tuple[MediaSpan, ...]
     cache: Any
@@ -96,12 +99,15 @@ class PrefixCache:
         with self._lock:
             self._entries.clear()
 
-    def take(self, ids: Sequence[int], media: Sequence[MediaSpan]) -> Reuse:
-        """The best start for a prompt: a cache holding its longest cached prefix (at most all
-        but its last token, which the model must read to answer), or an empty cache."""
+    def take(self, ids: Sequence[int], media: Sequence[MediaSpan], owner: str = "") -> Reuse:
+        """The best start for a prompt of `owner`: a cache holding its longest prefix among
+        that owner's entries (at most all but its last token, which the model must read to
+        answer), or an empty cache."""
         with self._lock:
             best: tuple[int, int, int] | None = None  # (usable tokens, shared, entry id)
             for entry_id, entry in self._entries.items():
+                if entry.owner != owner:
+                    continue
                 shared = shared_prefix(ids, media, entry.ids, entry.media)
                 usable = _usable(entry, min(shared, len(ids) - 1))
                 if usable > 0 and (best is None or usable >= best[0]):
@@ -119,12 +125,17 @@ class PrefixCache:
             return Reuse(copied, usable, marks, len(entry.ids), shared)
 
     def put(
-        self, ids: Sequence[int], media: Sequence[MediaSpan], cache: Any, marks: kv.Marks
+        self,
+        ids: Sequence[int],
+        media: Sequence[MediaSpan],
+        cache: Any,
+        marks: kv.Marks,
+        owner: str = "",
     ) -> None:
-        """Keep `cache` (the state of `ids`) for later prompts, within the budget."""
+        """Keep `cache` (the state of `ids`) for later prompts of `owner`, within the budget."""
         if not self.enabled or not ids:
             return
-        entry = Entry(tuple(ids), tuple(media), cache, marks)
+        entry = Entry(owner, tuple(ids), tuple(media), cache, marks)
         entry.nbytes = kv.nbytes(cache) + kv.nbytes(marks)
         if entry.nbytes > self.max_bytes:
             log.info("prefix cache: an entry of %d MB exceeds the budget", entry.nbytes >> 20)
@@ -132,6 +143,8 @@ class PrefixCache:
         with self._lock:
             # Entries this one contains (an earlier state of the same conversation) add nothing.
             for entry_id, old in list(self._entries.items()):
+                if old.owner != owner:
+                    continue
                 shared = shared_prefix(old.ids, old.media, entry.ids, entry.media)
                 if shared == len(old.ids) and kv.can_cut_to(cache, shared, marks):
                     del self._entries[entry_id]

@@ -8,13 +8,17 @@ encodes only the media after the cached part.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.engines.base import ChatRequest, EngineError, ImageRef, PromptInfo, Turn
-from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
+from app.media import Attached, Budget, MediaCache, MediaError, VideoClip, read_attachment
+
+if TYPE_CHECKING:
+    from app.media.cache import Decode, Visual
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,71 @@ def text_of(turns: Sequence[Turn]) -> str:
     return "\n".join(turn.text for turn in turns)
 
 
-def _collect(turns: Sequence[Turn], budget: Budget, media_cache: MediaCache) -> _Parts:
+@dataclass(frozen=True)
+class VisualBound:
+    """The prompt bound, applied to the media as they are read, before the processor runs:
+    `factor` pixels a side make one visual token, `temporal` frames one video token."""
+
+    max_tokens: int
+    factor: int
+    temporal: int
+
+    @classmethod
+    def of(cls, processor: Any, max_tokens: int) -> VisualBound:
+        images = processor.image_processor
+        video = getattr(processor, "video_processor", None)
+        factor = getattr(images, "patch_size", 14) * getattr(images, "merge_size", 2)
+        return cls(max_tokens, factor, int(getattr(video, "temporal_patch_size", 2) or 2))
+
+    def tokens(self, visual: Visual) -> int:
+        """About what the processor will make of `visual` (a lower bound: it rounds up)."""
+        if isinstance(visual, VideoClip):
+            frames, height, width = visual.frames.shape[:3]
+            return math.ceil(frames / self.temporal) * max(1, height * width // self.factor**2)
+        return max(1, visual.width * visual.height // self.factor**2)
+
+    def check(self, tokens: int) -> None:
+        if tokens > self.max_tokens:
+            raise EngineError(
+                f"With its images and videos this prompt is {tokens:,} tokens or more, more "
+                f"than this app reads in one prompt ({self.max_tokens:,} tokens, "
+                "--max-prompt-tokens). Lower the pixel budget or video frames in Settings, "
+                "attach fewer files, or start a new chat."
+            )
+
+
+def _read_all(
+    turns: Sequence[Turn],
+    budget: Budget,
+    media_cache: MediaCache,
+    decode: Decode | None,
+    bound: VisualBound | None,
+) -> dict[tuple[str, str], Attached]:
+    """Every distinct attachment of the conversation read once (a file attached a thousand
+    times is read once), its visual tokens counted against `bound` as they come: a prompt
+    over the bound is refused before the rest is read and before the processor runs."""
+    read: dict[tuple[str, str], Attached] = {}
+    tokens = 0
+    for attachment in (a for turn in turns for a in turn.attachments):
+        key = (attachment.path, attachment.name)
+        if key not in read:
+            read[key] = read_attachment(
+                attachment.path, budget, media_cache, attachment.name, decode
+            )
+        if bound is not None:
+            tokens += sum(bound.tokens(visual) for visual in read[key].visuals)
+            bound.check(tokens)
+    return read
+
+
+def _collect(
+    turns: Sequence[Turn],
+    budget: Budget,
+    media_cache: MediaCache,
+    decode: Decode | None = None,
+    bound: VisualBound | None = None,
+) -> _Parts:
+    read = _read_all(turns, budget, media_cache, decode, bound)
     parts = _Parts([], [], [], [], [], [], [], [])
     for turn in turns:
         if turn.role == "system":
@@ -78,7 +146,7 @@ def _collect(turns: Sequence[Turn], budget: Budget, media_cache: MediaCache) -> 
             continue
         content: list[dict] = []
         for attachment in turn.attachments:
-            attached = read_attachment(attachment.path, budget, media_cache, attachment.name)
+            attached = read[(attachment.path, attachment.name)]
             for index, visual in enumerate(attached.visuals):
                 key = f"{attached.key}#{index}"
                 if isinstance(visual, VideoClip):
@@ -146,11 +214,18 @@ def _spans(
 
 
 def build_prompt(
-    processor: Any, request: ChatRequest, budget: Budget, media_cache: MediaCache
+    processor: Any,
+    request: ChatRequest,
+    budget: Budget,
+    media_cache: MediaCache,
+    decode: Decode | None = None,
+    max_tokens: int | None = None,
 ) -> Prompt:
-    """Processor inputs, media spans and keys, prompt facts, and each attachment's cost."""
+    """Processor inputs, media spans and keys, prompt facts, and each attachment's cost; the
+    media decoded by `decode` (default: here), refused past `max_tokens` while being read."""
+    bound = VisualBound.of(processor, max_tokens) if max_tokens else None
     try:
-        parts = _collect(request.turns, budget, media_cache)
+        parts = _collect(request.turns, budget, media_cache, decode, bound)
     except MediaError as err:
         raise EngineError(str(err)) from err
     template_kwargs: dict[str, Any] = {}

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     # What one attached file becomes for the model: images (a photo, pages) or video clips (a
     # video, an animated GIF or WebP). isinstance tells them apart.
     Visual = Image.Image | VideoClip
+    # How a file's visuals are decoded: (path, budget, label) -> visuals.
+    Decode = Callable[[str | Path, Budget, str], list[Visual]]
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,16 @@ def load_visuals(path: str | Path, budget: Budget, label: str) -> list[Visual]:
 
 
 def read_attachment(
-    path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
+    path: str | Path,
+    budget: Budget,
+    cache: MediaCache | None = None,
+    name: str | None = None,
+    decode: Decode | None = None,
 ) -> Attached:
-    """One attached file read within `budget`: one image, one video, or pages of a document."""
+    """One attached file read within `budget`: one image, one video, or pages of a document;
+    decoded by `decode` (a worker pool's, app/media/worker.py) or, without one, here."""
     label = name or Path(path).name
+    decode = decode or load_visuals
     try:
         digest = content_key(path)
     except OSError as err:
@@ -129,10 +137,8 @@ def read_attachment(
         raise MediaError(f"{label}: the file cannot be read ({err})") from err
     key = f"{digest}:{budget!r}"
     if cache is None:
-        return Attached(key, load_visuals(path, budget, label))
-    return Attached(
-        key, cache.get_or_load((digest, budget), lambda: load_visuals(path, budget, label))
-    )
+        return Attached(key, decode(path, budget, label))
+    return Attached(key, cache.get_or_load((digest, budget), lambda: decode(path, budget, label)))
 
 
 def load_attachment(

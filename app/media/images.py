@@ -19,6 +19,7 @@ from app.media.limits import (
     scaled_size,
 )
 from app.media.sniff import IMAGE_FORMATS, PILLOW_ERRORS
+from app.media.structure import check_jpeg_scans
 from app.media.video import VideoClip
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ def _decoded(im: Any, budget: Budget) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(im) or im)
 
 
+def check_structure(path: str | Path, im: Any, label: str) -> None:
+    """The work an open image's decoder would do, checked from the file's structure."""
+    if im.format in ("JPEG", "MPO"):
+        check_jpeg_scans(path, label)
+
+
 def _fit(im: Image.Image, budget: Budget) -> Image.Image:
     from PIL import Image
 
@@ -74,6 +81,7 @@ def open_image(path: str | Path, budget: Budget, name: str | None = None) -> Ima
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as im:
             check_size(label, *im.size)
+            check_structure(path, im, label)
             decoded = _decoded(im, budget)
     except MediaError:
         raise

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from app.media.isobmff import has_external_references
+from app.media.isobmff import OversizedIndex, declared_samples, has_external_references
 from app.media.limits import MediaError
+from app.media.structure import ICO_MAGIC, check_icon
 
 Kind = Literal["image", "pages", "animation", "video", "pdf"]
 
@@ -49,6 +50,9 @@ PLAYLISTS = (
     (b"<?xml", "an XML manifest (DASH or similar)"),
     (b"<MPD", "a DASH manifest"),
 )
+# Samples one MP4/MOV track may declare: nine hours at 60 frames a second. FFmpeg indexes every
+# declared sample when it opens the file (tens of bytes each).
+MAX_SAMPLES = 2_000_000
 # Demuxer options: the file protocol only, and no MOV/MP4 data references to other files.
 _PROTOCOLS = {"protocol_whitelist": "file"}
 _MOV_OPTIONS = {"enable_drefs": "0", "use_absolute_path": "0"}
@@ -92,6 +96,8 @@ def open_container(path: str | Path, fmt: str) -> Any:
 def _image_kind(path: Path, head: bytes, label: str) -> Sniffed | None:
     from PIL import Image, UnidentifiedImageError
 
+    if head.startswith(ICO_MAGIC):  # Pillow decodes an icon's largest entry while opening it
+        check_icon(path, label)
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as im:
             fmt, frames = str(im.format), getattr(im, "n_frames", 1)
@@ -112,6 +118,29 @@ def _image_kind(path: Path, head: bytes, label: str) -> Sniffed | None:
     return Sniffed("image", fmt)
 
 
+def _check_movie_box(path: Path, label: str) -> None:
+    """An MP4/MOV refused from its movie box before FFmpeg opens it: tracks kept in other
+    files, or more samples than FFmpeg should index."""
+    try:
+        external = has_external_references(path)
+        samples = declared_samples(path) or 0
+    except OversizedIndex as err:
+        raise MediaError(
+            f"{label}: its index of frames is {err.args[0] >> 20} MB, larger than any real "
+            "video's; refused before opening"
+        ) from err
+    if external:
+        raise MediaError(
+            f"{label}: its video is kept in other files (external data references); this app "
+            "reads only the file you upload: export the video as one self-contained file"
+        )
+    if samples > MAX_SAMPLES:
+        raise MediaError(
+            f"{label}: declares {samples:,} frames or samples in one track, more than this "
+            f"app opens ({MAX_SAMPLES:,}); refused before opening"
+        )
+
+
 def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     for signature, what in PLAYLISTS:
@@ -126,11 +155,8 @@ def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
             f"{label}: not an image, video or PDF this app can read "
             "(judged by content, not the name)"
         )
-    if fmt == "mov" and has_external_references(path):
-        raise MediaError(
-            f"{label}: its video is kept in other files (external data references); this app "
-            "reads only the file you upload: export the video as one self-contained file"
-        )
+    if fmt == "mov":
+        _check_movie_box(path, label)
     try:
         with open_container(path, fmt) as container:
             has_video = bool(container.streams.video)

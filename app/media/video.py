@@ -21,6 +21,7 @@ from app.media.limits import (
     sample_times,
     scaled_size,
 )
+from app.media.structure import jpeg_frame_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,15 +114,28 @@ class _Sampler:
             self.take(self.previous[1], self.previous[0])
 
 
-def _decode(container: Any, stream: Any, sampler: _Sampler, start: float) -> Exception | None:
-    """Run the decoding pass; a decoding error ends it, keeping what decoded (returned)."""
+def _decode(
+    container: Any, stream: Any, sampler: _Sampler, start: float, label: str
+) -> Exception | None:
+    """Run the decoding pass; a decoding error ends it, keeping what decoded (returned). Every
+    frame's size is checked as it comes (a stream may change size midway): a Motion-JPEG
+    frame's from its header before it is decoded, any other's once decoded."""
+    mjpeg = stream.codec_context.name == "mjpeg"
     try:
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            sampler.see(frame, float(frame.pts * stream.time_base) - start)
-            if sampler.done:
-                break
+        for packet in container.demux(stream):
+            if mjpeg and packet.size:
+                size = jpeg_frame_size(bytes(packet))
+                if size is not None:
+                    check_size(label, *size, what="a frame")
+            for frame in packet.decode():
+                check_size(label, frame.width, frame.height, what="a frame")
+                if frame.pts is None:
+                    continue
+                sampler.see(frame, float(frame.pts * stream.time_base) - start)
+                if sampler.done:
+                    return None
+    except MediaError:
+        raise
     except Exception as err:  # noqa: BLE001 - corrupt data: keep what decoded
         return err
     return None
@@ -157,7 +171,7 @@ def open_video(
             n = budget.video_max_frames
             targets = [i / budget.video_fps for i in range(n)]
         sampler = _Sampler(targets, frame_pixels(n, budget))
-        error = _decode(container, stream, sampler, start)
+        error = _decode(container, stream, sampler, start, label)
         sampler.finish(1 / budget.video_fps)
     return _clip(label, sampler, error, duration, rate)
 

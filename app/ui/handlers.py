@@ -9,7 +9,7 @@ session sees another's messages or files.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gradio as gr
@@ -21,9 +21,10 @@ from app.conversation import (
     user_messages_to_box,
 )
 from app.engines.base import ChatRequest
-from app.render import render_reply
+from app.render import Reply, render_reply
 from app.replies import ReplyStreamer, SessionCancels
-from app.ui.panel import PanelOptions, request_settings
+from app.settings import IPNetwork
+from app.ui.panel import PanelError, PanelOptions, request_settings
 
 
 def busy_box(**changes: Any) -> Any:
@@ -40,11 +41,11 @@ def session_of(request: gr.Request | None) -> str:
     return (getattr(request, "session_hash", None) if request is not None else None) or "-"
 
 
-def user_of(request: gr.Request | None) -> str | None:
+def user_of(request: gr.Request | None, trusted: Sequence[IPNetwork] = ()) -> str | None:
     """Who is asking, for taking turns on the model: the login, else the address the request
-    came from, else None (then: the session). Behind a proxy on this machine or a private
-    network (a Space, a Docker port), the address the proxy says it forwarded for; from
-    anywhere else that header could be made up, and is ignored."""
+    came from, else None (then: the session). Behind a proxy the operator named
+    (--trusted-proxies), the address that proxy says it forwarded for; from any other peer that
+    header could be made up (one user posing as many takes many turns), and is ignored."""
     if request is None:
         return None
     username = getattr(request, "username", None)
@@ -52,37 +53,65 @@ def user_of(request: gr.Request | None) -> str | None:
         return f"user:{username}"
     host = getattr(getattr(request, "client", None), "host", None)
     headers = getattr(request, "headers", None) or {}
-    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
-    if forwarded and host and _is_private(host):
+    forwarded = headers.get("x-forwarded-for", "").split(",")[-1].strip()
+    if forwarded and host and _is_within(host, trusted):
         host = forwarded
     return f"address:{host}" if host else None
 
 
-def _is_private(host: str) -> bool:
+def owner_of(request: gr.Request | None) -> str:
+    """Whose model state a request may share (the prefix cache): the login, else the browser
+    session (a reload is a new one). Never the address: users behind one proxy share it."""
+    username = getattr(request, "username", None) if request is not None else None
+    return f"user:{username}" if username else f"session:{session_of(request)}"
+
+
+def _is_within(host: str, networks: Sequence[IPNetwork]) -> bool:
     try:
-        return ipaddress.ip_address(host).is_private
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return any(address in network for network in networks)
 
 
 class ChatHandlers:
     """What every event of the page and the API does, given the objects it works with."""
 
     def __init__(
-        self, streamer: ReplyStreamer, cancels: SessionCancels, options: PanelOptions
+        self,
+        streamer: ReplyStreamer,
+        cancels: SessionCancels,
+        options: PanelOptions,
+        trusted_proxies: Sequence[IPNetwork] = (),
     ) -> None:
         self.streamer = streamer
         self.cancels = cancels
         self.options = options
+        self.trusted_proxies = tuple(trusted_proxies)
 
-    def _request(self, history: list, panel: dict[str, Any]) -> ChatRequest:
+    def _request(
+        self, history: list, panel: dict[str, Any], asker: gr.Request | None
+    ) -> ChatRequest:
         settings = request_settings(panel, self.options)
-        return build_request(history, settings.system_prompt, settings.params, settings.budget)
+        return build_request(
+            history, settings.system_prompt, settings.params, settings.budget, owner_of(asker)
+        )
+
+    def _stream(self, chat: ChatRequest, asker: gr.Request | None) -> Iterator[Reply]:
+        """The reply to `chat`, in the session and the turn of whoever asked."""
+        return self.streamer(chat, session_of(asker), user_of(asker, self.trusted_proxies))
 
     def _stream_into(
-        self, history: list, request: ChatRequest, asker: gr.Request | None
+        self, history: list, panel: dict[str, Any], asker: gr.Request | None
     ) -> Iterator[list]:
-        for reply in self.streamer(request, session_of(asker), user_of(asker)):
+        try:
+            request = self._request(history, panel, asker)
+        except PanelError as err:  # a script's setting no request can use: said in the chat
+            yield history + render_reply(Reply(error=str(err), finished=True))
+            return
+        for reply in self.streamer(
+            request, session_of(asker), user_of(asker, self.trusted_proxies)
+        ):
             if reply.detached:  # its chat is no longer the one shown
                 yield gr.skip()
             else:
@@ -100,8 +129,7 @@ class ChatHandlers:
         history += new
         # The box empties only now that its content is safe in the history; Stop replaces Send.
         yield busy_box(value={"text": "", "files": []}), history
-        chat = self._request(history, panel)
-        for shown in self._stream_into(history, chat, request):
+        for shown in self._stream_into(history, panel, request):
             yield gr.skip(), shown
 
     def regenerate(
@@ -115,8 +143,7 @@ class ChatHandlers:
         history = before + last_turn
         # Stop shows once the work starts (not while queued), when pressing it can reach it.
         yield history, busy_box()
-        chat = self._request(history, panel)
-        for shown in self._stream_into(history, chat, request):
+        for shown in self._stream_into(history, panel, request):
             yield shown, gr.skip()
 
     def edit(
@@ -126,8 +153,7 @@ class ChatHandlers:
         index = event.index[0] if isinstance(event.index, list | tuple) else event.index
         history = [*list(history or [])[:index], {"role": "user", "content": event.value}]
         yield history, busy_box()
-        chat = self._request(history, panel)
-        for shown in self._stream_into(history, chat, request):
+        for shown in self._stream_into(history, panel, request):
             yield shown, gr.skip()
 
     def leave(self, request: gr.Request) -> None:
@@ -200,9 +226,14 @@ class ChatHandlers:
         new = box_to_user_messages(message)
         if not new:
             raise gr.Error("The message is empty: send text, files, or both.")
-        chat = self._request(list(history or []) + new, panel)
+        try:
+            chat = self._request(list(history or []) + new, panel, request)
+        except PanelError as err:
+            raise gr.Error(str(err), print_exception=False) from err
         answer = ""
-        for reply in self.streamer(chat, session_of(request), user_of(request)):
+        for reply in self.streamer(
+            chat, session_of(request), user_of(request, self.trusted_proxies)
+        ):
             if reply.error:
                 raise gr.Error(reply.error, print_exception=False)
             answer = reply.answer()

@@ -17,7 +17,6 @@ from typing import Any
 
 import gradio as gr
 
-from app import chats
 from app.ui.handlers import ChatHandlers
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
@@ -52,9 +51,12 @@ class PageOptions:
     title: str = "Qwen-VL Chat"
     banner: str | None = None
     panel: PanelOptions = field(default_factory=PanelOptions)
-    # The secret that encrypts saved chats in the browser's storage: the same across restarts,
-    # so that they survive them (None: a new one each start).
-    state_secret: str | None = None
+    # gradio's own secret for the saved chats' value in the browser's storage (app/ui/sealed.py:
+    # it is public; what protects the chats is the server's seal). The same across restarts,
+    # so that the browser finds its value again (None: a new one each start).
+    browser_secret: str | None = None
+    # Seconds gradio keeps an uploaded file, or its copy of one the app made (delete_cache).
+    keep_files_s: float = 24 * 3600.0
 
 
 class ChatPage:
@@ -68,7 +70,12 @@ class ChatPage:
         self.api_inputs: dict[str, Any] = {}
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title=self.options.title, fill_height=True) as demo:
+        keep = int(self.options.keep_files_s)
+        # Looked at as often as files live, but at least hourly.
+        delete_cache = (max(1, min(keep, 3600)), max(1, keep))
+        with gr.Blocks(
+            title=self.options.title, fill_height=True, delete_cache=delete_cache
+        ) as demo:
             self._render_header()
             self._render_sidebar()
             self._render_chatbot_area()
@@ -96,7 +103,7 @@ class ChatPage:
     def _render_sidebar(self) -> None:
         """Saved chats, kept in this browser only: the list, new, rename, delete, export, import."""
         self.store = gr.BrowserState(
-            chats.empty_store(), storage_key=STORAGE_KEY, secret=self.options.state_secret
+            "", storage_key=STORAGE_KEY, secret=self.options.browser_secret
         )
         with gr.Sidebar(label="Chats", open=False, elem_id="chats"):
             self.new_btn = gr.Button("New chat", elem_id="new_chat", size="sm", variant="primary")

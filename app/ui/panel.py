@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -29,12 +30,33 @@ class PanelOptions:
     budget: Budget = field(default_factory=Budget)
 
 
+class PanelError(ValueError):
+    """A setting no request can use (not a number, infinite); the message says which."""
+
+
+def _finite(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PanelError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise PanelError(f"{value!r} is not a finite number")
+    return number
+
+
 def _number(value: Any, kind: type) -> Any:
-    return None if value is None or value == "" else kind(value)
+    return None if value is None or value == "" else kind(_finite(value))
+
+
+# Seeds beyond this are folded into it: torch takes seeds of 64 bits.
+_SEED_RANGE = 1 << 63
 
 
 def _seed(value: Any) -> int | None:
-    return None if value is None or value == "" or float(value) < 0 else int(value)
+    if value is None or value == "":
+        return None
+    number = _finite(value)
+    return None if number < 0 else int(number) % _SEED_RANGE
 
 
 def _flag(value: Any) -> bool | None:
@@ -61,6 +83,19 @@ class Field:
     convert: Callable[[Any], Any]  # the widget's value -> the request's (None: not set)
     make: Callable[[PanelOptions], dict[str, Any]]  # its bounds and default, from the options
 
+    def value(self, raw: Any, options: PanelOptions) -> Any:
+        """What the request gets of `raw` (from the page or the API): converted, and kept
+        within the field's own bounds, the ones the page's widget offers (a script cannot ask
+        for more than the page can); PanelError, naming the field, for what is no number."""
+        try:
+            value = self.convert(raw)
+        except PanelError as err:
+            raise PanelError(f"Setting {self.label!r}: {err}.") from err
+        bounds = self.make(options)
+        if value is None or "maximum" not in bounds:
+            return value
+        return min(max(value, type(value)(bounds["minimum"])), type(value)(bounds["maximum"]))
+
     def component(self, options: PanelOptions) -> gr.components.Component:
         kwargs = {"label": self.label, "elem_id": self.name, **self.make(options)}
         if self.widget == "text":
@@ -80,6 +115,7 @@ class Field:
 
 
 Bounds = Callable[[PanelOptions], tuple[float, float, float, float]]
+_USUAL = Budget()  # frozen: the usual media budget, read for the pixel slider's maximum
 
 
 def _slider(name: str, label: str, kind: type, bounds: Bounds, target: Any = "params") -> Field:
@@ -119,9 +155,10 @@ FIELDS: tuple[Field, ...] = (
         "max_pixels",
         "Max pixels per image (lower it if memory runs out)",
         int,
+        # Up to the usual budget (what the CPU note offers), or the launch flag's where higher.
         lambda o: (
             o.budget.min_pixels,
-            max(o.budget.max_pixels, 4096 * 28 * 28),
+            max(o.budget.max_pixels, _USUAL.max_pixels),
             o.budget.max_pixels,
             28 * 28,
         ),
@@ -175,7 +212,7 @@ class RequestSettings:
 
 def request_settings(values: Mapping[str, Any], options: PanelOptions) -> RequestSettings:
     """What the panel's (or the API's) values ask of a request; missing values are not set."""
-    chosen = {f.name: f.convert(values.get(f.name)) for f in FIELDS}
+    chosen = {f.name: f.value(values.get(f.name), options) for f in FIELDS}
     if not options.supports_thinking:
         chosen["enable_thinking"] = None
     params = GenerationParams(**{f.name: chosen[f.name] for f in FIELDS if f.target == "params"})

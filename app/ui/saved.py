@@ -1,9 +1,13 @@
 """The saved-chats panel's events: the list kept in the browser, new, open, rename, delete,
-export and import. Plain methods over the store (app/chats.py), testable without a server."""
+export and import. Plain methods over the store (app/chats.py), testable without a server.
+
+The browser holds the store sealed (app/ui/sealed.py): each event opens what the browser sent
+and seals what goes back, so a store the server did not make is never read.
+"""
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,71 +15,105 @@ from typing import Any
 import gradio as gr
 
 from app import chats
+from app.files import Folder
+from app.ui.sealed import StoreSeal
+
+# An import larger than this is refused unread (a JSON export carries its files as base64).
+MAX_IMPORT_BYTES = 256 << 20
 
 
 def _list(store: chats.Store) -> Any:
     return gr.Radio(choices=chats.choices(store), value=store.get("current"))
 
 
+def login_of(request: gr.Request | None) -> str | None:
+    """The login of the request's user, where the app has logins."""
+    return getattr(request, "username", None) or None
+
+
 class SavedChats:
-    """Events of the saved-chats panel; files made for download or import go in `folder`."""
+    """Events of the saved-chats panel; files made for download or import go in `folder`.
 
-    def __init__(self, folder: Path | None = None) -> None:
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="qwen-chat-saved-"))
+    Each takes the sealed store the browser holds and returns it sealed again."""
 
-    def restore(self, store: chats.Store | None) -> tuple[chats.Store, Any, list]:
+    def __init__(self, seal: StoreSeal, folder: Folder | None = None) -> None:
+        self.seal = seal
+        self.folder = folder or Folder.new("qwen-chat-saved-")
+
+    def _open(self, sealed: Any, request: gr.Request | None, warn: bool = False) -> chats.Store:
+        store = self.seal.open(sealed, login_of(request))
+        if store is None:
+            if warn and sealed:
+                gr.Warning(
+                    "The chats saved in this browser could not be opened (saved by another "
+                    "server or login, or changed outside this app); starting a new list."
+                )
+            return chats.empty_store()
+        return store
+
+    def _sealed(self, store: chats.Store, request: gr.Request | None) -> str:
+        return self.seal.seal(store, login_of(request))
+
+    def restore(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """On page load: the chat last open, and the list."""
-        store = store or chats.empty_store()
-        return store, _list(store), chats.current_messages(store)
+        store = self._open(sealed, request, warn=True)
+        return self._sealed(store, request), _list(store), chats.current_messages(store)
 
-    def persist(self, history: list | None, store: chats.Store | None) -> tuple[chats.Store, Any]:
+    def persist(self, history: list | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         """After every change of the chat: keep it in the browser's list."""
-        store = chats.save(store or chats.empty_store(), list(history or []))
-        return store, _list(store)
+        store = chats.save(self._open(sealed, request), list(history or []))
+        return self._sealed(store, request), _list(store)
 
-    def new_chat(self, store: chats.Store | None) -> tuple[chats.Store, Any, list]:
-        store = chats.start_new(store or chats.empty_store())
-        return store, _list(store), []
+    def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
+        store = chats.start_new(self._open(sealed, request))
+        return self._sealed(store, request), _list(store), []
 
-    def open(self, chat_id: str | None, store: chats.Store | None) -> tuple[chats.Store, list]:
-        store, messages = chats.select(store or chats.empty_store(), chat_id)
-        return store, messages
+    def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, list]:
+        store, messages = chats.select(self._open(sealed, request), chat_id)
+        return self._sealed(store, request), messages
 
     def rename(
-        self, name: str, history: list | None, store: chats.Store | None
-    ) -> tuple[chats.Store, Any, str]:
-        store = chats.save(store or chats.empty_store(), list(history or []), renamed=name)
-        return store, _list(store), ""
+        self, name: str, history: list | None, sealed: Any, request: gr.Request
+    ) -> tuple[str, Any, str]:
+        store = chats.save(self._open(sealed, request), list(history or []), renamed=name)
+        return self._sealed(store, request), _list(store), ""
 
-    def delete(self, store: chats.Store | None) -> tuple[chats.Store, Any, list]:
-        store = chats.delete_current(store or chats.empty_store())
-        return store, _list(store), []
+    def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
+        store = chats.delete_current(self._open(sealed, request))
+        return self._sealed(store, request), _list(store), []
 
-    def _title(self, store: chats.Store | None, history: list) -> str:
-        store = store or chats.empty_store()
+    def _title(self, sealed: Any, request: gr.Request | None, history: list) -> str:
+        store = self._open(sealed, request)
         chat = chats.find_chat(store, store.get("current"))
         return chat["title"] if chat else chats.title_of(history)
 
-    def export_json(self, history: list | None, store: chats.Store | None) -> Any:
+    def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        path = self.folder / f"conversation-{uuid.uuid4().hex[:8]}.json"
-        path.write_text(chats.to_json(history, self._title(store, history)))
+        path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.json"
+        path.write_text(chats.to_json(history, self._title(sealed, request, history)))
         return gr.File(value=str(path), visible=True)
 
-    def export_markdown(self, history: list | None, store: chats.Store | None) -> Any:
+    def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        path = self.folder / f"conversation-{uuid.uuid4().hex[:8]}.zip"
-        title = self._title(store, history)
+        path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.zip"
+        title = self._title(sealed, request, history)
         return gr.File(value=str(chats.to_markdown_zip(history, title, path)), visible=True)
 
-    def import_json(self, upload: Any, store: chats.Store | None) -> tuple[chats.Store, Any, list]:
-        """A conversation exported as JSON, as a new chat."""
+    def import_json(self, upload: Any, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
+        """A conversation exported as JSON, as a new chat; a failed import leaves no file."""
         path = Path(getattr(upload, "name", None) or str(upload))
+        folder = self.folder.fresh() / uuid.uuid4().hex
         try:
-            title, messages = chats.from_json(
-                path.read_text(encoding="utf-8"), self.folder / uuid.uuid4().hex
-            )
+            if path.stat().st_size > MAX_IMPORT_BYTES:
+                raise ValueError(f"over {MAX_IMPORT_BYTES >> 20} MB")
+            title, messages = chats.from_json(path.read_text(encoding="utf-8"), folder)
+        except RecursionError as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise gr.Error(
+                f"{path.name}: not a conversation exported by this app (nested too deeply)"
+            ) from err
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+            shutil.rmtree(folder, ignore_errors=True)
             raise gr.Error(f"{path.name}: not a conversation exported by this app ({err})") from err
-        store = chats.save(chats.start_new(store or chats.empty_store()), messages, title)
-        return store, _list(store), chats.current_messages(store)
+        store = chats.save(chats.start_new(self._open(sealed, request)), messages, title)
+        return self._sealed(store, request), _list(store), chats.current_messages(store)
