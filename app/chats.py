@@ -164,7 +164,7 @@ def from_json(document: str, folder: Path) -> tuple[str, list]:
             elif part.get("type") == "file" and part.get("data"):
                 name = _short_name(Path(str(part.get("name") or "file")).name or "file")
                 path = folder / f"{index}-{name}"
-                path.write_bytes(base64.b64decode(part["data"]))
+                path.write_bytes(base64.b64decode(part["data"], validate=True))
                 mime = mimetypes.guess_type(name)[0]  # an image shows as one, not as a file
                 file = {"path": str(path), "orig_name": name, "mime_type": mime}
                 parts.append({"type": "file", "file": file})

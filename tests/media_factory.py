@@ -235,7 +235,8 @@ def make_many_scan_jpeg(path: Path, repeats: int = 2400, size=(256, 256)) -> Pat
 
     buffer = io.BytesIO()
     image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).ellipse((20, 20, size[0] - 20, size[1] - 20), fill="green")
+    w, h = size
+    ImageDraw.Draw(image).ellipse((w // 8, h // 8, w * 7 // 8, h * 7 // 8), fill="green")
     image.save(buffer, format="JPEG", progressive=True, quality=90)
     data = buffer.getvalue()
     last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")

@@ -1,9 +1,12 @@
 """Fuzzing the media layer: valid images, videos and PDFs, mutated, read as attachments.
 
 Every outcome must be visuals or a `MediaError` naming the file: never another exception, a
-hang, or memory beyond a bound. CI runs a fixed, bounded set of examples (derandomized, so a run
-is repeatable); `FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 pytest tests/test_fuzz_media.py` runs a longer
-random one.
+hang, or memory beyond a bound. Files are read as the app reads them, in a decoding worker
+(app/media/worker.py) under a memory ceiling: read in this process, a mutated PDF of nested
+forms made pdfium take all 24 GB here (an out-of-memory kill, or an abort under a ulimit); in a
+worker it ends in a message naming the file, as it does in the app. CI runs a fixed, bounded set of
+examples (derandomized, so a run is repeatable); `FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 pytest
+tests/test_fuzz_media.py` runs a longer random one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.media import Budget, MediaError, load_attachment
+from app.media import Budget, MediaError, read_attachment
+from app.media.worker import DecodePool
 from tests import media_factory as mf
 
 # Pillow warns about the broken metadata it reads past: expected here.
@@ -25,7 +29,8 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
 BUDGET = Budget(max_pixels=128 * 128, min_pixels=32 * 32, video_max_pixels=64 * 64)
 # Slower than this for one file is a hang (the largest seed reads in well under a second).
 HANG_S = 20.0
-MEMORY_BOUND = 600 << 20
+MEMORY_BOUND = 600 << 20  # of this process
+WORKER_MEMORY = 3 << 30  # each worker's address space
 EXTREMES = (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x01\x00\x00")
 
 
@@ -39,6 +44,11 @@ def _seeds(folder: Path) -> dict[str, bytes]:
         "clip.mp4": mf.make_video(folder / "clip.mp4", seconds=1, fps=8, size=(64, 48)),
         "clip.mkv": mf.make_video(folder / "clip.mkv", seconds=1, fps=8, size=(64, 48)),
         "doc.pdf": mf.make_pdf(folder / "doc.pdf", pages=2),
+        # The shapes of round three, small: their counts and sizes are what mutations hit.
+        "scans.jpg": mf.make_many_scan_jpeg(folder / "scans.jpg", repeats=3, size=(48, 32)),
+        "forms.pdf": mf.make_nested_form_pdf(folder / "forms.pdf", depth=4),
+        "icon.ico": mf.make_icon_with_big_png(folder / "icon.ico", side=16),
+        "mjpeg.mkv": mf.make_growing_mjpeg_mkv(folder / "mjpeg.mkv", frames=3, side=96),
     }
     frames = [Image.new("RGB", (32, 24), (60 * i, 0, 0)) for i in range(3)]
     frames[0].save(folder / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
@@ -82,7 +92,14 @@ def mutated(draw, seeds: dict[str, bytes]) -> tuple[str, bytes]:
     return name, bytes(data)
 
 
-def test_mutated_media_gives_visuals_or_a_media_error(seeds, tmp_path):
+@pytest.fixture(scope="module")
+def pool():
+    decoder = DecodePool(workers=1, timeout_s=HANG_S, memory_bytes=WORKER_MEMORY)
+    yield decoder
+    decoder.close()
+
+
+def test_mutated_media_gives_visuals_or_a_media_error(seeds, tmp_path, pool):
     outcomes = {"read": 0, "refused": 0}
     slowest = 0.0
     start_rss = _rss()
@@ -103,7 +120,9 @@ def test_mutated_media_gives_visuals_or_a_media_error(seeds, tmp_path):
         path.write_bytes(content)
         started = time.perf_counter()
         try:
-            visuals = load_attachment(path, BUDGET, name=name)
+            visuals = read_attachment(
+                path, BUDGET, name=name, decode=pool.for_request(None)
+            ).visuals
             assert visuals, "read, yet nothing to show"
             outcomes["read"] += 1
         except MediaError as err:
@@ -118,7 +137,7 @@ def test_mutated_media_gives_visuals_or_a_media_error(seeds, tmp_path):
     print(
         f"fuzzed {sum(outcomes.values())} inputs: {outcomes['read']} read, "
         f"{outcomes['refused']} refused; slowest {slowest:.2f} s; "
-        f"memory +{(peak - start_rss) >> 20} MB"
+        f"memory +{(peak - start_rss) >> 20} MB; workers ended {pool.ended}"
     )
     assert outcomes["read"] and outcomes["refused"]  # the fuzzer reached both outcomes
     assert peak - start_rss < MEMORY_BOUND

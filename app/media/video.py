@@ -125,8 +125,9 @@ def _decode(
         for packet in container.demux(stream):
             if mjpeg and packet.size:
                 size = jpeg_frame_size(bytes(packet))
-                if size is not None:
-                    check_size(label, *size, what="a frame")
+                if size is None:
+                    continue  # no frame header to check: a damaged frame, not decoded
+                check_size(label, *size, what="a frame")
             for frame in packet.decode():
                 check_size(label, frame.width, frame.height, what="a frame")
                 if frame.pts is None:

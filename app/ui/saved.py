@@ -19,7 +19,7 @@ from app.files import Folder
 from app.ui.sealed import StoreSeal
 
 # An import larger than this is refused unread (a JSON export carries its files as base64).
-MAX_IMPORT_BYTES = 256 << 20
+MAX_IMPORT_BYTES = 100 << 20
 
 
 def _list(store: chats.Store) -> Any:
