@@ -247,7 +247,9 @@ def test_bad_file_gives_a_message_and_the_next_request_works(
     started = time.perf_counter()
     with pytest.raises(Exception, match=re.escape(name) + ": .*" + re.escape(problem)):
         client.predict({"text": "?", "files": [handle_file(str(bad))]}, api_name="/chat")
-    assert time.perf_counter() - started < 2
+    # A bound to catch a wait (the official demo's 20 s timeout), not a timing: it takes about
+    # 0.2 s here, and failed a fresh clone on a loaded machine at 2 s (2.02 s).
+    assert time.perf_counter() - started < 15
     assert isinstance(client.predict({"text": "fine", "files": []}, api_name="/chat"), str)
 
 
