@@ -219,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from app.engines.base import EngineError
 
+    if settings.gpus is not None:  # before torch is imported, which reads it once
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings.gpus.strip()
     try:
         engine = build_engine(settings)
     except EngineError as err:  # a checkpoint not found, a server not reachable

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -40,6 +41,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 class Settings:
     checkpoint_path: str = DEFAULT_CHECKPOINT
     cpu_only: bool = False
+    # Which GPUs to use (CUDA indices, comma-separated; None: every visible one).
+    gpus: str | None = None
     flash_attn2: bool = False
     load_in_4bit: bool = False
     dtype: str = "auto"
@@ -119,6 +122,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         {"help": f"hub id or local folder (default {DEFAULT_CHECKPOINT})"},
     ),
     (("--cpu-only",), _SWITCH | {"help": "run on the CPU even with a GPU"}),
+    (
+        ("--gpus",),
+        {
+            "metavar": "0,1,...",
+            "help": "the GPUs to use (default: every visible one, as CUDA_VISIBLE_DEVICES "
+            "says); a model too big for one is spread over them",
+        },
+    ),
     (("--flash-attn2",), _SWITCH | {"help": "use flash-attention 2"}),
     (("--load-in-4bit",), _SWITCH | {"help": "bitsandbytes nf4 weights"}),
     (
@@ -334,6 +345,8 @@ def validate(settings: Settings) -> None:
     if settings.max_request_mb < 1:
         raise SettingsError("--max-request-mb must be at least 1")
     trusted_networks(settings)
+    if settings.gpus is not None and not re.fullmatch(r"\d+(,\d+)*", settings.gpus.strip()):
+        raise SettingsError("--gpus takes GPU numbers separated by commas, e.g. --gpus 0,1")
     if settings.mcp and (settings.auth or settings.auth_file):
         raise SettingsError(
             "--mcp cannot be used with a login (--auth, --auth-file): gradio's MCP server "

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import EngineError
-from app.engines.memory import GB, available_bytes
+from app.engines.memory import GB, available_bytes, gpu_free_bytes
+from app.engines.placement import Placement, describe, place
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ class LoadOptions:
     flash_attn2: bool = False
     load_in_4bit: bool = False
     dtype: str = "auto"
+    # "auto" spreads the model with transformers' device map even where one device holds it
+    # (tests of the spread path on the CPU); None: as `place` decides.
+    device_map: str | None = None
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -113,29 +117,45 @@ def weight_bytes(path: str, dtype_bytes: int, four_bit: bool) -> int:
     return int(total)
 
 
-def check_fits(checkpoint: str, path: str, dtype: Any, options: LoadOptions, on_cuda: bool) -> None:
-    """Say in one line, before loading starts, that the weights cannot fit in free memory, or
-    that a dependency the options need is missing."""
+def check_fits(
+    checkpoint: str, path: str, dtype: Any, options: LoadOptions, on_cuda: bool
+) -> Placement:
+    """Where the weights go (app/engines/placement.py), said in one line before loading starts;
+    EngineError, in one line, where they cannot fit in free memory or a dependency the options
+    need is missing."""
     if options.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise EngineError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
     need = weight_bytes(path, dtype.itemsize, options.load_in_4bit)
-    free = available_bytes(on_cuda)
-    place = "GPU" if on_cuda else "machine"
+    smaller = None if options.load_in_4bit else weight_bytes(path, 2, True)
+    kind = "4-bit nf4" if options.load_in_4bit else str(dtype).removeprefix("torch.")
+    if on_cuda:
+        free_per_gpu = gpu_free_bytes()
+        placement = place(need, free_per_gpu, smaller)
+        free = sum(free_per_gpu)
+    else:
+        free = available_bytes(False)
+        if need > 0.95 * free:
+            raise EngineError(_too_big_for_the_machine(checkpoint, need, free, smaller))
+        placement = place(need, [])
+    if options.device_map:
+        placement = Placement(options.device_map, placement.max_memory, placement.where)
     log.info(
-        "loading %s: about %.1f GB of weights in %s onto the %s (%.1f GB free)",
+        "loading %s: about %.1f GB of weights in %s onto %s (%.1f GB free)",
         checkpoint,
         need / GB,
-        "4-bit nf4" if options.load_in_4bit else str(dtype).removeprefix("torch."),
-        place,
+        kind,
+        placement.where,
         free / GB,
     )
-    if need > 0.95 * free:
-        smaller = weight_bytes(path, 2, True)
-        raise EngineError(
-            f"{checkpoint} needs about {need / GB:.1f} GB for its weights, more than the "
-            f"{free / GB:.1f} GB free on this {place}: try --load-in-4bit (about "
-            f"{smaller / GB:.1f} GB), or a smaller checkpoint."
-        )
+    return placement
+
+
+def _too_big_for_the_machine(checkpoint: str, need: int, free: int, smaller: int | None) -> str:
+    advice = f"try --load-in-4bit (about {smaller / GB:.1f} GB), or " if smaller else "try "
+    return (
+        f"{checkpoint} needs about {need / GB:.1f} GB for its weights, more than the "
+        f"{free / GB:.1f} GB free on this machine: {advice}a smaller checkpoint."
+    )
 
 
 def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
@@ -148,12 +168,14 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
     imported = time.perf_counter() - started
     on_cuda = torch.cuda.is_available() and not options.cpu_only
     dtype = choose_dtype(options.dtype, on_cuda)
-    check_fits(checkpoint, path, dtype, options, on_cuda)
+    placement = check_fits(checkpoint, path, dtype, options, on_cuda)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": choose_attention(options.flash_attn2, on_cuda),
-        "device_map": "cuda" if on_cuda else "cpu",
+        "device_map": placement.device_map,
     }
+    if placement.max_memory:
+        kwargs["max_memory"] = placement.max_memory
     if options.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -176,4 +198,6 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
         kwargs["attn_implementation"],
         ", 4-bit nf4" if options.load_in_4bit else "",
     )
+    if placement.spread:
+        log.info("placed %s", describe(getattr(model, "hf_device_map", None)) or "on one device")
     return model, processor

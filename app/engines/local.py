@@ -121,6 +121,8 @@ class LocalEngine:
         self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
         self._answer_start_id = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
         self._hooks = WatchHooks(model)
+        vision = getattr(model.model, "visual", None) or model
+        self._vision_device = next(vision.parameters()).device
         free = available_bytes(model.device.type == "cuda")
         per_token = kv.bytes_per_token(model.config, model.dtype.itemsize)
         context = model.config.get_text_config().max_position_embeddings
@@ -315,8 +317,10 @@ class LocalEngine:
             grid = prompt.inputs[grid_name]
             first = new[0].index
             rows = int(grid[:first].prod(-1).sum())
-            pixels = prompt.inputs[pixels_name][rows:].to(self.model.device)
-            outputs[kind] = encode(pixels, grid[first:].to(self.model.device), return_dict=True)
+            # The vision encoder's own device: on a model spread over GPUs, the first one's.
+            device = self._vision_device
+            pixels = prompt.inputs[pixels_name][rows:].to(device)
+            outputs[kind] = encode(pixels, grid[first:].to(device), return_dict=True)
         return outputs or None
 
     def _model_inputs(self, prompt: Prompt, stop_at: int | None = None) -> dict[str, Any]:
@@ -436,10 +440,12 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _free_accelerator_memory() -> None:
+    """Give the CUDA caches back, on every visible GPU (a model may be spread over them)."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        with torch.cuda.device(index):
+            torch.cuda.empty_cache()
 
 
 def _log_reuse(prompt: Prompt, reuse: Reuse) -> None:

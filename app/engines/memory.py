@@ -7,12 +7,20 @@ import os
 GB = 1 << 30
 
 
-def available_bytes(on_cuda: bool) -> int:
-    """Free memory where the model runs: the GPU's, or the machine's available RAM."""
-    if on_cuda:
-        import torch
+def gpu_free_bytes() -> list[int]:
+    """Free memory of each visible GPU, in order (none without CUDA)."""
+    import torch
 
-        return int(torch.cuda.mem_get_info()[0])
+    if not torch.cuda.is_available():
+        return []
+    return [int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count())]
+
+
+def available_bytes(on_cuda: bool) -> int:
+    """Free memory where the model runs: all visible GPUs' together (a model spread over them
+    keeps each layer's cache beside it), or the machine's available RAM."""
+    if on_cuda:
+        return sum(gpu_free_bytes())
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:

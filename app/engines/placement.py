@@ -44,10 +44,12 @@ def place(need: int, free_per_gpu: Sequence[int], four_bit_need: int | None = No
         return Placement("cpu")
     if need <= ONE_CARD_SHARE * free_per_gpu[0]:
         return Placement("cuda:0", where="GPU 0")
-    bounds = {i: int(WEIGHTS_SHARE * free) for i, free in enumerate(free_per_gpu)}
+    bounds: dict[int | str, int] = {
+        i: int(WEIGHTS_SHARE * free) for i, free in enumerate(free_per_gpu)
+    }
     if len(free_per_gpu) > 1 and need <= sum(bounds.values()):
         used = _cards_needed(need, list(bounds.values()))
-        return Placement("auto", dict(bounds), where=f"{used} of {len(free_per_gpu)} GPUs")
+        return Placement("auto", bounds, where=f"{used} of {len(free_per_gpu)} GPUs")
     raise EngineError(_too_big(need, free_per_gpu, four_bit_need))
 
 
