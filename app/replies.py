@@ -13,10 +13,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from app.engines.base import PROGRESS_TICK_S, ChatRequest, Engine, EngineError, Usage
+from app.engines.pump import pump
 from app.files import Folder
 from app.grounding import draw_marks, parse_marks
+from app.media.worker import DecodeStopped
 from app.render import Reply, format_progress, format_stats
 from app.turns import Turns
 
@@ -116,6 +119,7 @@ class ReplyStreamer:
         usage: Usage | None = None  # logged even when the reply fails
         outcome = "ok"
         try:
+            yield from self._read_media(request, reply, cancel, started)
             with self.turns.turn(user or session) as ticket:
                 yield from self._wait_for_turn(ticket, reply, cancel, started)
                 for _ in self._follow(request, reply, cancel, started):
@@ -141,6 +145,27 @@ class ReplyStreamer:
             _log_request(session, request, usage, started, outcome)
         reply.finished = True
         yield reply
+
+    def _read_media(
+        self, request: ChatRequest, reply: Reply, cancel: Cancel, started: float
+    ) -> Iterator[Reply]:
+        """Read the request's files before it takes its turn (no one waits for another's
+        decoding), showing how long it takes each second: a point, too, at which gradio can
+        drop a request whose user has gone, and the decode with it."""
+        names = list(dict.fromkeys(a.name for t in request.turns for a in t.attachments))
+        if not names:
+            return
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+        def work(_emit: Any) -> None:
+            self.engine.read_media(request, cancel)
+
+        try:
+            for _ in pump(work, cancel, name="qwen-read-media", idle_s=PROGRESS_TICK_S):
+                reply.waiting = f"Reading {shown} · {time.perf_counter() - started:.0f} s"
+                yield reply
+        except DecodeStopped:
+            return  # stopped: the turn below sees the cancel, and the reply ends as stopped
 
     def _wait_for_turn(
         self, ticket: int, reply: Reply, cancel: Cancel, started: float

@@ -163,6 +163,9 @@ def test_export_then_import_gives_the_same_conversation(browser_and_url, media, 
         "#import_chat input[type=file], input[type=file][accept*='json']", str(saved)
     )
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Describe it')", timeout=15000)
+    _sidebar(page)
+    # The list is updated by the same event as the chat area, but drawn a moment later.
+    page.wait_for_function("document.querySelectorAll('#chat_list label').length === 2")
     assert len(_saved_titles(page)) == 2  # the exported chat and its imported copy
     page.locator("#export_json").click()
     page.wait_for_function(

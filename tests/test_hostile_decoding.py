@@ -130,3 +130,27 @@ def test_a_worker_that_runs_out_of_memory_gives_a_message(tmp_path):
             pool.decode(big, Budget(max_pixels=80_000_000), "big.png")
     finally:
         pool.close()
+
+
+def test_a_closed_request_ends_the_decode_of_its_file(tiny_checkpoint, tmp_path):
+    """A script's cancelled request (as a closed tab's) ends its file's decoding worker; the
+    files are read before the request takes its turn, with a tick each second at which gradio
+    can drop it (before: the decode ran on for 49 s)."""
+    pool = DecodePool(timeout_s=120.0)
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")), decoder=pool)
+    settings = load_settings(["--max-new-tokens", "8"], environ={})
+    try:
+        with launched_app(settings, engine) as url:
+            slow = mf.make_nested_form_pdf(tmp_path / "forms.pdf", depth=22)
+            job = Client(url, verbose=False).submit(
+                {"text": "Describe", "files": [handle_file(str(slow))]}, api_name="/chat"
+            )
+            time.sleep(2.0)  # well into the drawing, which takes ~35 s
+            cancelled = time.perf_counter()
+            job.cancel()
+            while pool.ended < 1 and time.perf_counter() - cancelled < 60:
+                time.sleep(0.05)
+            assert pool.ended == 1
+            assert time.perf_counter() - cancelled < REFUSED_WITHIN_S
+    finally:
+        pool.close()

@@ -180,6 +180,14 @@ class Engine(Protocol):
     budget: Budget  # the media budget requests get unless they ask for another
     runs_on_cpu: bool  # the model computes on this machine's CPU
 
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+        """Decode every attachment of `request` into the engine's media cache, and refuse (an
+        EngineError) a request whose text or media are over the engine's bounds. Called
+        before the request takes its turn on the model, so that reading one user's files
+        never holds the model for another; `stream` then finds them read. Raises
+        DecodeStopped (app.media.worker) when `cancel` is set while a file is read."""
+        ...
+
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         """Yield deltas until the reply ends or `cancel` is set; raise EngineError on failure."""
         ...

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.engines import kv
 from app.engines.base import (
@@ -36,13 +36,23 @@ from app.engines.memory import (
     default_prefix_cache_bytes,
 )
 from app.engines.prefix_cache import PrefixCache, Reuse
-from app.engines.prompt import Prompt, build_prompt, takes_thinking_switch, text_of
+from app.engines.prompt import (
+    Prompt,
+    VisualBound,
+    build_prompt,
+    read_attachments,
+    takes_thinking_switch,
+    text_of,
+)
 from app.engines.pump import Emit, pump
 from app.engines.streamer import TokenStreamer
 from app.engines.watch import Cancelled, Watch, WatchHooks
-from app.media import Budget, MediaCache
+from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
 from app.trial import TRIAL_BANNER, trial_name
+
+if TYPE_CHECKING:
+    from app.media.cache import Decode
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +188,20 @@ class LocalEngine:
 
     # --- streaming ------------------------------------------------------------------------
 
+    def _decoder_for(self, cancel: threading.Event) -> Decode | None:
+        return self.decoder.for_request(cancel) if self.decoder else None
+
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+        self._check_text(request)
+        bound = VisualBound.of(self.processor, self.max_prompt_tokens)
+        budget = request.budget or self.budget
+        try:
+            read_attachments(
+                request.turns, budget, self.media_cache, self._decoder_for(cancel), bound
+            )
+        except MediaError as err:
+            raise EngineError(str(err)) from err
+
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         self._check_text(request)
         try:
@@ -186,7 +210,7 @@ class LocalEngine:
                 request,
                 request.budget or self.budget,
                 self.media_cache,
-                self.decoder.for_request(cancel) if self.decoder else None,
+                self._decoder_for(cancel),
                 self.max_prompt_tokens,
             )
         except DecodeStopped:

@@ -221,6 +221,15 @@ class OpenAIEngine:
                 self._urls[(key, index)] = url
         return url
 
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+        budget = request.budget or self.budget
+        decode = self.decoder.for_request(cancel) if self.decoder else None
+        for attachment in {a for turn in request.turns for a in turn.attachments}:
+            try:
+                read_attachment(attachment.path, budget, self.media_cache, attachment.name, decode)
+            except MediaError as err:
+                raise EngineError(str(err)) from err
+
     def build_messages(
         self, request: ChatRequest, cancel: threading.Event | None = None
     ) -> tuple[list[dict], PromptInfo]:

@@ -105,7 +105,7 @@ class VisualBound:
             )
 
 
-def _read_all(
+def read_attachments(
     turns: Sequence[Turn],
     budget: Budget,
     media_cache: MediaCache,
@@ -136,7 +136,7 @@ def _collect(
     decode: Decode | None = None,
     bound: VisualBound | None = None,
 ) -> _Parts:
-    read = _read_all(turns, budget, media_cache, decode, bound)
+    read = read_attachments(turns, budget, media_cache, decode, bound)
     parts = _Parts([], [], [], [], [], [], [], [])
     for turn in turns:
         if turn.role == "system":

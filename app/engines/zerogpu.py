@@ -49,6 +49,9 @@ class ZeroGPUEngine:
 
         self._generate_on_gpu = generate_on_gpu
 
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+        self.inner.read_media(request, cancel)  # on the CPU: no GPU time spent decoding
+
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         deltas = self._generate_on_gpu(request)
         try:
