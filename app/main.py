@@ -77,6 +77,8 @@ def build_local_engine(settings: Settings) -> Engine:
         flash_attn2=settings.flash_attn2,
         load_in_4bit=settings.load_in_4bit,
         dtype=settings.dtype,
+        # A trial checkpoint is made afresh at each start: nothing to keep for the next.
+        int8_store=None if settings.tiny_random else user_cache_folder() / "int8",
     )
     cache_gb = settings.prefix_cache_gb
     # Loaded first: where the model landed decides the image budget, and torch is imported
@@ -107,7 +109,7 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
     from app.ui.panel import PanelOptions
     from app.ui.sealed import browser_layer_secret
 
-    notes = [engine.notice, cpu_budget_note(settings, engine)]
+    notes = [engine.notice, cpu_weights_note(engine), cpu_budget_note(settings, engine)]
     return PageOptions(
         title=f"Qwen-VL Chat · {engine.model_name}",
         banner=" ".join(note for note in notes if note) or None,
@@ -120,6 +122,25 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
             budget=engine.budget,
         ),
     )
+
+
+def cpu_weights_note(engine: Engine) -> str | None:
+    """On the CPU: which path computes (app/engines/cpu_int8.py), and how to take the other."""
+    if not engine.runs_on_cpu:
+        return None
+    if engine.weights == "int8":
+        return (
+            "Running on the CPU with int8 weights, the fast path (answers differ a little from "
+            "float32's); start with --dtype float32 for the exact, slower one."
+        )
+    from app.engines.cpu_int8 import int8_kernels_available
+
+    if engine.weights == "float32" and int8_kernels_available():
+        return (
+            "Running on the CPU in float32, the exact path; the default (without --dtype) is "
+            "int8 weights, several times faster."
+        )
+    return None
 
 
 def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
@@ -135,6 +156,11 @@ def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
     )
 
 
+def user_cache_folder() -> Path:
+    """The app's folder in the user's cache (~/.cache/qwen-vl-chat)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen-vl-chat"
+
+
 def state_secret(settings: Settings) -> str:
     """The server's key for the saved chats in browsers (it never leaves the server): kept in a
     file of the user's cache (made on first start), so chats survive a restart; a new one each
@@ -143,7 +169,7 @@ def state_secret(settings: Settings) -> str:
 
     if settings.state_secret:
         return settings.state_secret
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen-vl-chat"
+    folder = user_cache_folder()
     path = folder / "browser-state-secret"
     try:
         if not path.is_file():

@@ -134,7 +134,11 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--load-in-4bit",), _SWITCH | {"help": "bitsandbytes nf4 weights"}),
     (
         ("--dtype",),
-        {"choices": ["auto", "bfloat16", "float16", "float32"], "help": "weights' dtype"},
+        {
+            "choices": ["auto", "int8", "bfloat16", "float16", "float32"],
+            "help": "weights' dtype (auto: int8 linear layers on a CPU, the fast path; "
+            "bfloat16 on a GPU; float32 is the exact CPU path)",
+        },
     ),
     (("--max-new-tokens",), {"type": int, "help": "default and upper bound of a reply's length"}),
     (("--share",), _SWITCH | {"help": "create a public gradio.live link"}),

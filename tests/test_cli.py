@@ -108,6 +108,9 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
         # On a CPU the image budget is the one measured for CPUs, and the page says so.
         on_cpu = "Running on the CPU: images are read at up to 0.4 megapixels" in config
         assert on_cpu == (not _has_cuda())
+        # On a CPU the default path is int8 weights: the page and the start-up line say so.
+        int8_note = "Running on the CPU with int8 weights, the fast path" in config
+        assert int8_note == on_cpu
         reply = Client(url, verbose=False).predict(
             {"text": "hi", "files": []}, max_new_tokens=4, api_name="/chat"
         )
@@ -115,13 +118,17 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+    loaded = [line for line in process.stdout.read().splitlines() if " loaded " in line]
+    if on_cpu:
+        assert "(cpu, int8, sdpa; --dtype float32 for the exact, slower path)" in loaded[0]
 
 
 def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(tmp_path):
     import json
     import struct
 
-    # The weights' headers alone: 80e9 bytes of float32 declared, no data (nothing is read).
+    # The weights' headers alone: 80e9 bytes of float32 declared, no data (nothing is read);
+    # the CPU path loads them in bfloat16 (half: 37.3 GiB) before making them int8.
     folder = tmp_path / "huge-model"
     folder.mkdir()
     header = {"model.language_model.layers.0.mlp.weight": {
@@ -138,4 +145,4 @@ def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(
     )
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "needs about 74.5 GB" in last and "--load-in-4bit (about 9.3 GB)" in last  # GiB
+    assert "needs about 37.3 GB" in last and "--load-in-4bit (about 9.3 GB)" in last  # GiB

@@ -24,5 +24,5 @@ def test_four_bit_load_and_generate_on_the_cpu(tiny_checkpoint, family):
     )
     deltas = list(quantized.stream(request, threading.Event()))
     assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens >= 1
-    full = LocalEngine.load(path, LoadOptions(cpu_only=True))
+    full = LocalEngine.load(path, LoadOptions(cpu_only=True, dtype="float32"))
     assert _footprint(quantized.model) < _footprint(full.model)

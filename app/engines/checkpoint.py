@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import EngineError
+from app.engines.cpu_int8 import INT8, int8_kernels_available, to_cpu_int8
+from app.engines.int8_store import Int8Store, store_folder
 from app.engines.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.placement import Placement, describe, place
 
@@ -32,6 +34,9 @@ class LoadOptions:
     # "auto" spreads the model with transformers' device map even where one device holds it
     # (tests of the spread path on the CPU); None: as `place` decides.
     device_map: str | None = None
+    # Where the CPU's int8 weights are saved once and read on later starts (app/engines/
+    # int8_store.py); None: quantized afresh at each start.
+    int8_store: Path | None = None
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -83,10 +88,28 @@ def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
     return "flash_attention_2"
 
 
-def choose_dtype(name: str, on_cuda: bool) -> Any:
+def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
+    """The int8 CPU path (app/engines/cpu_int8.py): the default on a CPU, unless a dtype or
+    4-bit is asked for, or this PyTorch lacks the int8 kernels (then float32, said in the log)."""
+    if on_cuda:
+        if options.dtype == INT8:
+            raise EngineError("--dtype int8 is the CPU path; on a GPU use --load-in-4bit")
+        return False
+    if options.load_in_4bit or options.dtype not in ("auto", INT8):
+        return False
+    if not int8_kernels_available():
+        log.warning("this PyTorch has no x86 int8 kernels: the CPU computes in float32")
+        return False
+    return True
+
+
+def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:
+    """The dtype the weights are loaded in (the int8 path loads bfloat16, then quantizes)."""
     import torch
 
-    if name != "auto":
+    if cpu_int8:
+        return torch.bfloat16
+    if name not in ("auto", INT8):
         return getattr(torch, name)
     if on_cuda:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -167,7 +190,8 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
 
     imported = time.perf_counter() - started
     on_cuda = torch.cuda.is_available() and not options.cpu_only
-    dtype = choose_dtype(options.dtype, on_cuda)
+    cpu_int8 = cpu_int8_chosen(options, on_cuda)
+    dtype = choose_dtype(options.dtype, on_cuda, cpu_int8)
     placement = check_fits(checkpoint, path, dtype, options, on_cuda)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -186,18 +210,41 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
             bnb_4bit_use_double_quant=True,
         )
     processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    model.eval()
+    store = (
+        Int8Store(store_folder(options.int8_store, Path(path)))
+        if cpu_int8 and options.int8_store
+        else None
+    )
+    model = (
+        store.load(Path(path), kwargs["attn_implementation"]) if store and store.exists() else None
+    )
+    if model is None:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        model.eval()
+        if store is not None:
+            model = store.quantize_and_save(model)
+        elif cpu_int8:
+            model = to_cpu_int8(model)
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s, %s%s)",
         checkpoint,
         time.perf_counter() - started,
         imported,
         kwargs["device_map"],
-        str(dtype).removeprefix("torch."),
+        weights_kind(model),
         kwargs["attn_implementation"],
-        ", 4-bit nf4" if options.load_in_4bit else "",
+        "; --dtype float32 for the exact, slower path" if cpu_int8 else "",
     )
     if placement.spread:
         log.info("placed %s", describe(getattr(model, "hf_device_map", None)) or "on one device")
     return model, processor
+
+
+def weights_kind(model: Any) -> str:
+    """What the loaded weights are, as the page and the start-up line name them."""
+    names = {type(module).__name__ for module in model.modules()}
+    if "Int8Linear" in names:
+        return INT8
+    if "Linear4bit" in names:
+        return "4-bit nf4"
+    return str(model.dtype).removeprefix("torch.")

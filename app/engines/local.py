@@ -29,7 +29,7 @@ from app.engines.base import (
     Usage,
     family_of_model_type,
 )
-from app.engines.checkpoint import LoadOptions, load_model
+from app.engines.checkpoint import LoadOptions, load_model, weights_kind
 from app.engines.memory import (
     available_bytes,
     default_max_prompt_tokens,
@@ -121,6 +121,7 @@ class LocalEngine:
         self.max_new_tokens = max_new_tokens
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
+        self.weights: str | None = weights_kind(model)
         config = model.generation_config
         self.sampling_defaults = SamplingDefaults(
             config.temperature, config.top_p, config.top_k, config.repetition_penalty

@@ -128,6 +128,7 @@ class OpenAIEngine:
     name = "openai"
     counts_visual_tokens = False
     notice: str | None = None
+    weights: str | None = None
     runs_on_cpu = False  # the server's business
     # The server applies its own checkpoint's defaults; the UI shows its own.
     sampling_defaults = SamplingDefaults()

@@ -38,6 +38,7 @@ class ZeroGPUEngine:
         self.supports_thinking = inner.supports_thinking
         self.counts_visual_tokens = inner.counts_visual_tokens
         self.notice = inner.notice
+        self.weights = inner.weights
         self.budget = inner.budget
         self.runs_on_cpu = False
 

@@ -1,0 +1,121 @@
+"""The CPU's int8 weights, saved once and loaded on later starts (app/engines/cpu_int8.py).
+
+The first start on a CPU loads the checkpoint in bfloat16 and quantizes it; its peak memory is
+the bfloat16 model's and more. It saves what it made, one file per layer (the int8 rows and
+scales) and one for the rest (norms, convolutions, in float32), in a folder named after the
+checkpoint and its files' sizes and times. Later starts build the model without weights and
+read those files one at a time: the peak is about the int8 model's, and the load is faster.
+A checkpoint that changes gets a new folder; the old one of the same checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from app.engines.cpu_int8 import Int8Layer, int8_module, return_freed_memory, to_cpu_int8
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what is saved changes: older folders are then not read
+REST = "rest.pt"
+DONE = "layers.json"  # written last: a folder without it is unfinished
+
+
+def store_folder(root: Path, checkpoint: Path) -> Path:
+    """The folder for `checkpoint`'s int8 weights: one per checkpoint path and files' state."""
+    import torch
+
+    files = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".json"))
+    state = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    where = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
+    what = hashlib.sha256(json.dumps([state, FORMAT, torch.__version__]).encode()).hexdigest()
+    return root / f"{checkpoint.name}-{where}-{what[:12]}"
+
+
+class Int8Store:
+    """Saves a freshly quantized model's layers into `folder`, and loads them back."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def exists(self) -> bool:
+        return (self.folder / DONE).is_file()
+
+    def quantize_and_save(self, model: Any) -> Any:
+        """`model` (bfloat16) made int8 by `to_cpu_int8`, each layer saved as it is made."""
+        import torch
+
+        partial = self.folder.with_name(self.folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        names: list[str] = []
+        failed: list[OSError] = []
+
+        def keep(name: str, layer: Int8Layer) -> None:
+            if not failed:  # a full disk stops the saving, never the quantizing
+                try:
+                    torch.save(layer, partial / f"{len(names):04d}.pt")
+                except OSError as err:
+                    failed.append(err)
+            names.append(name)
+
+        model = to_cpu_int8(model, keep)
+        int8 = tuple(f"{name}." for name in names)
+        rest = {k: v for k, v in model.state_dict().items() if not k.startswith(int8)}
+        try:
+            if failed:
+                raise failed[0]
+            torch.save(rest, partial / REST)
+            (partial / DONE).write_text(json.dumps(names))
+            self._replace_older(partial)
+            log.info("weights: int8 layers saved in %s for later starts", self.folder)
+        except OSError as err:
+            log.warning("the int8 weights could not be saved for later starts: %s", err)
+            shutil.rmtree(partial, ignore_errors=True)
+        return model
+
+    def _replace_older(self, partial: Path) -> None:
+        """Rename the finished folder into place, removing this checkpoint's older ones."""
+        stem = self.folder.name.rsplit("-", 1)[0] + "-"
+        for older in self.folder.parent.glob(stem + "*"):
+            if older != partial:
+                shutil.rmtree(older, ignore_errors=True)
+        os.replace(partial, self.folder)
+
+    def load(self, checkpoint: Path, attention: str) -> Any:
+        """The int8 model of `checkpoint` from the saved layers; None where they do not fit
+        the model (then the caller quantizes afresh)."""
+        import torch
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+        config = AutoConfig.from_pretrained(checkpoint)
+        # Parameters on the meta device (no memory); buffers such as rotary tables made as usual.
+        with init_empty_weights():
+            model = AutoModelForImageTextToText.from_config(
+                config, dtype=torch.float32, attn_implementation=attention
+            )
+        names = json.loads((self.folder / DONE).read_text())
+        for index, name in enumerate(names):
+            layer = torch.load(self.folder / f"{index:04d}.pt", weights_only=True)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, int8_module(layer))
+            del layer
+        rest = torch.load(self.folder / REST, weights_only=True)
+        model.load_state_dict(rest, strict=False, assign=True)
+        del rest
+        if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+            log.warning("the saved int8 weights in %s do not fit the model", self.folder)
+            return None
+        if (checkpoint / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(checkpoint)
+        model.eval()
+        return_freed_memory()
+        log.info("weights: %d int8 layers read from %s", len(names), self.folder)
+        return model

@@ -1,0 +1,132 @@
+"""The CPU's int8 path (app/engines/cpu_int8.py): the default on a CPU, every family, exact in
+how it splits a prompt (so the prefix cache changes nothing: tests/test_prefix_cache.py runs on
+it), and close to float32."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+from app.engines.checkpoint import LoadOptions
+from app.engines.cpu_int8 import int8_kernels_available, quantize
+from app.engines.local import LocalEngine
+from app.trial import FAMILIES
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() or not int8_kernels_available(),
+    reason="the int8 path is the CPU's, and needs torch._int_mm on the CPU",
+)
+GREEDY = GenerationParams(max_new_tokens=8, temperature=0, enable_thinking=False)
+
+
+def _int8_modules(model) -> set[str]:
+    return {type(m).__name__ for m in model.modules()} & {"Int8Linear", "Int8Embedding"}
+
+
+def _stream(engine: LocalEngine, request: ChatRequest, cancel=None):
+    return list(engine.stream(request, cancel or threading.Event()))
+
+
+def test_a_linear_layer_in_int8_is_close_to_float32_and_exact_however_the_rows_are_split():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 160), nn.GELU(), nn.Linear(160, 48, bias=False))
+    x = torch.randn(2, 37, 96)
+    expected = model(x)
+    assert quantize(model) == (2, 0)
+    got = model(x)
+    assert got.dtype == x.dtype and got.shape == expected.shape
+    error = (got - expected).norm() / expected.norm()
+    assert error < 0.03, f"relative error {error:.4f}"
+    # Each row (token) has its own activation scale: a prefix read alone gives the same bits.
+    assert torch.equal(model(x[:, :11]), got[:, :11])
+
+
+def test_a_tied_embedding_and_output_layer_are_quantized_once():
+    embed = nn.Embedding(300, 64)
+    head = nn.Linear(64, 300, bias=False)
+    head.weight = embed.weight  # tied, as Qwen3-VL-2B's
+    model = nn.ModuleDict({"embed": embed, "head": head})
+    assert quantize(model) == (1, 1)
+    assert model["embed"].scale is model["head"].scale
+    ids = torch.tensor([[3, 299, 0]])
+    rows = model["embed"](ids)
+    assert torch.allclose(rows, embed.weight[ids], atol=embed.weight.abs().max().item() / 127)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_loads_int8_by_default_on_the_cpu_and_float32_when_asked(
+    tiny_checkpoint, family
+):
+    path = str(tiny_checkpoint(family))
+    fast = LocalEngine.load(path)
+    assert fast.weights == "int8" and _int8_modules(fast.model) == {"Int8Linear", "Int8Embedding"}
+    exact = LocalEngine.load(path, LoadOptions(dtype="float32"))
+    assert exact.weights == "float32" and not _int8_modules(exact.model)
+    request = ChatRequest((Turn("user", "Hello there"),), GREEDY)
+    for engine in (fast, exact):
+        deltas = _stream(engine, request)
+        assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+def test_the_int8_path_reads_an_image_and_a_video(tiny_checkpoint, media, family):
+    engine = LocalEngine.load(str(tiny_checkpoint(family)))
+    files = (
+        Attachment(str(media / "red.jpg"), "red.jpg"),
+        Attachment(str(media / "clip.mp4"), "clip.mp4"),
+    )
+    deltas = _stream(engine, ChatRequest((Turn("user", "What is shown?", files),), GREEDY))
+    usage = deltas[-1].usage
+    assert usage is not None and usage.visual_tokens > 0 and usage.completion_tokens >= 1
+
+
+def test_stop_ends_an_int8_reply(tiny_checkpoint):
+    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    cancel = threading.Event()
+    params = GenerationParams(max_new_tokens=400, temperature=0, enable_thinking=False)
+    texts = []
+    for delta in engine.stream(ChatRequest((Turn("user", "Count"),), params), cancel):
+        texts.append(delta.text)
+        if len(texts) == 3:
+            cancel.set()
+    assert 3 <= len(texts) < 50
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_the_int8_weights_are_saved_once_and_read_back_the_same(
+    tiny_checkpoint, media, tmp_path, caplog, family
+):
+    path = str(tiny_checkpoint(family))
+    options = LoadOptions(int8_store=tmp_path / "int8")
+    files = (Attachment(str(media / "red.jpg"), "red.jpg"),)
+    request = ChatRequest((Turn("user", "What is it?", files),), GREEDY)
+    replies = []
+    with caplog.at_level("INFO", logger="app.engines.int8_store"):
+        for _ in range(2):
+            engine = LocalEngine.load(path, options)
+            assert engine.weights == "int8"
+            replies.append("".join(d.text for d in _stream(engine, request)))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("saved in" in m for m in said) and any("read from" in m for m in said)
+    fresh = LocalEngine.load(path)  # quantized afresh, nothing saved
+    assert replies[0] == replies[1] == "".join(d.text for d in _stream(fresh, request))
+    assert replies[0]
+
+
+def test_a_changed_checkpoint_gets_new_int8_weights_and_the_old_ones_go(tmp_path):
+    from app.engines.int8_store import store_folder
+    from app.trial import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
+    root = tmp_path / "int8"
+    LocalEngine.load(str(path), LoadOptions(int8_store=root))
+    first = store_folder(root, path)
+    assert first.is_dir()
+    config = path / "config.json"
+    config.write_text(config.read_text() + "\n")  # the checkpoint changed
+    LocalEngine.load(str(path), LoadOptions(int8_store=root))
+    assert [p.name for p in root.iterdir()] == [store_folder(root, path).name] != [first.name]
