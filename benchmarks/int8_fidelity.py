@@ -18,7 +18,6 @@ Not in CI.
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +96,22 @@ def real_shapes() -> list[str]:
 
 
 def _greedy(engine: Any) -> list[int]:
-    from app.engines.base import ChatRequest, GenerationParams, Turn
+    """The first GREEDY_TOKENS ids `engine`'s model makes, greedy, for a fixed question."""
+    from app.engines.base import ChatRequest, Turn
+    from app.engines.prompt import build_prompt
 
-    params = GenerationParams(max_new_tokens=GREEDY_TOKENS, temperature=0, enable_thinking=False)
-    request = ChatRequest((Turn("user", "Tell me about the weather today."),), params)
-    text = "".join(d.text for d in engine.stream(request, threading.Event()))
-    return list(engine.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    request = ChatRequest((Turn("user", "Tell me about the weather today."),))
+    built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
+    out = engine.model.generate(
+        **built.inputs,
+        max_new_tokens=GREEDY_TOKENS,
+        min_new_tokens=GREEDY_TOKENS,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    return list(out[0, built.inputs["input_ids"].shape[1] :].tolist())
 
 
 def tiny_families() -> list[str]:

@@ -1,4 +1,9 @@
-"""The app in front of a real OpenAI-compatible server: `transformers serve` on loopback."""
+"""The app in front of a real OpenAI-compatible server: `transformers serve` on loopback.
+
+With QWEN_TEST_LLAMA_CPP set to a llama.cpp source tree with `build/bin/llama-server` (made by
+`bash scripts/llama_cpp.sh build`), the general cases run against llama-server instead, on the
+same kind of tiny checkpoint converted by llama.cpp's own converter (`scripts/llama_cpp.sh
+test` does all of it; not in CI, which has no llama.cpp build)."""
 
 from __future__ import annotations
 
@@ -66,6 +71,62 @@ class Server:
                 self.process.wait()
 
 
+class LlamaServer(Server):
+    """llama.cpp's `llama-server` on a loopback port, serving `checkpoint` converted to GGUF
+    (with its vision part as the `--mmproj` file), under the checkpoint's path as its name."""
+
+    def __init__(self, llama_cpp: Path, checkpoint: Path, port: int, log: Path) -> None:
+        super().__init__(checkpoint, port, log)
+        self.llama_cpp = llama_cpp
+        self.model, self.mmproj = (checkpoint.parent / f"{checkpoint.name}-{part}.gguf"
+                                   for part in ("model", "mmproj"))  # fmt: skip
+        convert = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(checkpoint)]
+        env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py"))
+        for out, extra in ((self.model, []), (self.mmproj, ["--mmproj"])):
+            command = [*convert, "--outtype", "f16", *extra, "--outfile", str(out)]
+            subprocess.run(command, env=env, check=True, capture_output=True)
+
+    def start(self) -> None:
+        command = [str(self.llama_cpp / "build" / "bin" / "llama-server"), "-m", str(self.model)]
+        command += ["--mmproj", str(self.mmproj), "--alias", str(self.checkpoint)]
+        # --no-repack: its AMX weight repacking segfaults at start on an AMX Xeon (build 11434).
+        command += ["--port", str(self.port), "-c", "16384", "--no-webui", "--no-repack"]
+        self.process = subprocess.Popen(
+            command, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama-server exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("llama-server did not start in 120 s")
+
+
+def _server(tmp_path_factory) -> Server:
+    """The server the general cases run against: llama-server where QWEN_TEST_LLAMA_CPP says
+    where llama.cpp is, else `transformers serve`."""
+    from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    folder = tmp_path_factory.mktemp("served")
+    llama_cpp = os.environ.get("QWEN_TEST_LLAMA_CPP")
+    if llama_cpp:
+        # llama.cpp's converter knows the released tokenizer, not the tiny one.
+        source = REAL_CONFIGS / "Qwen3-VL-2B-Instruct"
+        checkpoint = build_from_config_folder(source, folder, width=256, suppress_eos=True)
+        return LlamaServer(Path(llama_cpp), checkpoint, free_port(), log)
+    _require_serve()
+    # Wider than the other tests' tiny models: ~300 tokens/s, so that a 4000-token reply takes
+    # the server about 13 s, and a server that really stopped shows by answering at once.
+    checkpoint = build_tiny_checkpoint(folder, "qwen3_vl", width=512, suppress_eos=True)
+    return Server(checkpoint, free_port(), log)
+
+
 def _require_serve() -> None:
     import importlib.util
 
@@ -79,15 +140,7 @@ def _require_serve() -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    _require_serve()
-    from app.trial import build_tiny_checkpoint
-
-    # Wider than the other tests' tiny models: ~300 tokens/s, so that a 4000-token reply takes
-    # the server about 13 s, and a server that really stopped shows by answering at once.
-    checkpoint = build_tiny_checkpoint(
-        tmp_path_factory.mktemp("served"), "qwen3_vl", width=512, suppress_eos=True
-    )
-    server = Server(checkpoint, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
+    server = _server(tmp_path_factory)
     server.start()
     settings = load_settings(
         ["--backend", "openai", "--api-base", server.url, "--max-new-tokens", "4000"], environ={}
