@@ -138,7 +138,7 @@ def cpu_weights_note(engine: Engine) -> str | None:
     if engine.weights == "float32" and int8_kernels_available():
         return (
             "Running on the CPU in float32, the exact path; the default (without --dtype) is "
-            "int8 weights, several times faster."
+            "int8 weights, about twice as fast."
         )
     return None
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.testing.servers import convert_to_gguf, llama_server_command, wait_until_ready
 from benchmarks.common import ROOT
 from benchmarks.real_shapes import FULL_LAYERS, OFFICE, build
 
@@ -51,13 +51,10 @@ def gguf_files(checkpoint: Path, llama_cpp: Path) -> tuple[Path, Path]:
     f16, mmproj, q4 = (
         folder / n for n in ("model-f16.gguf", "mmproj-f16.gguf", "model-Q4_K_M.gguf")
     )
-    convert = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(checkpoint)]
-    env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py"))
     if not f16.is_file() and not q4.is_file():
-        subprocess.run([*convert, "--outtype", "f16", "--outfile", str(f16)], env=env, check=True)
+        convert_to_gguf(llama_cpp, checkpoint, f16, mmproj=False)
     if not mmproj.is_file():
-        args = [*convert, "--outtype", "f16", "--mmproj", "--outfile", str(mmproj)]
-        subprocess.run(args, env=env, check=True)
+        convert_to_gguf(llama_cpp, checkpoint, mmproj, mmproj=True)
     if not q4.is_file():
         quantize = llama_cpp / "build" / "bin" / "llama-quantize"
         subprocess.run([str(quantize), str(f16), str(q4), "Q4_K_M"], check=True)
@@ -180,37 +177,15 @@ class AppProcess:
 
 
 class LlamaServer:
-    def __init__(
-        self,
-        llama_cpp: Path,
-        model: Path,
-        mmproj: Path,
-        threads: int,
-        port: int,
-        repack_crashes: bool = True,
-    ) -> None:
-        import httpx
-
-        server = llama_cpp / "build" / "bin" / "llama-server"
-        command = [str(server), "-m", str(model), "--mmproj", str(mmproj), "-t", str(threads)]
-        command += ["-c", "8192", "--port", str(port), "--no-webui", "-np", "1"]
-        # Its AMX weight repacking (built with -march=native on an AMX Xeon) segfaults at
-        # start in this version (build 11434); without it the AVX-512 kernels run.
-        command += ["--no-repack"] if repack_crashes else []
+    def __init__(self, llama_cpp: Path, model: Path, mmproj: Path, threads: int, port: int):
+        command = llama_server_command(llama_cpp, model, mmproj, port)
+        command += ["-t", str(threads), "-c", "8192", "-np", "1"]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.rss = PeakRss(self.process.pid)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("llama-server did not start")
+        wait_until_ready(self.process, self.url + "/health", "llama-server", 300)
 
     def ask(self, op: str, photo: Path, system: str, reply: str = "") -> dict[str, Any]:
         import httpx
@@ -349,16 +324,16 @@ def main() -> None:
     for dtype in dtypes:
         engines[f"app {dtype}"] = AppProcess(checkpoint, dtype, args.threads, store)
     engines[LLAMA] = LlamaServer(args.llama_cpp, model, mmproj, args.threads, args.port)
+    results: dict[str, dict[str, Any]] = {}
     try:
-        results: dict[str, dict[str, Any]] = measure(engines, photo, args.rounds)
+        results = measure(engines, photo, args.rounds)
     finally:
         for name, engine in engines.items():
-            results_of = locals().get("results", {}).get(name)
             peak = engine.close()
-            if results_of is not None:
-                results_of["peak_gb"] = peak
+            if name in results:
+                results[name]["peak_gb"] = peak
                 if isinstance(engine, AppProcess):
-                    results_of["load_s"] = engine.loaded["load_s"]
+                    results[name]["load_s"] = engine.loaded["load_s"]
     print("\n" + table(results, LLAMA) + "\n" + first_start)
 
 

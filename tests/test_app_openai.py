@@ -22,6 +22,7 @@ from gradio_client import Client, handle_file
 from app.engines.openai import OpenAIEngine
 from app.settings import load_settings
 from app.testing.launch import free_port, launched_app
+from app.testing.servers import convert_to_gguf, llama_server_command, wait_until_ready
 from tests.panel import panel
 
 PANEL = panel()
@@ -29,6 +30,8 @@ PANEL = panel()
 
 class Server:
     """`transformers serve` on a loopback port, with a tiny checkpoint preloaded."""
+
+    name = "transformers serve"
 
     def __init__(self, checkpoint: Path, port: int, log: Path) -> None:
         self.checkpoint, self.port, self.log = checkpoint, port, log
@@ -38,28 +41,23 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         serve = shutil.which("transformers") or "transformers"
         command = [serve, "serve", str(self.checkpoint), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--device", "cpu"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        return [*command, "--port", str(self.port), "--device", "cpu"]
+
+    def ready_url(self) -> str:
+        return f"{self.url}/models"
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
-            command,
+            self.command(),
             stdout=self.log.open("a"),
             stderr=subprocess.STDOUT,
-            env=env,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
             start_new_session=True,
         )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise RuntimeError("transformers serve did not start in 120 s")
+        wait_until_ready(self.process, self.ready_url(), self.name, 120, self.log)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -75,36 +73,24 @@ class LlamaServer(Server):
     """llama.cpp's `llama-server` on a loopback port, serving `checkpoint` converted to GGUF
     (with its vision part as the `--mmproj` file), under the checkpoint's path as its name."""
 
+    name = "llama-server"
+
     def __init__(self, llama_cpp: Path, checkpoint: Path, port: int, log: Path) -> None:
         super().__init__(checkpoint, port, log)
         self.llama_cpp = llama_cpp
-        self.model, self.mmproj = (checkpoint.parent / f"{checkpoint.name}-{part}.gguf"
-                                   for part in ("model", "mmproj"))  # fmt: skip
-        convert = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(checkpoint)]
-        env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py"))
-        for out, extra in ((self.model, []), (self.mmproj, ["--mmproj"])):
-            command = [*convert, "--outtype", "f16", *extra, "--outfile", str(out)]
-            subprocess.run(command, env=env, check=True, capture_output=True)
+        gguf = {
+            part: checkpoint.with_name(f"{checkpoint.name}-{part}.gguf")
+            for part in ("model", "mmproj")
+        }
+        self.model = convert_to_gguf(llama_cpp, checkpoint, gguf["model"], mmproj=False)
+        self.mmproj = convert_to_gguf(llama_cpp, checkpoint, gguf["mmproj"], mmproj=True)
 
-    def start(self) -> None:
-        command = [str(self.llama_cpp / "build" / "bin" / "llama-server"), "-m", str(self.model)]
-        command += ["--mmproj", str(self.mmproj), "--alias", str(self.checkpoint)]
-        # --no-repack: its AMX weight repacking segfaults at start on an AMX Xeon (build 11434).
-        command += ["--port", str(self.port), "-c", "16384", "--no-webui", "--no-repack"]
-        self.process = subprocess.Popen(
-            command, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("llama-server did not start in 120 s")
+    def command(self) -> list[str]:
+        command = llama_server_command(self.llama_cpp, self.model, self.mmproj, self.port)
+        return [*command, "--alias", str(self.checkpoint), "-c", "16384"]
+
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
 
 
 def _server(tmp_path_factory) -> Server:
