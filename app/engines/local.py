@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from app.engines.memory import (
     default_max_prompt_tokens,
     default_prefix_cache_bytes,
 )
+from app.engines.model_thread import ModelThread
 from app.engines.prefix_cache import PrefixCache, Reuse
 from app.engines.prompt import (
     Prompt,
@@ -106,6 +108,7 @@ class LocalEngine:
         max_prompt_tokens: int | None = None,
         prefix_cache_bytes: int | None = None,
         decoder: DecodePool | None = None,
+        runner: Executor | None = None,
     ) -> None:
         self.checkpoint = checkpoint or str(getattr(model.config, "_name_or_path", ""))
         trial = trial_name(self.checkpoint)
@@ -119,6 +122,9 @@ class LocalEngine:
         # Files decoded in worker processes that Stop and a time budget end (None: here).
         self.decoder = decoder
         self.max_new_tokens = max_new_tokens
+        # Every forward pass runs on this one thread (app/engines/model_thread.py says why);
+        # the model should have been loaded there too.
+        self.runner = runner or ModelThread()
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
         self.weights: str | None = weights_kind(model)
@@ -148,8 +154,9 @@ class LocalEngine:
     def load(
         cls, checkpoint: str, options: LoadOptions | None = None, **kwargs: Any
     ) -> LocalEngine:
-        model, processor = load_model(checkpoint, options or LoadOptions())
-        return cls(model, processor, checkpoint=checkpoint, **kwargs)
+        runner = ModelThread()
+        model, processor = runner.submit(load_model, checkpoint, options or LoadOptions()).result()
+        return cls(model, processor, checkpoint=checkpoint, runner=runner, **kwargs)
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -226,7 +233,9 @@ class LocalEngine:
 
         progress = Progress("Starting")
         try:
-            for batch in pump(work, cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S):
+            for batch in pump(
+                work, cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S, runner=self.runner
+            ):
                 news = [item for item in batch if isinstance(item, Progress)]
                 progress = news[-1] if news else progress
                 text = "".join(item for item in batch if isinstance(item, str))
