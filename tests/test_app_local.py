@@ -14,7 +14,7 @@ from app.media import MediaCache
 from app.settings import load_settings
 from app.testing.launch import launched_app
 from tests import media_factory as mf
-from tests.panel import panel
+from tests.panel import PAGE, panel
 
 # The tiny families, and tiny widths with the released Qwen3-VL-2B tokenizer, templates and
 # processors (Instruct, and Thinking, whose template opens <think> itself).
@@ -153,6 +153,32 @@ def test_image_then_text_only_follow_up_keeps_the_image_in_context(app_for, medi
     shown = [m for m in history if not m.get("metadata")]
     assert [m["role"] for m in shown] == ["user", "user", "assistant", "user", "assistant"]
     assert shown[-1]["content"][0]["text"]
+
+
+def _cached_tokens(history: list[dict]) -> int:
+    """The cached prompt tokens in the last stats line of a chat history."""
+    titles = [(m.get("metadata") or {}).get("title") or "" for m in history]
+    stats = [t for t in titles if "prompt tokens cached" in t][-1]
+    return int(re.search(r"(\d+) of \d+ prompt tokens cached", stats).group(1))
+
+
+def test_a_new_video_rate_keeps_an_images_prefix_cache_hit(app_for, media):
+    url, _ = app_for("qwen3_vl")
+    client = _page_client(url)
+    box = {"text": "What colour?", "files": [handle_file(str(media / "red.jpg"))]}
+    _, history = client.predict(box, [], *panel(temperature=0), api_name="/ui_send")
+    visual = _visual_tokens(history)
+    # The next turn with another video rate and frame cap: the image reads as it did, so the
+    # whole first turn (image included) is still cached.
+    changed = panel(temperature=0, video_fps=0.5, video_max_frames=8)
+    box = {"text": "Are you sure?", "files": []}
+    _, history = client.predict(box, history, *changed, api_name="/ui_send")
+    assert _cached_tokens(history) > visual
+    # A new image budget does read the image afresh: nothing from the image on is reused.
+    smaller = panel(temperature=0, max_pixels=PAGE["max_pixels"] // 4)
+    box = {"text": "And now?", "files": []}
+    _, history = client.predict(box, history, *smaller, api_name="/ui_send")
+    assert _cached_tokens(history) < visual
 
 
 def test_undo_gives_back_the_turn_and_regenerate_replaces_the_reply(app_for, media):

@@ -116,7 +116,7 @@ def test_stop_ends_a_decode_in_progress(tiny_checkpoint, tmp_path):
         assert pool.ended == 1
         # The pool goes on with a fresh worker.
         photo = mf.make_image(tmp_path / "photo.jpg", size=(96, 64))
-        [image] = pool.decode(photo, Budget(), "photo.jpg")
+        [image] = pool.decode(photo, Budget(), "photo.jpg").visuals
         assert image.size == (96, 64)
     finally:
         pool.close()

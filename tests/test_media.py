@@ -1,6 +1,7 @@
 """The media path on files the tests make: images, video, GIF, PDF, and broken input."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from app.media import (
     load_attachment,
     open_image,
     open_video,
+    read_attachment,
     sniff_kind,
 )
 from tests import media_factory as mf
@@ -141,8 +143,23 @@ def test_cache_decodes_a_file_once(tmp_path):
     first = load_attachment(path, BUDGET, cache)
     again = load_attachment(path, BUDGET, cache)
     assert again is first and cache.hits == 1 and cache.misses == 1
-    load_attachment(path, Budget(video_fps=1.0), cache)  # another budget is another entry
+    # Another budget is another entry, but only where it changes what the kind reads.
+    load_attachment(path, replace(BUDGET, max_pixels=128 * 128), cache)
+    assert cache.misses == 1
+    load_attachment(path, replace(BUDGET, video_fps=1.0), cache)
     assert cache.misses == 2
+
+
+def test_an_image_is_keyed_by_the_image_budget_alone(tmp_path):
+    cache = MediaCache(max_bytes=10_000_000)
+    path = mf.make_image(tmp_path / "a.png")
+    first = read_attachment(path, BUDGET, cache)
+    same = read_attachment(path, replace(BUDGET, video_fps=0.5, max_pdf_pages=2), cache)
+    assert same.key == first.key and cache.misses == 1
+    other = read_attachment(path, replace(BUDGET, max_pixels=128 * 128), cache)
+    assert other.key != first.key and cache.misses == 2
+    # Without a cache the key is the same as with one.
+    assert read_attachment(path, BUDGET).key == first.key
 
 
 def test_cache_is_bounded(tmp_path):

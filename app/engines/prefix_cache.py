@@ -135,6 +135,7 @@ class PrefixCache:
         """Keep `cache` (the state of `ids`) for later prompts of `owner`, within the budget."""
         if not self.enabled or not ids:
             return
+        kv.compact(cache)  # kept at what it holds: the room to grow is the next request's
         entry = Entry(owner, tuple(ids), tuple(media), cache, marks)
         entry.nbytes = kv.nbytes(cache) + kv.nbytes(marks)
         if entry.nbytes > self.max_bytes:

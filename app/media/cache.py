@@ -26,10 +26,19 @@ if TYPE_CHECKING:
     # What one attached file becomes for the model: images (a photo, pages) or video clips (a
     # video, an animated GIF or WebP). isinstance tells them apart.
     Visual = Image.Image | VideoClip
-    # How a file's visuals are decoded: (path, budget, label) -> visuals.
-    Decode = Callable[[str | Path, Budget, str], list[Visual]]
+    # How a file is decoded: (path, budget, label) -> its kind and visuals.
+    Decode = Callable[[str | Path, Budget, str], "Decoded"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a decoder made of one file: its sniffed kind (which budget fields it was read with,
+    `Budget.part`) and its visuals."""
+
+    kind: str
+    visuals: list[Visual]
 
 
 @dataclass(frozen=True)
@@ -60,38 +69,53 @@ def _visual_bytes(visuals: list[Visual]) -> int:
 
 
 class MediaCache:
-    """Decoded attachments keyed by (content, budget), least recently used dropped past a size."""
+    """Decoded attachments keyed by content and the part of the budget their kind is read
+    with; least recently used dropped past a size."""
 
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, max_bytes: int = 1 << 30, max_kinds: int = 1 << 16) -> None:
         self._max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, Budget], list[Visual]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], Decoded] = OrderedDict()
+        # Each file's kind, learnt from its first decoding: it says which key to look under.
+        self._kinds: OrderedDict[str, str] = OrderedDict()
+        self._max_kinds = max_kinds
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get_or_load(
-        self, key: tuple[str, Budget], load: Callable[[], list[Visual]]
-    ) -> list[Visual]:
+        self, digest: str, budget: Budget, load: Callable[[], Decoded]
+    ) -> tuple[str, Decoded]:
+        """(key, decoded) of the file with content `digest` read within `budget`."""
         with self._lock:
+            kind = self._kinds.get(digest)
+            key = (digest, budget.part(kind)) if kind else ("", "")
             if key in self._items:
                 self._items.move_to_end(key)
                 self.hits += 1
-                return self._items[key]
-        visuals = load()
-        size = _visual_bytes(visuals)
+                return _text(key), self._items[key]
+        decoded = load()
+        key = (digest, budget.part(decoded.kind))
+        size = _visual_bytes(decoded.visuals)
         with self._lock:
             self.misses += 1
+            self._kinds[digest] = decoded.kind
+            if len(self._kinds) > self._max_kinds:
+                self._kinds.popitem(last=False)
             if key not in self._items and size <= self._max_bytes:
-                self._items[key] = visuals
+                self._items[key] = decoded
                 self._bytes += size
                 while self._bytes > self._max_bytes:
                     _, dropped = self._items.popitem(last=False)
-                    self._bytes -= _visual_bytes(dropped)
-        return visuals
+                    self._bytes -= _visual_bytes(dropped.visuals)
+        return _text(key), decoded
 
 
-def load_visuals(path: str | Path, budget: Budget, label: str) -> list[Visual]:
+def _text(key: tuple[str, str]) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def load_visuals(path: str | Path, budget: Budget, label: str) -> Decoded:
     """The model inputs in one file, read by the reader its content calls for."""
     from app.media.images import open_animated_image, open_image, open_pages
     from app.media.pdf import open_pdf
@@ -100,15 +124,16 @@ def load_visuals(path: str | Path, budget: Budget, label: str) -> list[Visual]:
 
     try:
         sniffed = sniff(path, label)
-        if sniffed.kind == "image":
-            return [open_image(path, budget, label)]
-        if sniffed.kind == "pages":
-            return list(open_pages(path, budget, label))
-        if sniffed.kind == "pdf":
-            return list(open_pdf(path, budget, label))
-        if sniffed.kind == "animation":
-            return [open_animated_image(path, budget, label)]
-        return [open_video(path, budget, label, sniffed.format)]
+        kind = sniffed.kind
+        if kind == "image":
+            return Decoded(kind, [open_image(path, budget, label)])
+        if kind == "pages":
+            return Decoded(kind, list(open_pages(path, budget, label)))
+        if kind == "pdf":
+            return Decoded(kind, list(open_pdf(path, budget, label)))
+        if kind == "animation":
+            return Decoded(kind, [open_animated_image(path, budget, label)])
+        return Decoded("video", [open_video(path, budget, label, sniffed.format)])
     except MediaError:
         raise
     except MemoryError as err:
@@ -135,10 +160,11 @@ def read_attachment(
         if not Path(path).is_file():
             raise MediaError(f"{label}: the file is missing on the server") from err
         raise MediaError(f"{label}: the file cannot be read ({err})") from err
-    key = f"{digest}:{budget!r}"
     if cache is None:
-        return Attached(key, decode(path, budget, label))
-    return Attached(key, cache.get_or_load((digest, budget), lambda: decode(path, budget, label)))
+        decoded = decode(path, budget, label)
+        return Attached(_text((digest, budget.part(decoded.kind))), decoded.visuals)
+    key, decoded = cache.get_or_load(digest, budget, lambda: decode(path, budget, label))
+    return Attached(key, decoded.visuals)
 
 
 def load_attachment(

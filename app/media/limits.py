@@ -38,6 +38,31 @@ class Budget:
     video_total_pixels: int = 64 * 448 * 448
     max_pdf_pages: int = 8
 
+    def part(self, kind: str) -> str:
+        """The fields a file of `kind` (a sniffed kind: image, pages, pdf, animation, video) is
+        read with, as text: what its cache keys hold, so that changing the video rate leaves
+        every image cached, and an image's pixels leave every video."""
+        return ",".join(f"{name}={getattr(self, name)}" for name in FIELDS_READ[kind])
+
+
+# What each kind of file is read with. Stills (pages too) also by the processor, which resizes
+# them within [min_pixels, max_pixels]; videos' frames are scaled into their own budget.
+STILL_FIELDS = ("min_pixels", "max_pixels")
+MOVING_FIELDS = (
+    "video_fps",
+    "video_min_frames",
+    "video_max_frames",
+    "video_max_pixels",
+    "video_total_pixels",
+)
+FIELDS_READ = {
+    "image": STILL_FIELDS,
+    "pages": (*STILL_FIELDS, "max_pdf_pages"),
+    "pdf": (*STILL_FIELDS, "max_pdf_pages"),
+    "animation": MOVING_FIELDS,
+    "video": MOVING_FIELDS,
+}
+
 
 def check_size(label: str, width: float, height: float, what: str = "") -> None:
     """Refuse a picture too large to decode or too long and thin to read, before decoding it.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from app.media.limits import Budget, MediaError
 
 if TYPE_CHECKING:
-    from app.media.cache import Decode, Visual
+    from app.media.cache import Decode, Decoded
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,14 @@ class DecodePool:
     def for_request(self, cancel: threading.Event | None) -> Decode:
         """The decode function of one request: stopped when `cancel` is set."""
 
-        def decode(path: str | Path, budget: Budget, label: str) -> list[Visual]:
+        def decode(path: str | Path, budget: Budget, label: str) -> Decoded:
             return self.decode(path, budget, label, cancel)
 
         return decode
 
     def decode(
         self, path: str | Path, budget: Budget, label: str, cancel: threading.Event | None = None
-    ) -> list[Visual]:
+    ) -> Decoded:
         while not self._slots.acquire(timeout=POLL_S):  # all workers busy with other files
             if cancel is not None and cancel.is_set():
                 raise DecodeStopped
@@ -138,12 +138,12 @@ class DecodePool:
 
     def _on_worker(
         self, path: str | Path, budget: Budget, label: str, cancel: threading.Event | None
-    ) -> list[Visual]:
+    ) -> Decoded:
         worker = self._take()
         try:
             worker.conn.send((str(Path(path).absolute()), budget, label))
             self._wait(worker, label, cancel, time.monotonic() + self.timeout_s)
-            kind, value = worker.conn.recv()
+            status, value = worker.conn.recv()
         except (EOFError, OSError) as err:  # the worker died: a decoder crashed on the file
             self._end(worker, label, "crashed")
             message = f"{label}: the decoder failed on this file; it cannot be read"
@@ -156,7 +156,7 @@ class DecodePool:
             raise
         with self._lock:
             self._idle.append(worker)
-        if kind == "error":
+        if status == "error":
             raise MediaError(value)
         return value
 
