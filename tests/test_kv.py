@@ -1,6 +1,8 @@
 """The KV cache's growing layers: a token is written into room kept for it, and whatever
 replaces a layer's keys (a cut, a copy) is never written through."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -47,10 +49,7 @@ def test_compact_lets_the_room_go():
     layer = kv.growing_layer_class()()
     layer.update(_states(5), _states(5))
 
-    class Cache:
-        layers = [layer]
-
-    kv.compact(Cache)
+    kv.compact(SimpleNamespace(layers=[layer]))
     assert kv.nbytes(layer) == 2 * 5 * 4 * 4 and torch.equal(layer.keys, _states(5))
     keys, _ = layer.update(_states(1, 9), _states(1, 9))
     assert keys.shape[-2] == 6

@@ -48,21 +48,7 @@ def pump(
     in batches."""
     items: queue.Queue[Any] = queue.Queue()
     done = threading.Event()
-
-    def run() -> None:
-        # The runner's thread goes by `name` while it does this work (what a thread dump or
-        # a test sees), and by its own name again after.
-        thread = threading.current_thread()
-        own_name, thread.name = thread.name, name
-        try:
-            work(items.put)
-        except BaseException as err:  # noqa: BLE001 - every failure must reach the caller
-            items.put(_Failure(err))
-        finally:
-            thread.name = own_name
-            items.put(_END)
-            done.set()
-
+    run = _task(work, items, done, name)
     if runner is None:
         threading.Thread(target=run, name=name, daemon=True).start()
     else:
@@ -97,6 +83,28 @@ def pump(
             if interrupt is not None and not interrupted:
                 interrupt()
             done.wait(timeout=JOIN_TIMEOUT_S)
+
+
+def _task(
+    work: Callable[[Emit], None], items: queue.Queue[Any], done: threading.Event, name: str
+) -> Callable[[], None]:
+    """`work`, wrapped to hand its items, its failure and its end to the queue."""
+
+    def run() -> None:
+        # The runner's thread goes by `name` while it does this work (what a thread dump or
+        # a test sees), and by its own name again after.
+        thread = threading.current_thread()
+        own_name, thread.name = thread.name, name
+        try:
+            work(items.put)
+        except BaseException as err:  # noqa: BLE001 - every failure must reach the caller
+            items.put(_Failure(err))
+        finally:
+            thread.name = own_name
+            items.put(_END)
+            done.set()
+
+    return run
 
 
 def _is_item(value: Any) -> bool:
