@@ -162,7 +162,8 @@ def nbytes(value: Any) -> int:
     """Bytes of every tensor held by a cache, a layer, or a mark (counted once each)."""
     import torch
 
-    seen: set[Any] = set()
+    seen: set[int] = set()
+    storages: set[int] = set()  # a view and its buffer (a GrowingLayer's keys, room) share one
     total = 0
     stack = [value]
     while stack:
@@ -171,10 +172,9 @@ def nbytes(value: Any) -> int:
             continue
         seen.add(id(item))
         if isinstance(item, torch.Tensor):
-            # A view and its buffer (a GrowingLayer's keys and room) are one storage.
             storage = item.untyped_storage()
-            if ("storage", storage.data_ptr()) not in seen:
-                seen.add(("storage", storage.data_ptr()))
+            if storage.data_ptr() not in storages:
+                storages.add(storage.data_ptr())
                 total += storage.nbytes()
         elif isinstance(item, dict):
             stack.extend(item.values())

@@ -89,8 +89,7 @@ class MediaCache:
         """(key, decoded) of the file with content `digest` read within `budget`."""
         with self._lock:
             kind = self._kinds.get(digest)
-            key = (digest, budget.part(kind)) if kind else ("", "")
-            if key in self._items:
+            if kind is not None and (key := (digest, budget.part(kind))) in self._items:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return _text(key), self._items[key]
