@@ -108,17 +108,24 @@ def parse_marks(text: str) -> list[Mark]:
     return marks
 
 
-def model_input_size(family: str, size: tuple[int, int]) -> tuple[int, int]:
-    """The (width, height) a server's processor resizes an image of `size` to, by Qwen's rule
-    and its default bounds: what Qwen2.5-VL's absolute coordinates refer to."""
+def model_input_size(
+    family: str,
+    size: tuple[int, int],
+    min_pixels: int = _MIN_PIXELS,
+    max_pixels: int = _MAX_PIXELS,
+) -> tuple[int, int]:
+    """The (width, height) Qwen's resize rule makes of an image of `size` (sides in multiples
+    of the family's block, within the pixel bounds; the processors' default bounds unless
+    given): what Qwen2.5-VL's absolute coordinates refer to. transformers, vLLM, SGLang and
+    llama.cpp's mtmd all apply this rule; an image already of such a size is left as it is."""
     factor = _RESIZE_FACTOR.get(family, 32)
     width, height = size
     w, h = (max(factor, round(side / factor) * factor) for side in (width, height))
-    if w * h > _MAX_PIXELS:
-        beta = math.sqrt(width * height / _MAX_PIXELS)
+    if w * h > max_pixels:
+        beta = math.sqrt(width * height / max_pixels)
         w, h = (max(factor, math.floor(side / beta / factor) * factor) for side in (width, height))
-    elif w * h < _MIN_PIXELS:
-        beta = math.sqrt(_MIN_PIXELS / (width * height))
+    elif w * h < min_pixels:
+        beta = math.sqrt(min_pixels / (width * height))
         w, h = (math.ceil(side * beta / factor) * factor for side in (width, height))
     return w, h
 

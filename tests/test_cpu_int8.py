@@ -4,6 +4,7 @@ it), and close to float32."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -43,6 +44,38 @@ def test_a_linear_layer_in_int8_is_close_to_float32_and_exact_however_the_rows_a
     assert error < 0.03, f"relative error {error:.4f}"
     # Each row (token) has its own activation scale: a prefix read alone gives the same bits.
     assert torch.equal(model(x[:, :11]), got[:, :11])
+
+
+class _Attention(nn.Module):
+    """Three projections of one input, named as Qwen's are (so they share one int8 matmul)."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(64, 64, bias=bias)
+        self.k_proj = nn.Linear(64, 32, bias=bias)
+        self.v_proj = nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_projections_of_one_input_share_one_matmul_and_give_the_same_numbers(bias):
+    torch.manual_seed(0)
+    shared = _Attention(bias)
+    # The same layers under other names: quantized apart.
+    apart = nn.ModuleDict({n[0]: copy.deepcopy(m) for n, m in shared.named_children()})
+    x = torch.randn(3, 5, 64)
+    quantize(shared), quantize(apart)
+    assert type(shared.k_proj).__name__ == "Int8Part"
+    assert {type(m).__name__ for m in apart.children()} == {"Int8Linear"}
+    assert shared.k_proj.shared is shared.q_proj.shared
+    expected = torch.cat([apart[n](x) for n in "qkv"], dim=-1)
+    torch.testing.assert_close(shared(x), expected, rtol=1e-6, atol=1e-6)
+    # Called alone, or with another input than its siblings', a part still gives its own.
+    other = torch.randn(2, 64)
+    torch.testing.assert_close(shared.v_proj(other), apart["v"](other), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(shared.k_proj(x), expected[..., 64:96], rtol=1e-6, atol=1e-6)
 
 
 def test_a_tied_embedding_and_output_layer_are_quantized_once():

@@ -14,6 +14,7 @@ from app.engines.base import (
     family_of_model_name,
 )
 from app.engines.openai import OpenAIEngine
+from app.grounding import model_input_size
 from app.media import Budget
 
 
@@ -153,11 +154,31 @@ def _engine_named(name: str, family: str | None = None) -> OpenAIEngine:
     return OpenAIEngine("http://127.0.0.1:9", model=name, family=family)
 
 
-def test_qwen2_5_vl_boxes_refer_to_the_servers_resized_image(media):
-    # A 300 x 500 image is read by the server's Qwen2.5-VL processor as 308 x 504 (28-pixel
-    # blocks): its absolute coordinates are in those pixels.
-    engine = _engine_named("Qwen/Qwen2.5-VL-7B-Instruct")
+def _sent_size(message: dict) -> tuple[int, int]:
+    from PIL import Image
+
+    data = message["content"][0]["image_url"]["url"].split(",", 1)[1]
+    return Image.open(io.BytesIO(base64.b64decode(data))).size
+
+
+# llama.cpp's mtmd bounds for Qwen2.5-VL by default: 8 to 4096 tokens of 28 x 28 pixels.
+LLAMA_CPP_PIXELS = (8 * 28 * 28, 4096 * 28 * 28)
+
+
+@pytest.mark.parametrize("max_pixels", [None, 200 * 200])
+def test_qwen2_5_vl_boxes_refer_to_the_image_as_sent_which_no_server_resizes(media, max_pixels):
+    # Qwen2.5-VL's absolute coordinates are in pixels of the image as the model saw it. The app
+    # sends it in Qwen's own blocks (a 300 x 500 image as 308 x 504), which transformers,
+    # vLLM and llama.cpp then leave as it is, so the boxes map back whatever the server.
+    budget = Budget() if max_pixels is None else Budget(max_pixels=max_pixels)
+    engine = OpenAIEngine("http://127.0.0.1:9", model="Qwen/Qwen2.5-VL-7B-Instruct", budget=budget)
     request = ChatRequest((Turn("user", "Where?", (Attachment(str(media / "green.png"), "g"),)),))
-    _, info = engine.build_messages(request)
-    assert info.images[0].input_size == (308, 504)
-    assert info.images[0].image.size == (300, 500)
+    messages, info = engine.build_messages(request)
+    sent = _sent_size(messages[-1])
+    assert info.images[0].input_size == sent
+    assert sent == (308, 504) if max_pixels is None else sent[0] * sent[1] <= max_pixels
+    assert sent[0] % 28 == 0 and sent[1] % 28 == 0
+    assert model_input_size("qwen2_5_vl", sent) == sent
+    assert model_input_size("qwen2_5_vl", sent, *LLAMA_CPP_PIXELS) == sent
+    width, height = info.images[0].image.size  # what the boxes are drawn on: as uploaded
+    assert height / width == pytest.approx(500 / 300, rel=0.02)

@@ -74,8 +74,9 @@ def _quantize_rows(weight: Any) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _int8_module_classes() -> tuple[type, type]:
-    """(Int8Linear, Int8Embedding), defined once torch is imported (not at module import)."""
+def _int8_module_classes() -> tuple[type, type, type, type]:
+    """(Int8Linear, Int8Embedding, Int8Shared, Int8Part), defined once torch is imported (not
+    at module import)."""
     import torch
     from torch import nn
 
@@ -95,8 +96,8 @@ def _int8_module_classes() -> tuple[type, type]:
             shape, dtype = x.shape, x.dtype
             flat = x.reshape(-1, self.in_features).float()
             # No clamp is needed: |flat| / (max |flat| / 127) rounds to at most 127.
-            row_max = torch.linalg.vector_norm(flat, ord=float("inf"), dim=1, keepdim=True)
-            row_scale = row_max.clamp_(min=1e-12).div_(127)
+            # abs().amax(): a third of vector_norm(inf)'s time on one row (7 us against 2.5).
+            row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
             quantized = torch.div(flat, row_scale).round_().to(torch.int8)
             y = _int8_matmul(torch, quantized, self.packed, self.scale, self.zeros)
             y = y.mul_(row_scale)
@@ -130,7 +131,51 @@ def _int8_module_classes() -> tuple[type, type]:
         def extra_repr(self) -> str:
             return f"{self.num_embeddings}x{self.embedding_dim}, int8 rows"
 
-    return Int8Linear, Int8Embedding
+    class Int8Shared(nn.Module):
+        """One int8 linear layer holding the rows of several that read the same input (a
+        layer's q, k and v projections; its MLP's gate and up): their input is quantized once
+        and their weights read in one matmul. Each `Int8Part` takes its columns of the output;
+        the output is kept until every part has taken its own from that same input."""
+
+        def __init__(self, linear: Any, sizes: list[int]) -> None:
+            super().__init__()
+            self.linear = linear
+            self.bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            self._input: Any = None
+            self._output: Any = None
+            self._waiting: set[int] = set()
+
+        def part(self, x: Any, index: int) -> Any:
+            # `is`, not equality: the input is the very tensor the first part was given. While
+            # it is kept here no other tensor can have its identity.
+            if x is not self._input or index not in self._waiting:
+                self._input, self._output = x, self.linear(x)
+                self._waiting = set(range(len(self.bounds) - 1))
+            self._waiting.discard(index)
+            out = self._output[..., self.bounds[index] : self.bounds[index + 1]]
+            if not self._waiting:
+                self._input = self._output = None
+            return out
+
+    class Int8Part(nn.Module):
+        """One of the linear layers of an `Int8Shared`: its columns of the shared output."""
+
+        def __init__(self, shared: Any, index: int) -> None:
+            super().__init__()
+            # Registered under every part: parameters(), buffers() and modules() count it
+            # once; state_dict() names it under each part.
+            self.shared = shared
+            self.index = index
+            self.in_features = shared.linear.in_features
+            self.out_features = shared.bounds[index + 1] - shared.bounds[index]
+
+        def forward(self, x: Any) -> Any:
+            return self.shared.part(x, self.index)
+
+        def extra_repr(self) -> str:
+            return f"part {self.index} of a shared int8 layer, out={self.out_features}"
+
+    return Int8Linear, Int8Embedding, Int8Shared, Int8Part
 
 
 # What is kept of a quantized layer (and saved by app/engines/int8_store.py): its int8 rows,
@@ -157,6 +202,7 @@ def quantize(model: Any, keep: Keep | None = None) -> tuple[int, int]:
     ]
     uses = Counter(id(getattr(parent, name).weight) for _, parent, name in places)
     shared: dict[int, tuple[Any, Any]] = {}  # a tied weight's int8 rows, made once
+    placer = Int8Placer()
     counts = [0, 0]
     with torch.no_grad():
         for full_name, parent, name in places:
@@ -174,17 +220,72 @@ def quantize(model: Any, keep: Keep | None = None) -> tuple[int, int]:
                 counts[1] += 1
             if keep is not None:
                 keep(full_name, layer)
-            setattr(parent, name, int8_module(layer))
+            placer.put(parent, name, layer)
             del child, qweight, layer
+        placer.finish()
     return counts[0], counts[1]
 
 
 def int8_module(layer: Int8Layer) -> Any:
     """The int8 module of a layer kept by `quantize` (a linear one where it has "bias")."""
-    int8_linear, int8_embedding = _int8_module_classes()
+    int8_linear, int8_embedding, _, _ = _int8_module_classes()
     if "bias" in layer:
         return int8_linear(layer["qweight"], layer["scale"], layer["bias"])
     return int8_embedding(layer["qweight"], layer["scale"], layer["padding_idx"])
+
+
+# Linear layers of one module that are called with the same input, computed as one
+# (`Int8Shared`): on 2 cores, Qwen3-VL-2B's 28 layers decode in 78 ms of matmuls instead of 85.
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class Int8Placer:
+    """Puts int8 layers in place of a model's float ones. Siblings that read one input
+    (`SHARED_INPUT`) wait for each other and go in as the parts of one `Int8Shared`."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[int, tuple[str, ...]], tuple[Any, dict[str, Int8Layer]]] = {}
+
+    def put(self, parent: Any, name: str, layer: Int8Layer) -> None:
+        group = next((names for names in SHARED_INPUT if name in names), None)
+        if group is None or "bias" not in layer:
+            setattr(parent, name, int8_module(layer))
+            return
+        key = (id(parent), group)
+        _, siblings = self._waiting.setdefault(key, (parent, {}))
+        siblings[name] = layer
+        if len(siblings) == len(group):
+            del self._waiting[key]
+            _place_shared(parent, [(n, siblings[n]) for n in group])
+
+    def finish(self) -> None:
+        """Siblings whose group is not whole go in alone."""
+        for parent, siblings in self._waiting.values():
+            for name, layer in siblings.items():
+                setattr(parent, name, int8_module(layer))
+        self._waiting.clear()
+
+
+def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
+    import torch
+
+    layers = [layer for _, layer in named]
+    if len({layer["qweight"].shape[1] for layer in layers}) > 1:
+        for name, layer in named:
+            setattr(parent, name, int8_module(layer))
+        return
+    int8_linear, _, int8_shared, int8_part = _int8_module_classes()
+    sizes = [layer["qweight"].shape[0] for layer in layers]
+    biases = [layer["bias"] for layer in layers]
+    bias = None
+    if any(b is not None for b in biases):
+        pairs = zip(sizes, biases, strict=True)
+        bias = torch.cat([torch.zeros(n) if b is None else b for n, b in pairs])
+    qweight = torch.cat([layer["qweight"] for layer in layers])
+    scale = torch.cat([layer["scale"] for layer in layers])
+    shared = int8_shared(int8_linear(qweight, scale, bias), sizes)
+    for index, (name, _) in enumerate(named):
+        setattr(parent, name, int8_part(shared, index))
 
 
 def return_freed_memory() -> None:

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.engines.cpu_int8 import Int8Layer, int8_module, return_freed_memory, to_cpu_int8
+from app.engines.cpu_int8 import Int8Layer, Int8Placer, return_freed_memory, to_cpu_int8
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,13 @@ class Int8Store:
                 config, dtype=torch.float32, attn_implementation=attention
             )
         names = json.loads((self.folder / DONE).read_text())
+        placer = Int8Placer()
         for index, name in enumerate(names):
             layer = torch.load(self.folder / f"{index:04d}.pt", weights_only=True)
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, int8_module(layer))
+            placer.put(model.get_submodule(parent_name), child, layer)
             del layer
+        placer.finish()
         rest = torch.load(self.folder / REST, weights_only=True)
         model.load_state_dict(rest, strict=False, assign=True)
         del rest

@@ -210,11 +210,26 @@ class OpenAIEngine:
 
     # --- building the request ------------------------------------------------------------
 
-    def _image_url(self, key: str, index: int, image: Any) -> str:
-        """The data URL of an image, encoded once: the same image is the same bytes each turn."""
+    def _input_size(self, size: tuple[int, int], budget: Budget) -> tuple[int, int]:
+        """The size an image is sent at: Qwen's own resize of it within the budget, which every
+        server's processor then leaves as it is (one resize on the server's side: none). So
+        Qwen2.5-VL's boxes, in pixels of the image as the model saw it, are in pixels of the
+        image sent, whatever the server, as long as its bounds hold the budget's (llama.cpp's
+        default holds 4096 tokens: 3.2 megapixels; its --image-max-tokens can lower that)."""
+        return model_input_size(self.family, size, budget.min_pixels, budget.max_pixels)
+
+    def _image_url(
+        self, key: str, index: int, image: Any, size: tuple[int, int] | None = None
+    ) -> str:
+        """The data URL of an image (at `size`, where given), encoded once: the same image is
+        the same bytes each turn."""
+        from PIL import Image
+
         with self._urls_lock:
             url = self._urls.get((key, index))
         if url is None:
+            if size is not None and image.size != size:
+                image = image.resize(size, Image.Resampling.BICUBIC)
             url = _data_url(image)
             with self._urls_lock:
                 if len(self._urls) > 512:  # a bound on memory; a re-encoding gives equal bytes
@@ -254,9 +269,9 @@ class OpenAIEngine:
                     if isinstance(visual, VideoClip):
                         parts.extend(self._video_parts(attachment.name, attached.key, visual))
                         continue
-                    url = self._image_url(attached.key, index, visual)
+                    size = self._input_size(visual.size, budget)
+                    url = self._image_url(attached.key, index, visual, size)
                     parts.append({"type": "image_url", "image_url": {"url": url}})
-                    size = model_input_size(self.family, visual.size)
                     refs.append(ImageRef(attachment, index, visual, size))
             if turn.text:
                 parts.append({"type": "text", "text": turn.text})
