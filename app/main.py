@@ -216,6 +216,7 @@ def launch_kwargs(settings: Settings) -> dict:
 
     from app.http_limits import RequestLimits
     from app.settings import logins
+    from app.ui.layout import CSS
     from app.ui.safety import PAGE_HEAD
 
     limits = Middleware(
@@ -233,6 +234,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "auth": logins(settings) or None,
         "max_file_size": f"{settings.max_upload_mb}mb",
         "head": PAGE_HEAD,
+        "css": CSS,
         "mcp_server": settings.mcp,
         "app_kwargs": {"middleware": [limits]},
     }

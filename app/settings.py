@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from app.engines.base import FAMILIES
 from app.media import CPU_MAX_PIXELS, Budget
@@ -265,8 +265,16 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a SettingsError, printed by main as "error: ..."),
+    not its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(f"{message} (--help lists the flags)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="web_demo_mm.py",
         description="Chat with a Qwen vision-language model in the browser.",
         epilog=f"Each flag can also be set by the environment variable {ENV_PREFIX}<FLAG>, "

@@ -203,3 +203,80 @@ def test_the_page_on_a_phone(browser_and_url, media):
     _shot(page, "33-phone-chats")
     assert _no_sideways_scrolling(page)
     context.close()
+
+
+def test_prices_stay_text_and_display_math_renders(browser_and_url):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    prices = "The total is $15.40 and the tip was $3.20, so I paid $18.60."
+    _send(page, f"{prices} Also $$x^2$$ and a broken $$\\frac{{$$ here")
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('The total is')", timeout=15000)
+    _wait_idle(page)
+    question = page.locator("#chatbot [data-testid='user']").first
+    assert prices in question.inner_text()  # single dollars are currency, not math
+    assert question.locator(".katex").count() == 1  # $$x^2$$, and only it
+    assert "\\frac{" in question.inner_text()  # a formula KaTeX cannot read: its source
+    colours = page.evaluate(
+        "() => [...document.querySelectorAll('#chatbot .katex-error')].map(e =>"
+        " [getComputedStyle(e).color, getComputedStyle(e.parentElement).color])"
+    )
+    assert all(own == around for own, around in colours)  # never KaTeX's red
+    _shot(page, "25-prices-and-math")
+    context.close()
+
+
+def _toast_text(page) -> str:
+    toast = page.locator("[data-testid='toast-body']").first
+    toast.wait_for(timeout=15000)
+    return toast.inner_text()
+
+
+def test_a_bad_import_says_why_and_the_next_action_works(browser_and_url, tmp_path):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "Kept question")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    _sidebar(page)
+    page.set_input_files(
+        "#import_chat input[type=file], input[type=file][accept*='json']", str(bad)
+    )
+    message = _toast_text(page)
+    assert "bad.json: not a conversation exported by this app" in message
+    assert "Export JSON" in message  # what to do instead
+    _shot(page, "26-bad-import")
+    # No bare "Error" badge on the list or the chat, and both as they were.
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert _users(page) == ["Kept question"]
+    assert _saved_titles(page) == ["Kept question"]
+    page.locator("#new_chat").click()
+    page.wait_for_function("() => !document.querySelector(\"#chatbot [data-testid='user']\")")
+    _ask(page, "Next question")
+    assert _saved_titles(page) == ["Next question", "Kept question"]
+    context.close()
+
+
+_FIRST_SCREEN = """() => {
+  const bottom = s => document.querySelector(s).getBoundingClientRect().bottom;
+  const toggle = document.querySelector("button[aria-label='Toggle Sidebar']")
+    .getBoundingClientRect();
+  return {box: bottom('#input textarea'), send: bottom('#input button.submit-button'),
+          attach: bottom('#input button.upload-button'), height: window.innerHeight,
+          toggle: [toggle.left, toggle.right], width: window.innerWidth,
+          banner: document.querySelector('#banner summary').getBoundingClientRect().height};
+}"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, {"width": 1366, "height": 900}])
+def test_a_fresh_page_shows_the_box_attach_and_send_on_its_first_screen(browser_and_url, viewport):
+    browser, url = browser_and_url
+    context, page = _open(browser, url, viewport)
+    page.wait_for_selector("#banner")  # the trial's banner and the CPU's note: one line
+    where = page.evaluate(_FIRST_SCREEN)
+    _shot(page, f"34-first-screen-{viewport['width']}")
+    assert max(where["box"], where["send"], where["attach"]) <= where["height"], where
+    assert where["banner"] < 40, where  # one line; the whole text a click away
+    assert where["toggle"][0] >= 0 and where["toggle"][1] <= where["width"], where
+    page.locator("#banner summary").click()
+    assert "random weights" in page.locator("#banner").inner_text()
+    context.close()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from gradio_client import Client
 
 from app.testing.launch import free_port
@@ -69,6 +70,44 @@ def test_missing_local_folder(tmp_path):
         timeout=60,
     )
     assert out.returncode == 1 and "does not exist" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--tiny-random", "qwen4"], "argument --tiny-random: invalid choice: 'qwen4'"),
+        (["--max-pixels", "abc"], "argument --max-pixels: invalid int value: 'abc'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_argparse_errors_are_one_line_too(flags, words):
+    out = subprocess.run(
+        [sys.executable, "web_demo_mm.py", *flags], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()  # not argparse's usage block
+    assert line.startswith(f"error: {words}") and line.endswith("(--help lists the flags)")
+
+
+def test_an_unreachable_server_at_start_gets_start_up_advice(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "web_demo_mm.py",
+            "--backend",
+            "openai",
+            "--api-base",
+            "http://127.0.0.1:9/v1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=120,
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and last.startswith("error: Cannot reach the model server")
+    assert "Start it first" in last and "Regenerate" not in last
 
 
 def test_bad_flag_value_is_one_line():

@@ -64,8 +64,11 @@ def _import(saved: SavedChats, path) -> tuple:
 def test_a_deeply_nested_import_is_refused_in_words_and_leaves_no_file(saved, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(gr.Error, match=r"deep.json: not a conversation .*nested too deeply"):
-        _import(saved, deep)
+    # Outside a page gradio's warning is Python's; on the page it is the words of a toast, and
+    # every output is left as it was (no bare "Error" badge: tests/test_browser_chats.py).
+    with pytest.warns(UserWarning, match=r"deep.json: not a conversation .*nested too deeply"):
+        outputs = _import(saved, deep)
+    assert outputs == (gr.skip(), gr.skip(), gr.skip())
     broken = tmp_path / "broken.json"
     document = {
         "format": chats.FORMAT,
@@ -76,7 +79,7 @@ def test_a_deeply_nested_import_is_refused_in_words_and_leaves_no_file(saved, tm
         ],
     }
     broken.write_text(json.dumps(document))
-    with pytest.raises(gr.Error, match=r"broken\.json: not a conversation"):
+    with pytest.warns(UserWarning, match=r"broken\.json: not a conversation.*Export JSON"):
         _import(saved, broken)
     # Before: the first file stayed on the server after the import failed.
     assert [p for p in saved.folder.path.rglob("*") if p.is_file()] == []

@@ -184,22 +184,29 @@ class OpenAIEngine:
         try:
             models = self._client.models.list().data
         except Exception as err:
-            raise EngineError(self._error_message(err)) from err
+            raise EngineError(self._error_message(err, starting=True)) from err
         if not models:
             raise EngineError(
                 f"The server at {self.api_base} serves no model (/v1/models is empty)"
             )
         return str(models[0].id)
 
-    def _error_message(self, err: BaseException) -> str:
+    def _error_message(self, err: BaseException, starting: bool = False) -> str:
+        """Words for a failed call to the server; `starting`: the app's start-up asked (advice
+        for the command line, not for the page)."""
         import openai
 
         if isinstance(err, openai.APITimeoutError):
             return f"The model server at {self.api_base} did not answer in time."
         if isinstance(err, openai.APIConnectionError):
+            then = (
+                "Start it first, or give its URL with --api-base."
+                if starting
+                else "Press Regenerate once it is back."
+            )
             return (
                 f"Cannot reach the model server at {self.api_base} (connection refused or no "
-                "such host). Is it running? Press Regenerate once it is back."
+                f"such host). Is it running? {then}"
             )
         if isinstance(err, openai.APIStatusError):
             message = server_message(err.body, err.message)

@@ -9,6 +9,7 @@ fields.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,26 @@ IN_ROTATION = 16
 GENERATING = MappingProxyType({"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE})
 # Events that answer at once, outside the queue, and are no API of the app.
 QUIET: Mapping[str, Any] = MappingProxyType({"queue": False, "api_visibility": "private"})
+# The saved chats' events a person starts: in the queue, so that a failure's words reach the
+# page (gradio shows a warning only from a queued event), but no API of the app.
+SAVED_CHATS: Mapping[str, Any] = MappingProxyType(
+    {"api_visibility": "private", "show_progress": "hidden", "concurrency_limit": 4}
+)
+# Math only where it cannot be a price: "$15.40 and $3.20" between single dollars became one
+# formula. A single $ stays text (currency, shell variables), as on GitHub without `$`-math.
 LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
-    {"left": "$", "right": "$", "display": False},
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
+# The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
+# the text's colour, not as a red error; the banner is one line.
+CSS = """
+.katex-error { color: inherit !important; }
+#banner summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; cursor: pointer; }
+#banner { font-size: 0.9em; margin: 0; }
+@media (max-width: 640px) { #title h2 { font-size: 1.15rem; margin: 0; } }
+"""
 EXAMPLE_PROMPTS = [
     ("Which quarter sold the most, and how much?", "chart.png"),
     ("Read the receipt: what is the total and what was bought?", "receipt.png"),
@@ -96,9 +111,11 @@ class ChatPage:
     # --- areas ----------------------------------------------------------------------------
 
     def _render_header(self) -> None:
-        gr.Markdown(f"## {self.options.title}")
+        gr.Markdown(f"## {self.options.title}", elem_id="title")
         if self.options.banner:
-            gr.Markdown(f"**{self.options.banner}**", elem_id="banner")
+            # One line (a phone's first screen must hold the box), the whole text a click away.
+            text = html.escape(self.options.banner)
+            gr.HTML(f"<details id='banner'><summary>{text}</summary>{text}</details>")
 
     def _render_sidebar(self) -> None:
         """Saved chats, kept in this browser only: the list, new, rename, delete, export, import."""
@@ -258,22 +275,26 @@ class ChatPage:
         # Opening another chat first stops a reply still running in this one.
         leave = self.handlers.leave
         self.new_btn.click(leave, None, None, **QUIET).then(
-            s.new_chat, [store], [store, chat_list, chatbot], **QUIET
+            s.new_chat, [store], [store, chat_list, chatbot], **SAVED_CHATS
         )
         chat_list.input(leave, None, None, **QUIET).then(
-            s.open, [chat_list, store], [store, chatbot], **QUIET
+            s.open, [chat_list, store], [store, chatbot], **SAVED_CHATS
         )
         self.delete_btn.click(leave, None, None, **QUIET).then(
-            s.delete, [store], [store, chat_list, chatbot], **QUIET
+            s.delete, [store], [store, chat_list, chatbot], **SAVED_CHATS
         )
         self.rename_box.submit(
             s.rename,
             [self.rename_box, chatbot, store],
             [store, chat_list, self.rename_box],
-            **QUIET,
+            **SAVED_CHATS,
         )
-        self.export_json_btn.click(s.export_json, [chatbot, store], [self.export_file], **QUIET)
-        self.export_md_btn.click(s.export_markdown, [chatbot, store], [self.export_file], **QUIET)
+        self.export_json_btn.click(
+            s.export_json, [chatbot, store], [self.export_file], **SAVED_CHATS
+        )
+        self.export_md_btn.click(
+            s.export_markdown, [chatbot, store], [self.export_file], **SAVED_CHATS
+        )
         self.import_btn.upload(leave, None, None, **QUIET).then(
-            s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **QUIET
+            s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **SAVED_CHATS
         )

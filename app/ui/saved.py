@@ -7,10 +7,13 @@ and seals what goes back, so a store the server did not make is never read.
 
 from __future__ import annotations
 
+import functools
+import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
@@ -18,8 +21,37 @@ from app import chats
 from app.files import Folder
 from app.ui.sealed import StoreSeal
 
+log = logging.getLogger(__name__)
 # An import larger than this is refused unread (a JSON export carries its files as base64).
 MAX_IMPORT_BYTES = 100 << 20
+Event = TypeVar("Event", bound=Callable[..., Any])
+
+
+class Refused(Exception):
+    """An action of the panel that cannot be done, with the words to show for it."""
+
+
+def worded(action: str, outputs: int) -> Callable[[Event], Event]:
+    """An event of the panel whose failure is said in words (a warning naming the action and
+    what to do) and leaves the page as it was, instead of gradio's bare "Error" badge on each
+    of its `outputs` (a raised gr.Error of an event outside the queue reached the page so)."""
+
+    def wrap(event: Event) -> Event:
+        @functools.wraps(event)
+        def worded_event(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return event(*args, **kwargs)
+            except Refused as err:
+                message = str(err)
+            except Exception as err:  # the page must stay usable whatever went wrong
+                log.exception("%s failed", action)
+                message = f"{action} did not work ({err}); the page is as it was: try again."
+            gr.Warning(message)
+            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
+
+        return worded_event  # type: ignore[return-value]
+
+    return wrap
 
 
 def _list(store: chats.Store) -> Any:
@@ -64,20 +96,24 @@ class SavedChats:
         store = chats.save(self._open(sealed, request), list(history or []))
         return self._sealed(store, request), _list(store)
 
+    @worded("Starting a new chat", 3)
     def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.start_new(self._open(sealed, request))
         return self._sealed(store, request), _list(store), []
 
+    @worded("Opening that chat", 2)
     def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, list]:
         store, messages = chats.select(self._open(sealed, request), chat_id)
         return self._sealed(store, request), messages
 
+    @worded("Renaming the chat", 3)
     def rename(
         self, name: str, history: list | None, sealed: Any, request: gr.Request
     ) -> tuple[str, Any, str]:
         store = chats.save(self._open(sealed, request), list(history or []), renamed=name)
         return self._sealed(store, request), _list(store), ""
 
+    @worded("Deleting the chat", 3)
     def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.delete_current(self._open(sealed, request))
         return self._sealed(store, request), _list(store), []
@@ -87,18 +123,21 @@ class SavedChats:
         chat = chats.find_chat(store, store.get("current"))
         return chat["title"] if chat else chats.title_of(history)
 
+    @worded("Exporting the chat as JSON", 1)
     def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.json"
         path.write_text(chats.to_json(history, self._title(sealed, request, history)))
         return gr.File(value=str(path), visible=True)
 
+    @worded("Exporting the chat as Markdown", 1)
     def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.zip"
         title = self._title(sealed, request, history)
         return gr.File(value=str(chats.to_markdown_zip(history, title, path)), visible=True)
 
+    @worded("Importing the file", 3)
     def import_json(self, upload: Any, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """A conversation exported as JSON, as a new chat; a failed import leaves no file."""
         path = Path(getattr(upload, "name", None) or str(upload))
@@ -109,11 +148,16 @@ class SavedChats:
             title, messages = chats.from_json(path.read_text(encoding="utf-8"), folder)
         except RecursionError as err:
             shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error(
-                f"{path.name}: not a conversation exported by this app (nested too deeply)"
-            ) from err
+            raise Refused(_not_an_export(path, "nested too deeply")) from err
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error(f"{path.name}: not a conversation exported by this app ({err})") from err
+            raise Refused(_not_an_export(path, str(err))) from err
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, title)
         return self._sealed(store, request), _list(store), chats.current_messages(store)
+
+
+def _not_an_export(path: Path, why: str) -> str:
+    return (
+        f"{path.name}: not a conversation exported by this app ({why}). Import takes a file "
+        "made by Export JSON; nothing was changed."
+    )
