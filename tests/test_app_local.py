@@ -216,11 +216,12 @@ def test_stop_mid_stream_ends_the_generation_thread(app_for):
         time.sleep(0.02)
     assert _generation_threads(), "generation should be running mid-stream"
     job.cancel()
+    # A bound to catch a generation Stop never ends, not a timing: it ends within a decode
+    # step here (well under a second); 10 s is ten times that on a loaded machine.
     stopped_at = time.perf_counter()
-    while _generation_threads() and time.perf_counter() - stopped_at < 5:
+    while _generation_threads() and time.perf_counter() - stopped_at < 10:
         time.sleep(0.01)
     assert not _generation_threads()
-    assert time.perf_counter() - stopped_at < 1.0
     # The model is free again for the next request.
     reply = client.predict({"text": "again", "files": []}, max_new_tokens=4, api_name="/chat")
     assert isinstance(reply, str)
@@ -238,7 +239,9 @@ def test_error_inside_generation_reaches_the_client_promptly(app_for):
         started = time.perf_counter()
         with pytest.raises(Exception, match="injected failure"):
             client.predict({"text": "Hi", "files": []}, api_name="/chat")
-        assert time.perf_counter() - started < 5
+        # Not a timing: a bound under the official demo's 20 s timeout, which hid such errors
+        # (it takes well under a second here).
+        assert time.perf_counter() - started < 15
         # The browser's path shows it in the chat instead, and keeps the user's message.
         _, history = client.predict(
             {"text": "Hello?", "files": []}, [], *PANEL, api_name="/ui_send"

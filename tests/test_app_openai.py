@@ -208,7 +208,10 @@ def test_stop_closes_the_stream_and_the_server_stops_generating(served):
     reply = client.predict({"text": "Short", "files": []}, max_new_tokens=4, api_name="/chat")
     # A reply, not an error (four sampled tokens of a random model may all be special ones,
     # which decode to nothing: it happened once in ten runs).
-    assert isinstance(reply, str) and time.perf_counter() - started < 3
+    assert isinstance(reply, str)
+    # Not a timing: a server still generating would answer after ~13 s; one that stopped does
+    # in about half a second here, and 10 s leaves a loaded machine ten times that and more.
+    assert time.perf_counter() - started < 10
 
 
 def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(served):
@@ -218,7 +221,9 @@ def test_server_down_gives_a_clear_message_and_regenerate_works_once_it_is_back(
     try:
         started = time.perf_counter()
         _, history = client.predict({"text": "Hi", "files": []}, [], *PANEL, api_name="/ui_send")
-        assert time.perf_counter() - started < 5
+        # A refused connection is known at once (well under a second): the bound is only
+        # there to tell it from a wait for a timeout (the official demo's was 20 s).
+        assert time.perf_counter() - started < 15
         titles = [(m.get("metadata") or {}).get("title", "") for m in history]
         assert any("Cannot reach the model server" in t for t in titles)
         assert history[0]["content"][0]["text"] == "Hi"  # the user's turn is kept

@@ -341,6 +341,8 @@ def test_closing_the_tab_stops_generation(browser_and_url):
     _shot(other, "10-before-closing-tab")
     other.close()
     context.close()
+    # A bound to catch a generation that never ends, not a timing: gradio's unload arrives
+    # within about a second of the tab closing here.
     closed_at = time.perf_counter()
     while _generation_threads() and time.perf_counter() - closed_at < 15:
         time.sleep(0.05)

@@ -53,6 +53,8 @@ def test_missing_checkpoint_without_network_exits_fast_with_one_clear_line(tmp_p
         env=_env(tmp_path),
         timeout=60,
     )
+    # Not a timing: without network a hub lookup could wait for minutes; this takes a few
+    # seconds (the imports), and 30 s is ten times that.
     assert time.perf_counter() - started < 30
     assert out.returncode == 1
     assert "Traceback" not in out.stderr

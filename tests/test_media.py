@@ -62,7 +62,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     started = time.perf_counter()
     with pytest.raises(MediaError, match=r"bomb.png.*refused before decoding"):
         load_attachment(path, BUDGET)
-    assert time.perf_counter() - started < 2
+    # Not a timing: decoding the bomb would take minutes and gigabytes; refusing it takes
+    # milliseconds, and 10 s is far more than ten times that.
+    assert time.perf_counter() - started < 10
 
 
 @pytest.mark.parametrize(

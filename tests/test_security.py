@@ -210,7 +210,8 @@ def test_out_of_memory_gives_advice_frees_the_cache_and_the_app_goes_on(app_url,
         started = time.perf_counter()
         with pytest.raises(Exception, match=r"out of memory.*pixel budget.*--load-in-4bit"):
             client.predict({"text": "big", "files": []}, api_name="/chat")
-        assert time.perf_counter() - started < 5
+        # A bound under the official demo's 20 s timeout, not a timing (well under 1 s here).
+        assert time.perf_counter() - started < 15
     finally:
         handle.remove()
     assert isinstance(
