@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import re
 import time
 import uuid
 import zipfile
@@ -79,8 +80,25 @@ def start_new(store: Store) -> Store:
 
 
 def delete_current(store: Store) -> Store:
-    chats = [c for c in store.get("chats") or [] if c["id"] != store.get("current")]
-    return {"chats": chats, "current": None}
+    """The store without its current chat; the chat after it in the list is current now (the
+    one before it where it was the last; none where it was the only one)."""
+    order = [chat_id for _, chat_id in choices(store)]
+    current = store.get("current")
+    chats = [c for c in store.get("chats") or [] if c["id"] != current]
+    if current in order:
+        place = order.index(current)
+        order.remove(current)
+        current = order[min(place, len(order) - 1)] if order else None
+    else:
+        current = None
+    return {"chats": chats, "current": current}
+
+
+def file_name(title: str, suffix: str) -> str:
+    """A file name for a chat titled `title`: its words, no path or odd characters."""
+    words = re.sub(r"[^\w\- .,()]+", " ", title, flags=re.UNICODE)
+    stem = " ".join(words.split()).strip(" .")[:60].rstrip(" .")
+    return f"{stem or 'chat'}{suffix}"
 
 
 def select(store: Store, chat_id: str | None) -> tuple[Store, list]:

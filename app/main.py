@@ -216,7 +216,7 @@ def launch_kwargs(settings: Settings) -> dict:
 
     from app.http_limits import RequestLimits
     from app.settings import logins
-    from app.ui.layout import CSS
+    from app.ui.layout import CSS, PAGE_JS
     from app.ui.safety import PAGE_HEAD
 
     limits = Middleware(
@@ -235,6 +235,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "max_file_size": f"{settings.max_upload_mb}mb",
         "head": PAGE_HEAD,
         "css": CSS,
+        "js": PAGE_JS,
         "mcp_server": settings.mcp,
         "app_kwargs": {"middleware": [limits]},
     }

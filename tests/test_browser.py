@@ -250,6 +250,22 @@ def test_clear_in_mid_reply_empties_the_chat_and_stops(page):
     assert page.locator("#chatbot .error").count() == 0
 
 
+def test_esc_stops_a_streaming_reply(page):
+    page.locator("#clear").click()
+    _send(page, "Talk for a long time")
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll(\"#chatbot [data-testid='bot']\");"
+        " return b.length && b[b.length - 1].innerText.length > 20; }",
+        timeout=30000,
+    )
+    assert page.locator("#input [aria-label='Stop the reply (Esc)']").count() == 1
+    page.keyboard.press("Escape")
+    _wait_until(lambda: not _generation_threads(), "Esc should stop the generation")
+    page.wait_for_selector("#chatbot :text('stopped')", timeout=10000)
+    _wait_idle(page, 10)
+    _shot(page, "13-esc-stopped")
+
+
 HOSTILE = (
     "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
     "<script>window.__pwned = 'model script'</script>"

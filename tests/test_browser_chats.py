@@ -95,11 +95,19 @@ def test_a_chat_survives_a_reload_and_two_chats_keep_their_own(browser_and_url):
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Second question')")
     assert _users(page) == ["Second question"]
     _shot(page, "21-two-chats")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # "Delete this chat?" No
+    page.locator("#delete_chat").click()
+    page.wait_for_timeout(1000)
+    assert _saved_titles(page) == ["Second question", "First question"]
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#delete_chat").click()
     page.wait_for_function(
         "() => document.querySelectorAll('#chat_list label').length === 1", timeout=10000
     )
     assert _saved_titles(page) == ["First question"]
+    # The next chat opens.
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('First question')")
+    assert page.locator("#chat_list input:checked").count() == 1
     # Another browser (a new profile) sees none of these.
     other, other_page = _open(browser, url)
     assert _saved_titles(other_page) == [] and _users(other_page) == []
@@ -147,11 +155,10 @@ def test_export_then_import_gives_the_same_conversation(browser_and_url, media, 
     context, page = _open(browser, url)
     _ask(page, "Describe it", [media / "green.png"])
     _sidebar(page)
-    page.locator("#export_json").click()
-    link = page.locator("#export_file a").first
-    link.wait_for(timeout=10000)
-    first_href = link.get_attribute("href")
-    exported = page.request.get(first_href).text()
+    with page.expect_download(timeout=15000) as download:  # one click, a file named after it
+        page.locator("#export_json").click()
+    assert download.value.suggested_filename == "Describe it.json"
+    exported = Path(download.value.path()).read_text()
     document = json.loads(exported)
     roles = [(m["role"], "metadata" in m) for m in document["messages"]]
     # The photo, the question, the answer, and its stats line (shown again, never sent).
@@ -166,16 +173,12 @@ def test_export_then_import_gives_the_same_conversation(browser_and_url, media, 
     _sidebar(page)
     # The list is updated by the same event as the chat area, but drawn a moment later.
     page.wait_for_function("document.querySelectorAll('#chat_list label').length === 2")
-    assert len(_saved_titles(page)) == 2  # the exported chat and its imported copy
-    page.locator("#export_json").click()
-    page.wait_for_function(
-        "old => { const a = document.querySelector('#export_file a');"
-        " return a && a.getAttribute('href') !== old; }",
-        arg=first_href,
-    )
-    again = json.loads(
-        page.request.get(page.locator("#export_file a").first.get_attribute("href")).text()
-    )
+    # The exported chat and its imported copy, told apart.
+    assert _saved_titles(page) == ["Describe it (imported)", "Describe it"]
+    with page.expect_download(timeout=15000) as download:
+        page.locator("#export_json").click()
+    assert download.value.suggested_filename == "Describe it (imported).json"
+    again = json.loads(Path(download.value.path()).read_text())
     assert again["messages"] == document["messages"]
     _shot(page, "24-imported")
     context.close()
@@ -279,4 +282,17 @@ def test_a_fresh_page_shows_the_box_attach_and_send_on_its_first_screen(browser_
     assert where["toggle"][0] >= 0 and where["toggle"][1] <= where["width"], where
     page.locator("#banner summary").click()
     assert "random weights" in page.locator("#banner").inner_text()
+    context.close()
+
+
+def test_keys_stop_a_reply_and_start_a_new_chat_and_send_and_stop_say_what_they_do(
+    browser_and_url,
+):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    assert page.locator("#input [aria-label='Send the message']").count() == 1
+    assert "Esc stops the reply" in page.locator("#keys").inner_text()
+    _ask(page, "Before the new chat")
+    page.keyboard.press("Alt+KeyN")
+    page.wait_for_function("() => !document.querySelector(\"#chatbot [data-testid='user']\")")
     context.close()

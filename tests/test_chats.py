@@ -42,6 +42,15 @@ def test_chats_are_titled_listed_newest_first_renamed_and_deleted(media, tmp_pat
     assert reopened["current"] == first["current"] and len(messages) == 5
     remaining = chats.delete_current(reopened)
     assert [title for title, _ in chats.choices(remaining)] == ["Greetings"]
+    assert remaining["current"] == later["current"]  # the next chat opens
+    assert chats.delete_current(remaining) == {"chats": [], "current": None}
+
+
+def test_a_chat_is_exported_under_its_title():
+    assert chats.file_name("Describe it", ".json") == "Describe it.json"
+    assert chats.file_name("../../etc/passwd", ".json") == "etc passwd.json"
+    assert chats.file_name("收据 总额?", ".zip") == "收据 总额.zip"
+    assert chats.file_name("***", ".json") == "chat.json"
 
 
 def test_a_file_gone_from_the_server_becomes_a_note_and_the_chat_still_opens(media, tmp_path):

@@ -52,7 +52,44 @@ CSS = """
 #banner summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; cursor: pointer; }
 #banner { font-size: 0.9em; margin: 0; }
 @media (max-width: 640px) { #title h2 { font-size: 1.15rem; margin: 0; } }
+#export_file { display: none !important; }
+#keys { font-size: 0.8em; opacity: 0.75; }
 """
+KEYS_HELP = "Enter sends · Shift+Enter: a new line · Esc stops the reply · Alt+N: a new chat"
+# The page's own script, given to launch(): keys, the accessible names of Send and Stop (gradio
+# names Send "Submit"), and the download of an export in one click (the file, named after the
+# chat, is clicked once it arrives).
+PAGE_JS = """() => {
+  const button = (selector, text) => [...document.querySelectorAll(selector)]
+    .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
+  document.addEventListener('keydown', e => {
+    if (e.key === 'Escape') {
+      const stop = button('#input .stop-button') || button('#input button', 'Stop');
+      if (stop) { e.preventDefault(); stop.click(); }
+    } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === 'KeyN') {
+      e.preventDefault();
+      document.querySelector('#new_chat')?.click();
+    }
+  });
+  const name = () => {
+    document.querySelectorAll('#input .submit-button').forEach(
+      b => b.setAttribute('aria-label', 'Send the message'));
+    document.querySelectorAll('#input .stop-button').forEach(
+      b => b.setAttribute('aria-label', 'Stop the reply (Esc)'));
+  };
+  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
+  name();
+}"""
+DOWNLOAD_JS = """async () => {
+  for (let i = 0; i < 100; i++) {
+    const a = document.querySelector('#export_file a[download]');
+    if (a && a.dataset.fetched !== a.href) { a.dataset.fetched = a.href; a.click(); return; }
+    await new Promise(r => setTimeout(r, 50));
+  }
+}"""
+CONFIRM_DELETE_JS = (
+    "(confirmed, store) => [window.confirm('Delete this chat? It cannot be undone.'), store]"
+)
 EXAMPLE_PROMPTS = [
     ("Which quarter sold the most, and how much?", "chart.png"),
     ("Read the receipt: what is the total and what was bought?", "receipt.png"),
@@ -137,10 +174,9 @@ class ChatPage:
             with gr.Row():
                 self.export_json_btn = gr.Button("Export JSON", elem_id="export_json", size="sm")
                 self.export_md_btn = gr.Button("Export Markdown", elem_id="export_md", size="sm")
-            # Shown once there is a file to download (empty, it took half a phone's screen).
-            self.export_file = gr.File(
-                label="Download", elem_id="export_file", interactive=False, visible=False
-            )
+            # Never shown: an export downloads at once (DOWNLOAD_JS clicks its link).
+            self.export_file = gr.File(label="Download", elem_id="export_file", interactive=False)
+            self.delete_confirmed = gr.Checkbox(visible=False)
             self.import_btn = gr.UploadButton(
                 "Import JSON", file_types=[".json"], elem_id="import_chat", size="sm"
             )
@@ -173,6 +209,7 @@ class ChatPage:
             )
             self.undo_btn = gr.Button("Undo", elem_id="undo", size="sm", min_width=80)
             self.clear_btn = gr.Button("Clear", elem_id="clear", size="sm", min_width=80)
+        gr.Markdown(KEYS_HELP, elem_id="keys")
 
     def _render_footer(self) -> None:
         if EXAMPLES.is_dir():
@@ -280,8 +317,12 @@ class ChatPage:
         chat_list.input(leave, None, None, **QUIET).then(
             s.open, [chat_list, store], [store, chatbot], **SAVED_CHATS
         )
-        self.delete_btn.click(leave, None, None, **QUIET).then(
-            s.delete, [store], [store, chat_list, chatbot], **SAVED_CHATS
+        self.delete_btn.click(
+            self._delete,
+            [self.delete_confirmed, store],
+            [store, chat_list, chatbot],
+            js=CONFIRM_DELETE_JS,
+            **SAVED_CHATS,
         )
         self.rename_box.submit(
             s.rename,
@@ -289,12 +330,21 @@ class ChatPage:
             [store, chat_list, self.rename_box],
             **SAVED_CHATS,
         )
-        self.export_json_btn.click(
-            s.export_json, [chatbot, store], [self.export_file], **SAVED_CHATS
-        )
-        self.export_md_btn.click(
-            s.export_markdown, [chatbot, store], [self.export_file], **SAVED_CHATS
-        )
+        for button, export in (
+            (self.export_json_btn, s.export_json),
+            (self.export_md_btn, s.export_markdown),
+        ):
+            button.click(export, [chatbot, store], [self.export_file], **SAVED_CHATS).then(
+                None, None, None, js=DOWNLOAD_JS, **QUIET
+            )
         self.import_btn.upload(leave, None, None, **QUIET).then(
             s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **SAVED_CHATS
         )
+
+    def _delete(self, confirmed: bool, sealed: Any, request: gr.Request) -> Any:
+        """Delete the chat open once the person said so (CONFIRM_DELETE_JS asked): a reply
+        still running in it stops; the next chat opens."""
+        if not confirmed:
+            return gr.skip(), gr.skip(), gr.skip()
+        self.handlers.leave(request)
+        return self.saved.delete(sealed, request)

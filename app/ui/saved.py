@@ -116,7 +116,14 @@ class SavedChats:
     @worded("Deleting the chat", 3)
     def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.delete_current(self._open(sealed, request))
-        return self._sealed(store, request), _list(store), []
+        return self._sealed(store, request), _list(store), chats.current_messages(store)
+
+    def _own_folder(self) -> Path:
+        """A folder of its own for one export: files are named after their chat's title, and
+        two people's "New chat" must not be one file."""
+        folder = self.folder.fresh() / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
 
     def _title(self, sealed: Any, request: gr.Request | None, history: list) -> str:
         store = self._open(sealed, request)
@@ -126,16 +133,17 @@ class SavedChats:
     @worded("Exporting the chat as JSON", 1)
     def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.json"
-        path.write_text(chats.to_json(history, self._title(sealed, request, history)))
-        return gr.File(value=str(path), visible=True)
+        title = self._title(sealed, request, history)
+        path = self._own_folder() / chats.file_name(title, ".json")
+        path.write_text(chats.to_json(history, title))
+        return gr.File(value=str(path))
 
     @worded("Exporting the chat as Markdown", 1)
     def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        path = self.folder.fresh() / f"conversation-{uuid.uuid4().hex[:8]}.zip"
         title = self._title(sealed, request, history)
-        return gr.File(value=str(chats.to_markdown_zip(history, title, path)), visible=True)
+        path = self._own_folder() / chats.file_name(title, ".zip")
+        return gr.File(value=str(chats.to_markdown_zip(history, title, path)))
 
     @worded("Importing the file", 3)
     def import_json(self, upload: Any, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
@@ -152,7 +160,8 @@ class SavedChats:
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise Refused(_not_an_export(path, str(err))) from err
-        store = chats.save(chats.start_new(self._open(sealed, request)), messages, title)
+        imported = f"{title} (imported)"  # beside the original in the list, told apart
+        store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         return self._sealed(store, request), _list(store), chats.current_messages(store)
 
 
