@@ -13,6 +13,7 @@ the files beside the text); a JSON export imports back as the same conversation.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import mimetypes
 import re
@@ -73,6 +74,63 @@ def save(store: Store, messages: list, renamed: str | None = None) -> Store:
     elif not chat.get("named"):
         chat["title"] = title_of(messages)
     return store
+
+
+FEEDBACK = ("Like", "Dislike")  # what the chatbot's thumbs give
+
+
+def _reply_starts(messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The index of each reply's first message: the page shows a run of assistant messages
+    (the answer, its stats line) as one reply, and keeps one feedback per reply."""
+    return [
+        i
+        for i, m in enumerate(messages)
+        if m.get("role") == "assistant" and (i == 0 or messages[i - 1].get("role") != "assistant")
+    ]
+
+
+def _digest(message: Mapping[str, Any]) -> str:
+    """What a feedback was given to: a regenerated or edited reply loses it."""
+    content = json.dumps(message.get("content"), sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def set_feedback(
+    store: Store, messages: Sequence[Mapping[str, Any]], index: int, value: Any
+) -> Store:
+    """The store with the current chat's feedback on the reply at `index` set (None: taken
+    back)."""
+    store = {"chats": [dict(c) for c in store.get("chats") or []], "current": store.get("current")}
+    chat = find_chat(store, store["current"])
+    starts = _reply_starts(messages)
+    if chat is None or not starts:
+        return store
+    start = max((i for i in starts if i <= index), default=starts[0])
+    feedback = dict(chat.get("feedback") or {})
+    if value in FEEDBACK:
+        feedback[str(start)] = {"value": value, "digest": _digest(messages[start])}
+    else:
+        feedback.pop(str(start), None)
+    chat["feedback"] = feedback
+    return store
+
+
+def feedback_values(messages: Sequence[Mapping[str, Any]], feedback: Any) -> list[str | None]:
+    """One entry per reply, as the chatbot's `feedback_value` takes them."""
+    given = feedback if isinstance(feedback, dict) else {}
+    values: list[str | None] = []
+    for start in _reply_starts(messages):
+        entry = given.get(str(start))
+        if not isinstance(entry, dict) or entry.get("digest") != _digest(messages[start]):
+            values.append(None)
+            continue
+        values.append(entry["value"] if entry.get("value") in FEEDBACK else None)
+    return values
+
+
+def current_feedback(store: Store) -> list[str | None]:
+    chat = find_chat(store, store.get("current"))
+    return feedback_values(chat["messages"], chat.get("feedback")) if chat else []
 
 
 def start_new(store: Store) -> Store:
@@ -146,8 +204,11 @@ def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
     return out
 
 
-def to_json(messages: Sequence[Mapping[str, Any]], title: str) -> str:
-    """The conversation as one JSON document, its files inside (base64)."""
+def to_json(
+    messages: Sequence[Mapping[str, Any]], title: str, feedback: list[str | None] | None = None
+) -> str:
+    """The conversation as one JSON document, its files inside (base64); `feedback`: the
+    thumbs given, one entry per reply."""
     exported = []
     for message in messages:
         parts = []
@@ -164,11 +225,15 @@ def to_json(messages: Sequence[Mapping[str, Any]], title: str) -> str:
         if message.get("metadata"):  # reasoning, stats, notes: shown again, never sent
             entry["metadata"] = dict(message["metadata"])
         exported.append(entry)
-    return json.dumps({"format": FORMAT, "title": title, "messages": exported}, indent=1)
+    document: dict[str, Any] = {"format": FORMAT, "title": title, "messages": exported}
+    if feedback and any(feedback):
+        document["feedback"] = list(feedback)
+    return json.dumps(document, indent=1)
 
 
-def from_json(document: str, folder: Path) -> tuple[str, list]:
-    """(title, chatbot messages) of an exported conversation; files written into `folder`."""
+def from_json(document: str, folder: Path) -> tuple[str, list, list[str | None]]:
+    """(title, chatbot messages, feedback per reply) of an exported conversation; files
+    written into `folder`."""
     data = json.loads(document)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError("not a conversation exported by this app")
@@ -193,7 +258,21 @@ def from_json(document: str, folder: Path) -> tuple[str, list]:
                     k: str(v) for k, v in message["metadata"].items() if k in ("title", "status")
                 }
             messages.append(entry)
-    return str(data.get("title") or title_of(messages)), messages
+    given = data["feedback"] if isinstance(data.get("feedback"), list) else []
+    feedback = [v if v in FEEDBACK else None for v in given][: len(_reply_starts(messages))]
+    return str(data.get("title") or title_of(messages)), messages, feedback
+
+
+def with_feedback(store: Store, feedback: Sequence[str | None]) -> Store:
+    """The store with the current chat's replies given `feedback` (one entry per reply)."""
+    chat = find_chat(store, store.get("current"))
+    if chat is None:
+        return store
+    messages = chat["messages"]
+    for start, value in zip(_reply_starts(messages), feedback, strict=False):
+        if value is not None:
+            store = set_feedback(store, messages, start, value)
+    return store
 
 
 def _short_name(name: str) -> str:

@@ -296,3 +296,30 @@ def test_keys_stop_a_reply_and_start_a_new_chat_and_send_and_stop_say_what_they_
     page.keyboard.press("Alt+KeyN")
     page.wait_for_function("() => !document.querySelector(\"#chatbot [data-testid='user']\")")
     context.close()
+
+
+def test_thumbs_are_kept_with_the_chat_and_exported_with_it(browser_and_url, tmp_path):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "Thumbs question")
+    page.locator("#chatbot button[aria-label='Like']").first.click()
+    page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
+    page.wait_for_timeout(1000)  # the like event keeps it in the browser's store
+    page.reload()
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('Thumbs question')")
+    page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
+    _shot(page, "27-thumbs-after-reload")
+    _sidebar(page)
+    with page.expect_download(timeout=15000) as download:
+        page.locator("#export_json").click()
+    document = json.loads(Path(download.value.path()).read_text())
+    assert document["feedback"] == ["Like"]
+    saved = tmp_path / "liked.json"
+    saved.write_text(json.dumps(document))
+    page.locator("#new_chat").click()
+    page.set_input_files(
+        "#import_chat input[type=file], input[type=file][accept*='json']", str(saved)
+    )
+    page.wait_for_selector("#chatbot [data-testid='user'] :text('Thumbs question')")
+    page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
+    context.close()

@@ -70,7 +70,7 @@ def test_a_file_gone_from_the_server_becomes_a_note_and_the_chat_still_opens(med
 def test_json_export_then_import_gives_the_same_conversation(media, tmp_path):
     messages = _conversation(media, tmp_path)
     document = chats.to_json(messages, "My chat")
-    title, imported = chats.from_json(document, tmp_path / "imported")
+    title, imported, _ = chats.from_json(document, tmp_path / "imported")
     assert title == "My chat"
     assert json.loads(chats.to_json(imported, title)) == json.loads(document)
     [file] = [p["file"] for m in imported for p in m["content"] if p.get("type") == "file"]
@@ -85,3 +85,22 @@ def test_markdown_export_is_a_zip_with_the_files_beside_the_text(media, tmp_path
         assert "![files/0-photo.jpg](files/0-photo.jpg)" in text
         assert archive.read("files/0-photo.jpg") == (media / "red.jpg").read_bytes()
     assert text.startswith("# My chat") and "It is **red**." in text and "12 tokens" not in text
+
+
+def test_a_thumb_belongs_to_its_reply_and_goes_when_the_reply_changes():
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "assistant", "content": "", "metadata": {"title": "3 tokens"}},
+        {"role": "user", "content": "More"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    store = chats.save(chats.empty_store(), history)
+    store = chats.set_feedback(store, history, 2, "Like")  # the stats line: the same reply
+    store = chats.set_feedback(store, history, 4, "Dislike")
+    assert chats.current_feedback(store) == ["Like", "Dislike"]
+    regenerated = [*history[:4], {"role": "assistant", "content": "Another answer"}]
+    store = chats.save(store, regenerated)
+    assert chats.current_feedback(store) == ["Like", None]
+    store = chats.set_feedback(store, regenerated, 1, None)  # taken back
+    assert chats.current_feedback(store) == [None, None]

@@ -91,7 +91,8 @@ def test_an_attachment_with_a_very_long_name_imports_again(saved, tmp_path):
     part = {"type": "file", "file": {"path": str(photo), "orig_name": photo.name}}
     document = tmp_path / "export.json"
     document.write_text(chats.to_json([{"role": "user", "content": [part]}], "Long"))
-    _, _, messages = _import(saved, document)
+    _, _, chat = _import(saved, document)
+    messages = chat["value"]
     [file] = [p["file"] for m in messages for p in m["content"] if p.get("type") == "file"]
     assert file["orig_name"].endswith(".png") and len(file["orig_name"]) <= chats.NAME_CHARS
     assert Path(file["path"]).read_bytes() == b"\x89PNG fake"

@@ -337,6 +337,7 @@ class ChatPage:
             button.click(export, [chatbot, store], [self.export_file], **SAVED_CHATS).then(
                 None, None, None, js=DOWNLOAD_JS, **QUIET
             )
+        self.chatbot.like(s.feedback, [chatbot, store], [store], **SAVED_CHATS)
         self.import_btn.upload(leave, None, None, **QUIET).then(
             s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **SAVED_CHATS
         )

@@ -58,6 +58,14 @@ def _list(store: chats.Store) -> Any:
     return gr.Radio(choices=chats.choices(store), value=store.get("current"))
 
 
+def _chat(store: chats.Store) -> Any:
+    """The chat area showing the store's current chat, its thumbs as given."""
+    # An update, not a component: gradio checks its files as output like any other value.
+    return gr.update(
+        value=chats.current_messages(store), feedback_value=chats.current_feedback(store)
+    )
+
+
 def login_of(request: gr.Request | None) -> str | None:
     """The login of the request's user, where the app has logins."""
     return getattr(request, "username", None) or None
@@ -89,7 +97,7 @@ class SavedChats:
     def restore(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """On page load: the chat last open, and the list."""
         store = self._open(sealed, request, warn=True)
-        return self._sealed(store, request), _list(store), chats.current_messages(store)
+        return self._sealed(store, request), _list(store), _chat(store)
 
     def persist(self, history: list | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         """After every change of the chat: keep it in the browser's list."""
@@ -99,12 +107,12 @@ class SavedChats:
     @worded("Starting a new chat", 3)
     def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.start_new(self._open(sealed, request))
-        return self._sealed(store, request), _list(store), []
+        return self._sealed(store, request), _list(store), _chat(store)
 
     @worded("Opening that chat", 2)
-    def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, list]:
-        store, messages = chats.select(self._open(sealed, request), chat_id)
-        return self._sealed(store, request), messages
+    def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
+        store, _ = chats.select(self._open(sealed, request), chat_id)
+        return self._sealed(store, request), _chat(store)
 
     @worded("Renaming the chat", 3)
     def rename(
@@ -116,7 +124,7 @@ class SavedChats:
     @worded("Deleting the chat", 3)
     def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.delete_current(self._open(sealed, request))
-        return self._sealed(store, request), _list(store), chats.current_messages(store)
+        return self._sealed(store, request), _list(store), _chat(store)
 
     def _own_folder(self) -> Path:
         """A folder of its own for one export: files are named after their chat's title, and
@@ -125,17 +133,36 @@ class SavedChats:
         folder.mkdir()
         return folder
 
+    @worded("Keeping your feedback", 1)
+    def feedback(
+        self, like: gr.LikeData, history: list | None, sealed: Any, request: gr.Request
+    ) -> str:
+        """A thumb given (or taken back) on a reply: kept with the chat in the browser."""
+        value = (
+            {True: "Like", False: "Dislike"}.get(like.liked)
+            if isinstance(like.liked, bool)
+            else None
+        )
+        index = like.index[0] if isinstance(like.index, list | tuple) else int(like.index)
+        store = chats.set_feedback(self._open(sealed, request), list(history or []), index, value)
+        return self._sealed(store, request)
+
     def _title(self, sealed: Any, request: gr.Request | None, history: list) -> str:
         store = self._open(sealed, request)
         chat = chats.find_chat(store, store.get("current"))
         return chat["title"] if chat else chats.title_of(history)
+
+    def _feedback(self, sealed: Any, request: gr.Request | None, history: list) -> list:
+        store = self._open(sealed, request)
+        chat = chats.find_chat(store, store.get("current"))
+        return chats.feedback_values(history, chat.get("feedback")) if chat else []
 
     @worded("Exporting the chat as JSON", 1)
     def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         title = self._title(sealed, request, history)
         path = self._own_folder() / chats.file_name(title, ".json")
-        path.write_text(chats.to_json(history, title))
+        path.write_text(chats.to_json(history, title, self._feedback(sealed, request, history)))
         return gr.File(value=str(path))
 
     @worded("Exporting the chat as Markdown", 1)
@@ -153,7 +180,7 @@ class SavedChats:
         try:
             if path.stat().st_size > MAX_IMPORT_BYTES:
                 raise ValueError(f"over {MAX_IMPORT_BYTES >> 20} MB")
-            title, messages = chats.from_json(path.read_text(encoding="utf-8"), folder)
+            title, messages, feedback = chats.from_json(path.read_text(encoding="utf-8"), folder)
         except RecursionError as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise Refused(_not_an_export(path, "nested too deeply")) from err
@@ -162,7 +189,8 @@ class SavedChats:
             raise Refused(_not_an_export(path, str(err))) from err
         imported = f"{title} (imported)"  # beside the original in the list, told apart
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
-        return self._sealed(store, request), _list(store), chats.current_messages(store)
+        store = chats.with_feedback(store, feedback)
+        return self._sealed(store, request), _list(store), _chat(store)
 
 
 def _not_an_export(path: Path, why: str) -> str:
