@@ -286,11 +286,18 @@ def _short_name(name: str) -> str:
 def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
     """The conversation as Markdown, its files beside it, in one zip at `path`."""
     lines = [f"# {title}", ""]
+    speaker = None
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for index, message in enumerate(messages):
             if is_display_only(message) and not any(map(_file_of, parts_of(message))):
                 continue
-            lines.append(f"**{'You' if message.get('role') == 'user' else 'Assistant'}:**")
+            # One turn is one block: the page keeps a photo and its question as two messages.
+            role = "You" if message.get("role") == "user" else "Assistant"
+            if role != speaker:
+                if speaker is not None:
+                    lines.append("")
+                lines.append(f"**{role}:**")
+                speaker = role
             for part in parts_of(message):
                 text, file = text_of(part), _file_of(part)
                 if file is not None and Path(str(file["path"])).is_file():
@@ -300,6 +307,5 @@ def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Pat
                     lines.append(f"![{name}]({name})" if kind == "image" else f"[{name}]({name})")
                 elif text:
                     lines.append(text)
-            lines.append("")
-        archive.writestr("conversation.md", "\n".join(lines))
+        archive.writestr("conversation.md", "\n".join([*lines, ""]))
     return path

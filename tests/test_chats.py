@@ -85,6 +85,11 @@ def test_markdown_export_is_a_zip_with_the_files_beside_the_text(media, tmp_path
         assert "![files/0-photo.jpg](files/0-photo.jpg)" in text
         assert archive.read("files/0-photo.jpg") == (media / "red.jpg").read_bytes()
     assert text.startswith("# My chat") and "It is **red**." in text and "12 tokens" not in text
+    # The photo and its question are one turn: one block, as on the page.
+    assert text.count("**You:**") == 1 and text.count("**Assistant:**") == 1
+    assert (
+        text.index("files/0-photo.jpg") < text.index("What colour") < text.index("**Assistant:**")
+    )
 
 
 def test_a_thumb_belongs_to_its_reply_and_goes_when_the_reply_changes():
