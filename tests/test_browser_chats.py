@@ -323,3 +323,31 @@ def test_thumbs_are_kept_with_the_chat_and_exported_with_it(browser_and_url, tmp
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Thumbs question')")
     page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
     context.close()
+
+
+def test_settings_persist_in_the_browser_like_the_chats(browser_and_url):
+    from tests.test_browser import _set_max_new_tokens
+
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _set_max_new_tokens(page, 5)
+    prompt = page.locator("#system_prompt textarea")
+    prompt.fill("Answer like a pirate.")
+    prompt.press("Tab")
+    page.wait_for_timeout(1000)  # each change is kept in the browser's store
+    page.reload()
+    page.wait_for_selector("#input textarea")
+    page.locator("#settings").get_by_text("Settings").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#max_new_tokens input[type=number]')?.value === '5'"
+    )
+    assert page.locator("#system_prompt textarea").input_value() == "Answer like a pirate."
+    _ask(page, "With the kept settings")
+    assert page.locator("#chatbot :text('5 tokens')").count() == 1  # and a reply uses them
+    # Another browser starts from the defaults.
+    other, other_page = _open(browser, url)
+    other_page.locator("#settings").get_by_text("Settings").first.click()
+    other_page.locator("#system_prompt textarea").wait_for()
+    assert other_page.locator("#system_prompt textarea").input_value() == ""
+    other.close()
+    context.close()

@@ -25,6 +25,7 @@ from app.ui.saved import SavedChats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
+SETTINGS_KEY = "qwen-vl-chat-settings"  # the settings panel's, kept like the chats
 GENERATE = "generate"  # one concurrency group: every event that runs the model
 # Requests of that group let in at once: they take turns on the model by user (app/turns.py);
 # more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
@@ -135,6 +136,7 @@ class ChatPage:
             self._render_api()
             self._setup_events(demo)
             self._setup_saved_chats(demo)
+            self._setup_kept_settings(demo)
         for component in (
             self.chatbot,
             self.box,
@@ -232,6 +234,9 @@ class ChatPage:
         # In the fields' own order: the page's events take them in that order, after their
         # positional inputs (what a script driving the page's endpoints sends).
         self.panel_inputs = {name: made[name] for name in FIELD_NAMES}
+        self.settings_store = gr.BrowserState(
+            {}, storage_key=SETTINGS_KEY, secret=self.options.browser_secret
+        )
 
     def _render_api(self) -> None:
         """Hidden inputs give `/chat` its typed, upload-checked parameters."""
@@ -302,6 +307,21 @@ class ChatPage:
             api_name="ask",
             **api,
         )
+
+    def _setup_kept_settings(self, demo: gr.Blocks) -> None:
+        """The settings persist in the browser, as the chats do: each change is kept, and a
+        new page starts with them (checked as any input is: it is the browser's to change)."""
+        widgets = list(self.panel_inputs.values())
+
+        def keep(*values: Any) -> dict[str, Any]:
+            return dict(zip(FIELD_NAMES, values, strict=True))
+
+        def restore(saved: Any) -> tuple[Any, ...]:
+            return tuple(f.restored(saved, self.options.panel) for f in FIELDS)
+
+        demo.load(restore, [self.settings_store], widgets, **QUIET)
+        for widget in widgets:
+            widget.change(keep, widgets, [self.settings_store], **QUIET)
 
     def _setup_saved_chats(self, demo: gr.Blocks) -> None:
         """Every change of the chat is kept in the browser's list; the list's own events."""

@@ -106,6 +106,19 @@ class Field:
             return gr.Checkbox(**kwargs)
         return gr.Slider(**kwargs)
 
+    def restored(self, saved: Any, options: PanelOptions) -> Any:
+        """The widget's value kept in the browser (`saved`: what the browser sent, so checked
+        as any input is), or gr.skip() where there is none it can show."""
+        if not isinstance(saved, dict) or self.name not in saved:
+            return gr.skip()
+        try:
+            value = self.value(saved[self.name], options)
+        except PanelError:
+            return gr.skip()
+        if value is None:
+            return "" if self.widget == "text" else gr.skip()
+        return value
+
     def api_component(self) -> gr.components.Component:
         """A hidden input of `/chat`: empty by default, which means "as the checkpoint says"."""
         if self.widget == "text":
