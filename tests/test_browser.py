@@ -33,6 +33,9 @@ ARGS = [
     "--disable-sync",
     "--disable-quic",
     "--no-first-run",
+    # A camera that shows a test pattern, allowed without asking (the camera button's test).
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 
 

@@ -351,3 +351,22 @@ def test_settings_persist_in_the_browser_like_the_chats(browser_and_url):
     assert other_page.locator("#system_prompt textarea").input_value() == ""
     other.close()
     context.close()
+
+
+def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and_url):
+    # Chromium's fake camera (a test pattern), allowed without asking: tests/test_browser.ARGS.
+    browser, url = browser_and_url
+    context, page = _open(browser, url, PHONE)
+    page.locator("#camera").get_by_text("Camera").first.click()
+    page.locator("#camera_photo").get_by_text("Click to Access Webcam").first.click()
+    page.locator("#camera_photo button[aria-label='capture photo']").click()
+    page.wait_for_selector("#input .thumbnail-item, #input img", timeout=15000)
+    _shot(page, "35-camera-photo-in-the-box")
+    page.fill("#input textarea", "What did the camera see?")
+    page.locator("#input textarea").press("Enter")
+    page.wait_for_selector("#chatbot [data-testid='user'] img", timeout=15000)
+    _wait_idle(page)
+    page.wait_for_selector("#chatbot :text('tokens')", timeout=15000)
+    assert page.locator("#chatbot .error").count() == 0
+    assert "What did the camera see?" in " ".join(_users(page))
+    context.close()

@@ -174,6 +174,17 @@ class ChatHandlers:
     def idle(self) -> Any:
         return idle_box()
 
+    def add_capture(self, capture: Any, box: dict | None) -> tuple[Any, Any]:
+        """A photo or clip from the camera joins the box's files (what is typed stays); the
+        camera is emptied for the next one."""
+        path = capture.get("video") if isinstance(capture, dict) else capture
+        path = getattr(path, "path", None) or path
+        if not path:
+            return gr.skip(), gr.skip()
+        box = box or {}
+        files = [*(box.get("files") or []), str(path)]
+        return {"text": box.get("text") or "", "files": files}, None
+
     def clear(self, request: gr.Request) -> tuple[list, Any]:
         self.cancels.cancel(session_of(request), cleared=True)
         return [], idle_box()

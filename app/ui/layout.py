@@ -212,6 +212,15 @@ class ChatPage:
             self.undo_btn = gr.Button("Undo", elem_id="undo", size="sm", min_width=80)
             self.clear_btn = gr.Button("Clear", elem_id="clear", size="sm", min_width=80)
         gr.Markdown(KEYS_HELP, elem_id="keys")
+        # A photo (or a short clip) from the phone's or laptop's camera goes into the box, as
+        # an upload would: the same media path reads it when the message is sent.
+        with gr.Accordion("Camera", open=False, elem_id="camera"), gr.Row():
+            self.camera_photo = gr.Image(
+                sources=["webcam"], type="filepath", label="Take a photo", elem_id="camera_photo"
+            )
+            self.camera_clip = gr.Video(
+                sources=["webcam"], label="Record a short clip", elem_id="camera_clip"
+            )
 
     def _render_footer(self) -> None:
         if EXAMPLES.is_dir():
@@ -279,6 +288,8 @@ class ChatPage:
         # Stop sets this session's cancel events: the reply ends as usual, partial text and
         # stats kept (no "cancelled" event state in the page).
         self.box.stop(h.stop, None, self.box, **QUIET)
+        for capture in (self.camera_photo, self.camera_clip):
+            capture.change(h.add_capture, [capture, self.box], [self.box, capture], **QUIET)
         demo.unload(h.unload)
         undo = self.undo_btn.click(
             h.undo, *chat_io, api_name="ui_undo", api_visibility="undocumented", queue=False
