@@ -218,6 +218,7 @@ def launch_kwargs(settings: Settings) -> dict:
     from app.settings import logins
     from app.ui.layout import CSS, PAGE_JS
     from app.ui.safety import PAGE_HEAD
+    from app.ui.words import page_i18n
 
     limits = Middleware(
         RequestLimits,
@@ -236,6 +237,7 @@ def launch_kwargs(settings: Settings) -> dict:
         "head": PAGE_HEAD,
         "css": CSS,
         "js": PAGE_JS,
+        "i18n": page_i18n(),
         "mcp_server": settings.mcp,
         "app_kwargs": {"middleware": [limits]},
     }

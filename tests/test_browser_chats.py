@@ -370,3 +370,21 @@ def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and
     assert page.locator("#chatbot .error").count() == 0
     assert "What did the camera see?" in " ".join(_users(page))
     context.close()
+
+
+@pytest.mark.parametrize(
+    ("locale", "new_chat", "send", "settings"),
+    [("en-US", "New chat", "Send", "Settings"), ("zh-CN", "新对话", "发送", "设置")],
+)
+def test_the_page_speaks_the_browsers_language(browser_and_url, locale, new_chat, send, settings):
+    browser, url = browser_and_url
+    context = browser.new_context(viewport=PHONE, locale=locale)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#input textarea")
+    page.locator("#input button", has_text=send).wait_for(timeout=15000)
+    assert page.locator("#settings").get_by_text(settings).count() >= 1
+    _sidebar(page)
+    assert page.locator("#new_chat").inner_text().strip() == new_chat
+    _shot(page, f"36-language-{locale}")
+    context.close()

@@ -25,16 +25,17 @@ from app.render import Reply, render_reply
 from app.replies import ReplyStreamer, SessionCancels
 from app.settings import IPNetwork
 from app.ui.panel import PanelError, PanelOptions, request_settings
+from app.ui.words import word
 
 
 def busy_box(**changes: Any) -> Any:
     """The box while a reply runs: Stop in place of Send."""
-    return gr.MultimodalTextbox(submit_btn=False, stop_btn="Stop", **changes)
+    return gr.MultimodalTextbox(submit_btn=False, stop_btn=word("stop"), **changes)
 
 
 def idle_box() -> Any:
     """The box while no reply runs: Send, and no Stop."""
-    return gr.MultimodalTextbox(submit_btn="Send", stop_btn=False)
+    return gr.MultimodalTextbox(submit_btn=word("send"), stop_btn=False)
 
 
 def session_of(request: gr.Request | None) -> str:

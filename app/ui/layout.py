@@ -22,6 +22,7 @@ from app.ui.handlers import ChatHandlers
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
+from app.ui.words import word
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
@@ -56,7 +57,6 @@ CSS = """
 #export_file { display: none !important; }
 #keys { font-size: 0.8em; opacity: 0.75; }
 """
-KEYS_HELP = "Enter sends · Shift+Enter: a new line · Esc stops the reply · Alt+N: a new chat"
 # The page's own script, given to launch(): keys, the accessible names of Send and Stop (gradio
 # names Send "Submit"), and the download of an export in one click (the file, named after the
 # chat, is clicked once it arrives).
@@ -161,31 +161,33 @@ class ChatPage:
         self.store = gr.BrowserState(
             "", storage_key=STORAGE_KEY, secret=self.options.browser_secret
         )
-        with gr.Sidebar(label="Chats", open=False, elem_id="chats"):
-            self.new_btn = gr.Button("New chat", elem_id="new_chat", size="sm", variant="primary")
-            self.chat_list = gr.Radio(
-                choices=[], label="Saved in this browser", elem_id="chat_list"
+        with gr.Sidebar(label=word("chats"), open=False, elem_id="chats"):
+            self.new_btn = gr.Button(
+                word("new_chat"), elem_id="new_chat", size="sm", variant="primary"
             )
+            self.chat_list = gr.Radio(choices=[], label=word("saved_here"), elem_id="chat_list")
             self.rename_box = gr.Textbox(
-                placeholder="A new name for this chat",
+                placeholder=word("rename_placeholder"),
                 show_label=False,
                 elem_id="rename",
-                submit_btn="Rename",
+                submit_btn=word("rename"),
             )
-            self.delete_btn = gr.Button("Delete this chat", elem_id="delete_chat", size="sm")
+            self.delete_btn = gr.Button(word("delete_chat"), elem_id="delete_chat", size="sm")
             with gr.Row():
-                self.export_json_btn = gr.Button("Export JSON", elem_id="export_json", size="sm")
-                self.export_md_btn = gr.Button("Export Markdown", elem_id="export_md", size="sm")
+                self.export_json_btn = gr.Button(
+                    word("export_json"), elem_id="export_json", size="sm"
+                )
+                self.export_md_btn = gr.Button(word("export_md"), elem_id="export_md", size="sm")
             # Never shown: an export downloads at once (DOWNLOAD_JS clicks its link).
             self.export_file = gr.File(label="Download", elem_id="export_file", interactive=False)
             self.delete_confirmed = gr.Checkbox(visible=False)
             self.import_btn = gr.UploadButton(
-                "Import JSON", file_types=[".json"], elem_id="import_chat", size="sm"
+                word("import_json"), file_types=[".json"], elem_id="import_chat", size="sm"
             )
 
     def _render_chatbot_area(self) -> None:
         self.chatbot = gr.Chatbot(
-            label="Chat",
+            label=word("chat"),
             elem_id="chatbot",
             height=560,
             latex_delimiters=LATEX,
@@ -194,32 +196,35 @@ class ChatPage:
             editable="user",
         )
         self.box = gr.MultimodalTextbox(
-            placeholder="Ask about your images and videos (drop, paste or upload several)",
+            placeholder=word("box_placeholder"),
             file_count="multiple",
             file_types=["image", "video", ".pdf"],
             sources=["upload"],
             show_label=False,
             elem_id="input",
-            submit_btn="Send",
+            submit_btn=word("send"),
             stop_btn=False,
         )
         # Right under the box, in one row even on a phone (seen there: stacked under the
         # examples, they were four screens away from it).
         with gr.Row(equal_height=True):
             self.regenerate_btn = gr.Button(
-                "Regenerate", elem_id="regenerate", size="sm", min_width=80
+                word("regenerate"), elem_id="regenerate", size="sm", min_width=80
             )
-            self.undo_btn = gr.Button("Undo", elem_id="undo", size="sm", min_width=80)
-            self.clear_btn = gr.Button("Clear", elem_id="clear", size="sm", min_width=80)
-        gr.Markdown(KEYS_HELP, elem_id="keys")
+            self.undo_btn = gr.Button(word("undo"), elem_id="undo", size="sm", min_width=80)
+            self.clear_btn = gr.Button(word("clear"), elem_id="clear", size="sm", min_width=80)
+        gr.Markdown(word("keys_help"), elem_id="keys")
         # A photo (or a short clip) from the phone's or laptop's camera goes into the box, as
         # an upload would: the same media path reads it when the message is sent.
-        with gr.Accordion("Camera", open=False, elem_id="camera"), gr.Row():
+        with gr.Accordion(word("camera"), open=False, elem_id="camera"), gr.Row():
             self.camera_photo = gr.Image(
-                sources=["webcam"], type="filepath", label="Take a photo", elem_id="camera_photo"
+                sources=["webcam"],
+                type="filepath",
+                label=word("take_photo"),
+                elem_id="camera_photo",
             )
             self.camera_clip = gr.Video(
-                sources=["webcam"], label="Record a short clip", elem_id="camera_clip"
+                sources=["webcam"], label=word("record_clip"), elem_id="camera_clip"
             )
 
     def _render_footer(self) -> None:
@@ -230,12 +235,12 @@ class ChatPage:
                     for text, name in EXAMPLE_PROMPTS
                 ],
                 inputs=[self.box],
-                label="Examples (click one to fill the box)",
+                label=word("examples"),
                 examples_per_page=4,
             )
         by_name = {f.name: f for f in FIELDS}
         made = {}
-        with gr.Accordion("Settings", open=False, elem_id="settings"):
+        with gr.Accordion(word("settings"), open=False, elem_id="settings"):
             for row in ROWS:
                 with gr.Row():
                     for name in row:

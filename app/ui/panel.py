@@ -18,6 +18,7 @@ import gradio as gr
 
 from app.engines.base import GenerationParams, SamplingDefaults
 from app.media import Budget
+from app.ui.words import word
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Field:
         return min(max(value, type(value)(bounds["minimum"])), type(value)(bounds["maximum"]))
 
     def component(self, options: PanelOptions) -> gr.components.Component:
-        kwargs = {"label": self.label, "elem_id": self.name, **self.make(options)}
+        kwargs = {"label": word(f"field.{self.name}"), "elem_id": self.name, **self.make(options)}
         if self.widget == "text":
             return gr.Textbox(lines=2, **kwargs)
         if self.widget == "number":

@@ -1,0 +1,106 @@
+"""The page's words in English and Simplified Chinese, chosen by the browser's language.
+
+Labels, buttons and placeholders are gradio `I18nData` keys, translated in the browser by
+gradio's i18n (`launch(i18n=page_i18n())`); a language without its own table reads English.
+The model's answers are the model's; the app's own messages in the chat (errors, notes) are
+English for now.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+ENGLISH = MappingProxyType(
+    {
+        "chats": "Chats",
+        "new_chat": "New chat",
+        "saved_here": "Saved in this browser",
+        "rename_placeholder": "A new name for this chat",
+        "rename": "Rename",
+        "delete_chat": "Delete this chat",
+        "export_json": "Export JSON",
+        "export_md": "Export Markdown",
+        "import_json": "Import JSON",
+        "chat": "Chat",
+        "box_placeholder": "Ask about your images and videos (drop, paste or upload several)",
+        "send": "Send",
+        "stop": "Stop",
+        "regenerate": "Regenerate",
+        "undo": "Undo",
+        "clear": "Clear",
+        "keys_help": (
+            "Enter sends · Shift+Enter: a new line · Esc stops the reply · Alt+N: a new chat"
+        ),
+        "camera": "Camera",
+        "take_photo": "Take a photo",
+        "record_clip": "Record a short clip",
+        "examples": "Examples (click one to fill the box)",
+        "settings": "Settings",
+        "field.system_prompt": "System prompt",
+        "field.max_new_tokens": "Max new tokens",
+        "field.temperature": "Temperature (0 = greedy)",
+        "field.top_p": "Top-p",
+        "field.top_k": "Top-k (0 = off)",
+        "field.repetition_penalty": "Repetition penalty",
+        "field.seed": "Seed (-1 = random)",
+        "field.max_pixels": "Max pixels per image (lower it if memory runs out)",
+        "field.video_fps": "Video frames per second",
+        "field.video_max_frames": "Max video frames",
+        "field.enable_thinking": "Thinking (models whose template takes enable_thinking)",
+    }
+)
+CHINESE = MappingProxyType(
+    {
+        "chats": "对话",
+        "new_chat": "新对话",
+        "saved_here": "保存在此浏览器中",
+        "rename_placeholder": "为此对话起个新名字",
+        "rename": "重命名",
+        "delete_chat": "删除此对话",
+        "export_json": "导出 JSON",
+        "export_md": "导出 Markdown",
+        "import_json": "导入 JSON",
+        "chat": "对话",
+        "box_placeholder": "询问你的图片和视频（可拖放、粘贴或上传多个）",
+        "send": "发送",
+        "stop": "停止",
+        "regenerate": "重新生成",
+        "undo": "撤销",
+        "clear": "清空",
+        "keys_help": "Enter 发送 · Shift+Enter 换行 · Esc 停止回答 · Alt+N 新对话",
+        "camera": "相机",
+        "take_photo": "拍照",
+        "record_clip": "录制短视频",
+        "examples": "示例（点击一个填入输入框）",
+        "settings": "设置",
+        "field.system_prompt": "系统提示词",
+        "field.max_new_tokens": "最多生成的 token 数",
+        "field.temperature": "温度（0 = 贪心）",
+        "field.top_p": "Top-p",
+        "field.top_k": "Top-k（0 = 关闭）",
+        "field.repetition_penalty": "重复惩罚",
+        "field.seed": "随机种子（-1 = 随机）",
+        "field.max_pixels": "每张图片的最大像素数（内存不足时调低）",
+        "field.video_fps": "视频每秒帧数",
+        "field.video_max_frames": "视频最多帧数",
+        "field.enable_thinking": "思考模式（模板支持 enable_thinking 的模型）",
+    }
+)
+LANGUAGES = MappingProxyType({"en": ENGLISH, "zh-CN": CHINESE})
+
+
+def word(key: str) -> Any:
+    """The page's word for `key`, translated in the browser (gradio's I18nData)."""
+    from gradio.i18n import I18nData
+
+    if key not in ENGLISH:
+        raise KeyError(f"no English word for {key!r}")
+    return I18nData(key)
+
+
+def page_i18n() -> Any:
+    """gradio's translator of every language above, for `launch(i18n=...)`."""
+    import gradio as gr
+
+    return gr.I18n(**{language: dict(table) for language, table in LANGUAGES.items()})
