@@ -238,6 +238,8 @@ def launch_kwargs(settings: Settings) -> dict:
         "css": CSS,
         "js": PAGE_JS,
         "i18n": page_i18n(),
+        # Without gradio's own "Settings" link: the page has one Settings, the app's.
+        "footer_links": ["api", "gradio"],
         "mcp_server": settings.mcp,
         "app_kwargs": {"middleware": [limits]},
     }

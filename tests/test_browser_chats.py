@@ -140,12 +140,16 @@ def test_editing_an_earlier_question_answers_it_again_and_drops_what_came_after(
     _ask(page, "Question two")
     page.locator("#chatbot [data-testid='user']").first.hover()
     page.locator("#chatbot button[aria-label='Edit']").first.click()  # the first question's
+    warning = page.locator("#edit_warning")
+    warning.wait_for(timeout=5000)
+    assert "removes the 1 later turn" in warning.inner_text()  # said before it is saved
     page.locator("#chatbot textarea").first.fill("Question one, edited")
-    page.locator("#chatbot button[aria-label='Submit']").first.click()
+    page.locator("#chatbot textarea").first.press("Enter")  # Enter saves, as the box sends
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Question one, edited')")
     _wait_idle(page)
     page.wait_for_selector("#chatbot :text('tokens')")
-    assert _users(page) == ["Question one, edited"]
+    assert _users(page) == ["Question one, edited"]  # and the warning went with the edit
+    assert page.locator("#edit_warning").count() == 0
     _shot(page, "23-edited")
     context.close()
 
@@ -282,6 +286,8 @@ def test_a_fresh_page_shows_the_box_attach_and_send_on_its_first_screen(browser_
     assert where["toggle"][0] >= 0 and where["toggle"][1] <= where["width"], where
     page.locator("#banner summary").click()
     assert "random weights" in page.locator("#banner").inner_text()
+    # One "Settings" on the page, the app's (gradio's footer had a second).
+    assert page.get_by_text("Settings", exact=True).count() == 1
     context.close()
 
 
@@ -359,6 +365,12 @@ def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and
     context, page = _open(browser, url, PHONE)
     page.locator("#camera").get_by_text("Camera").first.click()
     page.locator("#camera_photo").get_by_text("Click to Access Webcam").first.click()
+    # The fake camera's picture is playing before the shot (a shot before it is empty).
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#camera_photo video');"
+        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
+        timeout=15000,
+    )
     page.locator("#camera_photo button[aria-label='capture photo']").click()
     page.wait_for_selector("#input .thumbnail-item, #input img", timeout=15000)
     _shot(page, "35-camera-photo-in-the-box")

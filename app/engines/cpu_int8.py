@@ -74,9 +74,8 @@ def _quantize_rows(weight: Any) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _int8_module_classes() -> tuple[type, type, type, type]:
-    """(Int8Linear, Int8Embedding, Int8Shared, Int8Part), defined once torch is imported (not
-    at module import)."""
+def _int8_module_classes() -> tuple[type, type]:
+    """(Int8Linear, Int8Embedding), defined once torch is imported (not at module import)."""
     import torch
     from torch import nn
 
@@ -131,6 +130,14 @@ def _int8_module_classes() -> tuple[type, type, type, type]:
         def extra_repr(self) -> str:
             return f"{self.num_embeddings}x{self.embedding_dim}, int8 rows"
 
+    return Int8Linear, Int8Embedding
+
+
+@functools.cache
+def _shared_module_classes() -> tuple[type, type]:
+    """(Int8Shared, Int8Part): linear layers of one input computed as one."""
+    from torch import nn
+
     class Int8Shared(nn.Module):
         """One int8 linear layer holding the rows of several that read the same input (a
         layer's q, k and v projections; its MLP's gate and up): their input is quantized once
@@ -175,7 +182,7 @@ def _int8_module_classes() -> tuple[type, type, type, type]:
         def extra_repr(self) -> str:
             return f"part {self.index} of a shared int8 layer, out={self.out_features}"
 
-    return Int8Linear, Int8Embedding, Int8Shared, Int8Part
+    return Int8Shared, Int8Part
 
 
 # What is kept of a quantized layer (and saved by app/engines/int8_store.py): its int8 rows,
@@ -228,7 +235,7 @@ def quantize(model: Any, keep: Keep | None = None) -> tuple[int, int]:
 
 def int8_module(layer: Int8Layer) -> Any:
     """The int8 module of a layer kept by `quantize` (a linear one where it has "bias")."""
-    int8_linear, int8_embedding, _, _ = _int8_module_classes()
+    int8_linear, int8_embedding = _int8_module_classes()
     if "bias" in layer:
         return int8_linear(layer["qweight"], layer["scale"], layer["bias"])
     return int8_embedding(layer["qweight"], layer["scale"], layer["padding_idx"])
@@ -274,7 +281,8 @@ def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
         for name, layer in named:
             setattr(parent, name, int8_module(layer))
         return
-    int8_linear, _, int8_shared, int8_part = _int8_module_classes()
+    int8_linear, _ = _int8_module_classes()
+    int8_shared, int8_part = _shared_module_classes()
     sizes = [layer["qweight"].shape[0] for layer in layers]
     biases = [layer["bias"] for layer in layers]
     bias = None

@@ -56,6 +56,7 @@ CSS = """
 @media (max-width: 640px) { #title h2 { font-size: 1.15rem; margin: 0; } }
 #export_file { display: none !important; }
 #keys { font-size: 0.8em; opacity: 0.75; }
+#edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
 """
 # The page's own script, given to launch(): keys, the accessible names of Send and Stop (gradio
 # names Send "Submit"), and the download of an export in one click (the file, named after the
@@ -70,9 +71,39 @@ PAGE_JS = """() => {
     } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === 'KeyN') {
       e.preventDefault();
       document.querySelector('#new_chat')?.click();
+    } else if (e.key === 'Enter' && !e.shiftKey && e.target.matches('#chatbot textarea')) {
+      // An edit is saved with Enter, as the box sends (Shift+Enter: a new line).
+      const save = button("#chatbot button[aria-label='Submit']");
+      if (save) { e.preventDefault(); save.click(); }
     }
   });
+  // An edit drops every later turn: say how many before it is saved.
+  document.addEventListener('click', e => {
+    const edit = e.target.closest("#chatbot button[aria-label='Edit']");
+    if (!edit) return;
+    const bubbles = [...document.querySelectorAll("#chatbot [data-testid='user']")];
+    // The question edited: the last one before its Edit button.
+    const before = bubbles.filter(
+      b => b.compareDocumentPosition(edit) & Node.DOCUMENT_POSITION_FOLLOWING);
+    const later = before.length ? bubbles.length - before.length : 0;
+    document.querySelectorAll('#edit_warning').forEach(w => w.remove());
+    if (later < 1) return;
+    let tries = 0;
+    const show = () => {
+      const box = document.querySelector('#chatbot textarea');
+      if (!box) { if (tries++ < 40) setTimeout(show, 50); return; }
+      const note = document.createElement('div');
+      note.id = 'edit_warning';
+      note.textContent = `Saving this edit removes the ${later} later turn${later > 1 ? 's' : ''}` +
+        ' (questions, replies and files). Enter saves, ✕ cancels.';
+      box.after(note);
+    };
+    show();
+  }, true);  // in the capture phase: the chatbot's own handler may stop the click
   const name = () => {
+    if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
+      document.querySelectorAll('#edit_warning').forEach(w => w.remove());
+    }
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', 'Send the message'));
     document.querySelectorAll('#input .stop-button').forEach(
