@@ -216,7 +216,7 @@ def launch_kwargs(settings: Settings) -> dict:
 
     from app.http_limits import RequestLimits
     from app.settings import logins
-    from app.ui.layout import CSS, PAGE_JS
+    from app.ui.page_code import CSS, PAGE_JS
     from app.ui.safety import PAGE_HEAD
     from app.ui.words import page_i18n
 

@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui.handlers import ChatHandlers
+from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
@@ -47,81 +48,6 @@ LATEX: list[dict[str, str | bool]] = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
-# The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
-# the text's colour, not as a red error; the banner is one line.
-CSS = """
-.katex-error { color: inherit !important; }
-#banner summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; cursor: pointer; }
-#banner { font-size: 0.9em; margin: 0; }
-@media (max-width: 640px) { #title h2 { font-size: 1.15rem; margin: 0; } }
-#export_file { display: none !important; }
-#keys { font-size: 0.8em; opacity: 0.75; }
-#edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
-"""
-# The page's own script, given to launch(): keys, the accessible names of Send and Stop (gradio
-# names Send "Submit"), and the download of an export in one click (the file, named after the
-# chat, is clicked once it arrives).
-PAGE_JS = """() => {
-  const button = (selector, text) => [...document.querySelectorAll(selector)]
-    .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
-  document.addEventListener('keydown', e => {
-    if (e.key === 'Escape') {
-      const stop = button('#input .stop-button') || button('#input button', 'Stop');
-      if (stop) { e.preventDefault(); stop.click(); }
-    } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === 'KeyN') {
-      e.preventDefault();
-      document.querySelector('#new_chat')?.click();
-    } else if (e.key === 'Enter' && !e.shiftKey && e.target.matches('#chatbot textarea')) {
-      // An edit is saved with Enter, as the box sends (Shift+Enter: a new line).
-      const save = button("#chatbot button[aria-label='Submit']");
-      if (save) { e.preventDefault(); save.click(); }
-    }
-  });
-  // An edit drops every later turn: say how many before it is saved.
-  document.addEventListener('click', e => {
-    const edit = e.target.closest("#chatbot button[aria-label='Edit']");
-    if (!edit) return;
-    const bubbles = [...document.querySelectorAll("#chatbot [data-testid='user']")];
-    // The question edited: the last one before its Edit button.
-    const before = bubbles.filter(
-      b => b.compareDocumentPosition(edit) & Node.DOCUMENT_POSITION_FOLLOWING);
-    const later = before.length ? bubbles.length - before.length : 0;
-    document.querySelectorAll('#edit_warning').forEach(w => w.remove());
-    if (later < 1) return;
-    let tries = 0;
-    const show = () => {
-      const box = document.querySelector('#chatbot textarea');
-      if (!box) { if (tries++ < 40) setTimeout(show, 50); return; }
-      const note = document.createElement('div');
-      note.id = 'edit_warning';
-      note.textContent = `Saving this edit removes the ${later} later turn${later > 1 ? 's' : ''}` +
-        ' (questions, replies and files). Enter saves, ✕ cancels.';
-      box.after(note);
-    };
-    show();
-  }, true);  // in the capture phase: the chatbot's own handler may stop the click
-  const name = () => {
-    if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
-      document.querySelectorAll('#edit_warning').forEach(w => w.remove());
-    }
-    document.querySelectorAll('#input .submit-button').forEach(
-      b => b.setAttribute('aria-label', 'Send the message'));
-    document.querySelectorAll('#input .stop-button').forEach(
-      b => b.setAttribute('aria-label', 'Stop the reply (Esc)'));
-  };
-  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
-  name();
-}"""
-DOWNLOAD_JS = """async () => {
-  for (let i = 0; i < 100; i++) {
-    const a = document.querySelector('#export_file a[download]');
-    if (a && a.dataset.fetched !== a.href) { a.dataset.fetched = a.href; a.click(); return; }
-    await new Promise(r => setTimeout(r, 50));
-  }
-}"""
-CONFIRM_DELETE_JS = (
-    "(confirmed, store) => [window.confirm('Delete this chat? It cannot be undone.'), store]"
-)
 EXAMPLE_PROMPTS = [
     ("Which quarter sold the most, and how much?", "chart.png"),
     ("Read the receipt: what is the total and what was bought?", "receipt.png"),

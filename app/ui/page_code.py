@@ -1,0 +1,86 @@
+"""The page's own style and scripts: what gradio's components do not do by themselves.
+
+CSS and PAGE_JS go to `launch()` (app/main.py); the others run on one event each
+(app/ui/layout.py). Kept apart from the layout: they are browser code, tested in Chromium
+(tests/test_browser*.py).
+"""
+
+from __future__ import annotations
+
+# The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
+# the text's colour, not as a red error; the banner is one line.
+CSS = """
+.katex-error { color: inherit !important; }
+#banner summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; cursor: pointer; }
+#banner { font-size: 0.9em; margin: 0; }
+@media (max-width: 640px) { #title h2 { font-size: 1.15rem; margin: 0; } }
+#export_file { display: none !important; }
+#keys { font-size: 0.8em; opacity: 0.75; }
+#edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
+"""
+# The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
+# an edit that drops later turns, and the accessible names of Send and Stop (gradio names Send
+# "Submit").
+PAGE_JS = """() => {
+  const button = (selector, text) => [...document.querySelectorAll(selector)]
+    .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
+  document.addEventListener('keydown', e => {
+    if (e.key === 'Escape') {
+      const stop = button('#input .stop-button') || button('#input button', 'Stop');
+      if (stop) { e.preventDefault(); stop.click(); }
+    } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === 'KeyN') {
+      e.preventDefault();
+      document.querySelector('#new_chat')?.click();
+    } else if (e.key === 'Enter' && !e.shiftKey && e.target.matches('#chatbot textarea')) {
+      // An edit is saved with Enter, as the box sends (Shift+Enter: a new line).
+      const save = button("#chatbot button[aria-label='Submit']");
+      if (save) { e.preventDefault(); save.click(); }
+    }
+  });
+  // An edit drops every later turn: say how many before it is saved.
+  document.addEventListener('click', e => {
+    const edit = e.target.closest("#chatbot button[aria-label='Edit']");
+    if (!edit) return;
+    const bubbles = [...document.querySelectorAll("#chatbot [data-testid='user']")];
+    // The question edited: the last one before its Edit button.
+    const before = bubbles.filter(
+      b => b.compareDocumentPosition(edit) & Node.DOCUMENT_POSITION_FOLLOWING);
+    const later = before.length ? bubbles.length - before.length : 0;
+    document.querySelectorAll('#edit_warning').forEach(w => w.remove());
+    if (later < 1) return;
+    let tries = 0;
+    const show = () => {
+      const box = document.querySelector('#chatbot textarea');
+      if (!box) { if (tries++ < 40) setTimeout(show, 50); return; }
+      const note = document.createElement('div');
+      note.id = 'edit_warning';
+      note.textContent = `Saving this edit removes the ${later} later turn${later > 1 ? 's' : ''}` +
+        ' (questions, replies and files). Enter saves, ✕ cancels.';
+      box.after(note);
+    };
+    show();
+  }, true);  // in the capture phase: the chatbot's own handler may stop the click
+  const name = () => {
+    if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
+      document.querySelectorAll('#edit_warning').forEach(w => w.remove());
+    }
+    document.querySelectorAll('#input .submit-button').forEach(
+      b => b.setAttribute('aria-label', 'Send the message'));
+    document.querySelectorAll('#input .stop-button').forEach(
+      b => b.setAttribute('aria-label', 'Stop the reply (Esc)'));
+  };
+  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
+  name();
+}"""
+# After an export: its file, named after the chat, is clicked once it arrives (one click).
+DOWNLOAD_JS = """async () => {
+  for (let i = 0; i < 100; i++) {
+    const a = document.querySelector('#export_file a[download]');
+    if (a && a.dataset.fetched !== a.href) { a.dataset.fetched = a.href; a.click(); return; }
+    await new Promise(r => setTimeout(r, 50));
+  }
+}"""
+# Before Delete: the answer goes to the event as its first input.
+CONFIRM_DELETE_JS = (
+    "(confirmed, store) => [window.confirm('Delete this chat? It cannot be undone.'), store]"
+)
