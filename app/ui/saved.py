@@ -187,7 +187,8 @@ class SavedChats:
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise Refused(_not_an_export(path, str(err))) from err
-        imported = f"{title} (imported)"  # beside the original in the list, told apart
+        # Beside the original in the list, told apart (once: an import of an import too).
+        imported = title if title.endswith("(imported)") else f"{title} (imported)"
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         store = chats.with_feedback(store, feedback)
         return self._sealed(store, request), _list(store), _chat(store)
