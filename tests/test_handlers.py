@@ -1,4 +1,6 @@
-"""The page's event handlers called as plain functions, on a real tiny engine, with no server."""
+"""The page's event handlers called as plain functions, with no server, on the scripted engine
+(tests/scripted_engine.py: the engine contract without a model, so these run in milliseconds;
+what a model does is tested with tiny checkpoints elsewhere)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,17 @@ import threading
 import gradio as gr
 import pytest
 
-from app.engines.local import LocalEngine
 from app.replies import ReplyStreamer, SessionCancels
 from app.ui.handlers import ChatHandlers
 from app.ui.panel import FIELD_NAMES, PanelOptions, page_defaults, request_settings
+from tests.scripted_engine import FAIL, ScriptedEngine
+
+SCRIPT = " ".join(f"word{i}" for i in range(200))
 
 
 @pytest.fixture(scope="module")
-def handlers(tiny_checkpoint):
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+def handlers():
+    engine = ScriptedEngine(script=SCRIPT, delay_s=0.005)
     options = PanelOptions(
         max_new_tokens=64,
         sampling=engine.sampling_defaults,
@@ -98,3 +102,25 @@ def test_the_panel_is_declared_once():
     assert settings.budget.max_pixels == options.budget.min_pixels  # kept within bounds
     api = request_settings({}, options)  # nothing given: as the checkpoint says
     assert api.params.temperature is None and api.system_prompt is None
+
+
+def test_an_engine_error_is_a_message_in_the_chat_and_the_question_stays(handlers, media):
+    box = {"text": f"Please {FAIL} now", "files": [str(media / "red.jpg")]}
+    *_, (_, history) = handlers.respond(box, [], _session("f"), **_panel(handlers))
+    assert [m["role"] for m in history[:2]] == ["user", "user"]  # the photo and the question
+    said = " ".join(str((m.get("metadata") or {}).get("title", "")) for m in history)
+    assert "asked to fail" in said
+    # (Sent after it in this chat, the failed question stays in the turn, as the user typed it.)
+    *_, (_, again) = handlers.respond({"text": "Fine now?", "files": []}, [], _session("f"))
+    assert _texts(again, "assistant")[-1].startswith("word0")  # the next request is answered
+
+
+def test_a_bad_file_is_named_and_the_turn_kept(handlers, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a picture at all")
+    *_, (_, history) = handlers.respond(
+        {"text": "What is it?", "files": [str(bad)]}, [], _session("g"), **_panel(handlers)
+    )
+    said = " ".join(str((m.get("metadata") or {}).get("title", "")) for m in history)
+    assert "broken.jpg" in said
+    assert any(m["role"] == "user" for m in history)
