@@ -25,6 +25,20 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _demo(
+    *flags: str, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python web_demo_mm.py FLAGS` run to its end, as a user starts it."""
+    return subprocess.run(
+        [sys.executable, "web_demo_mm.py", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -32,9 +46,7 @@ def _has_cuda() -> bool:
 
 
 def test_help_lists_the_flags():
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "--help"], cwd=ROOT, capture_output=True, text=True
-    )
+    out = _demo("--help")
     assert out.returncode == 0
     for flag in (
         "--checkpoint-path", "--cpu-only", "--flash-attn2", "--share", "--inbrowser",
@@ -45,14 +57,7 @@ def test_help_lists_the_flags():
 
 def test_missing_checkpoint_without_network_exits_fast_with_one_clear_line(tmp_path):
     started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "-c", "Qwen/Qwen3-VL-2B-Instruct"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=60,
-    )
+    out = _demo("-c", "Qwen/Qwen3-VL-2B-Instruct", env=_env(tmp_path), timeout=60)
     # Not a timing: without network a hub lookup could wait for minutes; this takes a few
     # seconds (the imports), and 30 s is ten times that.
     assert time.perf_counter() - started < 30
@@ -63,14 +68,7 @@ def test_missing_checkpoint_without_network_exits_fast_with_one_clear_line(tmp_p
 
 
 def test_missing_local_folder(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "-c", str(tmp_path / "nope")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=60,
-    )
+    out = _demo("-c", str(tmp_path / "nope"), env=_env(tmp_path), timeout=60)
     assert out.returncode == 1 and "does not exist" in out.stderr.strip().splitlines()[-1]
 
 
@@ -83,42 +81,22 @@ def test_missing_local_folder(tmp_path):
     ],
 )
 def test_argparse_errors_are_one_line_too(flags, words):
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", *flags], cwd=ROOT, capture_output=True, text=True
-    )
+    out = _demo(*flags)
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()  # not argparse's usage block
     assert line.startswith(f"error: {words}") and line.endswith("(--help lists the flags)")
 
 
 def test_an_unreachable_server_at_start_gets_start_up_advice(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "web_demo_mm.py",
-            "--backend",
-            "openai",
-            "--api-base",
-            "http://127.0.0.1:9/v1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=120,
-    )
+    flags = ("--backend", "openai", "--api-base", "http://127.0.0.1:9/v1")
+    out = _demo(*flags, env=_env(tmp_path), timeout=120)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and last.startswith("error: Cannot reach the model server")
     assert "Start it first" in last and "Regenerate" not in last
 
 
 def test_bad_flag_value_is_one_line():
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "--max-new-tokens", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    out = _demo("--max-new-tokens", "0")
     assert (
         out.returncode == 2 and out.stderr.strip() == "error: --max-new-tokens must be at least 1"
     )
@@ -176,14 +154,7 @@ def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(
         "dtype": "F32", "shape": [200_000, 100_000], "data_offsets": [0, 0]}}  # fmt: skip
     raw = json.dumps(header).encode()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
-    out = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "-c", str(folder)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=120,
-    )
+    out = _demo("-c", str(folder), env=_env(tmp_path), timeout=120)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "needs about 37.3 GB" in last and "--load-in-4bit (about 9.3 GB)" in last  # GiB
