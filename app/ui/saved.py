@@ -147,28 +147,28 @@ class SavedChats:
         store = chats.set_feedback(self._open(sealed, request), list(history or []), index, value)
         return self._sealed(store, request)
 
-    def _title(self, sealed: Any, request: gr.Request | None, history: list) -> str:
+    def _current(self, sealed: Any, request: gr.Request | None) -> dict[str, Any]:
+        """The chat open in the browser's store (empty where none is)."""
         store = self._open(sealed, request)
-        chat = chats.find_chat(store, store.get("current"))
-        return chat["title"] if chat else chats.title_of(history)
+        return chats.find_chat(store, store.get("current")) or {}
 
-    def _feedback(self, sealed: Any, request: gr.Request | None, history: list) -> list:
-        store = self._open(sealed, request)
-        chat = chats.find_chat(store, store.get("current"))
-        return chats.feedback_values(history, chat.get("feedback")) if chat else []
+    def _title(self, chat: dict[str, Any], history: list) -> str:
+        return str(chat["title"]) if chat else chats.title_of(history)
 
     @worded("Exporting the chat as JSON", 1)
     def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        title = self._title(sealed, request, history)
+        chat = self._current(sealed, request)  # opened once: its title and its thumbs
+        title = self._title(chat, history)
+        feedback = chats.feedback_values(history, chat.get("feedback"))
         path = self._own_folder() / chats.file_name(title, ".json")
-        path.write_text(chats.to_json(history, title, self._feedback(sealed, request, history)))
+        path.write_text(chats.to_json(history, title, feedback))
         return gr.File(value=str(path))
 
     @worded("Exporting the chat as Markdown", 1)
     def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
-        title = self._title(sealed, request, history)
+        title = self._title(self._current(sealed, request), history)
         path = self._own_folder() / chats.file_name(title, ".zip")
         return gr.File(value=str(chats.to_markdown_zip(history, title, path)))
 
