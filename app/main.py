@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import Engine
+from app.engines.local.memory import GB
 from app.media import CPU_MAX_PIXELS, Budget, MediaCache
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
-GB = 1 << 30
 # Files one upload request may carry at their largest (the box takes several at once).
 UPLOAD_FILES = 8
 
@@ -63,17 +63,52 @@ def build_openai_engine(settings: Settings) -> Engine:
 
 
 def build_local_engine(settings: Settings) -> Engine:
-    from app.engines.checkpoint import LoadOptions, load_model
     from app.engines.local import LocalEngine
-    from app.engines.model_thread import ModelThread
-    from app.engines.zerogpu import for_zero_gpu
+    from app.engines.local.checkpoint import load_model
+    from app.engines.local.memory import memory_defaults
+    from app.engines.local.model_thread import ModelThread
+    from app.engines.local.zerogpu import for_zero_gpu
+    from app.trial import model_label
 
-    checkpoint = settings.checkpoint_path
+    checkpoint = local_checkpoint(settings)
+    # Loaded first: where the model landed decides the image budget and the memory bounds,
+    # and torch is imported inside the load, whose log line says how long that took. Loaded
+    # on the thread that will run it (app/engines/local/model_thread.py: a quarter faster per
+    # token on a CPU).
+    runner = ModelThread()
+    model, processor = runner.submit(load_model, checkpoint, load_options(settings)).result()
+    defaults = memory_defaults(model)
+    cache_gb = settings.prefix_cache_gb
+    name, notice = model_label(checkpoint)
+    engine = LocalEngine(
+        model,
+        processor,
+        runner=runner,
+        model_name=name,
+        notice=notice,
+        max_prompt_tokens=settings.max_prompt_tokens or defaults.max_prompt_tokens,
+        prefix_cache_bytes=defaults.prefix_cache_bytes if cache_gb is None else int(cache_gb * GB),
+        budget=budget_of(settings, on_cpu=model.device.type == "cpu"),
+        media_cache=MediaCache(),
+        max_new_tokens=settings.max_new_tokens,
+        decoder=build_decoder(settings),
+    )
+    return for_zero_gpu(engine)
+
+
+def local_checkpoint(settings: Settings) -> str:
+    """The checkpoint to load: the one named, or the offline trial's, built now."""
     if settings.tiny_random:
         from app.trial import build_trial_checkpoint
 
-        checkpoint = str(build_trial_checkpoint(settings.tiny_random))
-    options = LoadOptions(
+        return str(build_trial_checkpoint(settings.tiny_random))
+    return settings.checkpoint_path
+
+
+def load_options(settings: Settings) -> Any:
+    from app.engines.local.checkpoint import LoadOptions
+
+    return LoadOptions(
         cpu_only=settings.cpu_only,
         flash_attn2=settings.flash_attn2,
         load_in_4bit=settings.load_in_4bit,
@@ -81,25 +116,6 @@ def build_local_engine(settings: Settings) -> Engine:
         # A trial checkpoint is made afresh at each start: nothing to keep for the next.
         int8_store=None if settings.tiny_random else user_cache_folder() / "int8",
     )
-    cache_gb = settings.prefix_cache_gb
-    # Loaded first: where the model landed decides the image budget, and torch is imported
-    # inside the load, whose log line says how long that took. Loaded on the thread that will
-    # run it (app/engines/model_thread.py: a quarter faster per token on a CPU).
-    runner = ModelThread()
-    model, processor = runner.submit(load_model, checkpoint, options).result()
-    engine = LocalEngine(
-        model,
-        processor,
-        checkpoint=checkpoint,
-        budget=budget_of(settings, on_cpu=model.device.type == "cpu"),
-        media_cache=MediaCache(),
-        max_new_tokens=settings.max_new_tokens,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),
-        decoder=build_decoder(settings),
-        runner=runner,
-    )
-    return for_zero_gpu(engine)
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -129,7 +145,8 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
 
 
 def cpu_weights_note(engine: Engine) -> str | None:
-    """On the CPU: which path computes (app/engines/cpu_int8.py), and how to take the other."""
+    """On the CPU: which path computes (app/engines/local/cpu_int8.py), and how to take the
+    other."""
     if not engine.runs_on_cpu:
         return None
     if engine.weights == "int8":
@@ -137,7 +154,7 @@ def cpu_weights_note(engine: Engine) -> str | None:
             "Running on the CPU with int8 weights, the fast path (answers differ a little from "
             "float32's); start with --dtype float32 for the exact, slower one."
         )
-    from app.engines.cpu_int8 import int8_kernels_available
+    from app.engines.local.cpu_int8 import int8_kernels_available
 
     if engine.weights == "float32" and int8_kernels_available():
         return (

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from app.engines.base import FAMILIES
 from app.media import CPU_MAX_PIXELS, Budget
-from app.trial import FAMILIES as TRIAL_FAMILIES
+from app.trial import TRIAL_FAMILIES
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
 _MEDIA = Budget()  # frozen: the default budget, read for the flags' defaults

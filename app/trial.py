@@ -1,11 +1,11 @@
 """The offline trial (`--tiny-random FAMILY`): tiny random Qwen-VL checkpoints built offline.
 
 The app serves one when there is no model and no network; the tests and benchmarks build theirs
-with the same code. Each checkpoint is real: a byte-level BPE tokenizer trained on the spot with
-the Qwen special tokens and a Qwen-style chat template, a model config from transformers' own
-config classes, and the Qwen image and video processors, all written with ``save_pretrained``.
-It loads through ``AutoProcessor`` and ``AutoModelForImageTextToText`` exactly as a hub
-checkpoint does; its answers are random text.
+with the same code (testkit/checkpoints.py adds what only they need). Each checkpoint is real:
+a byte-level BPE tokenizer trained on the spot with the Qwen special tokens and a Qwen-style
+chat template, a model config from transformers' own config classes, and the Qwen image and
+video processors, all written with ``save_pretrained``. It loads through ``AutoProcessor`` and
+``AutoModelForImageTextToText`` exactly as a hub checkpoint does; its answers are random text.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+TRIAL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 # The file that marks a checkpoint as one of ours (random weights), and says what it is.
 MARKER = "TINY_RANDOM_CHECKPOINT.json"
 
@@ -211,36 +211,22 @@ def _processor(family: str, model_type: str, tokenizer: Any) -> Any:
     )
 
 
-def _generation_config(
-    tokenizer: Any, suppress_eos: bool, scripted_reply: str | None, base: Path | None = None
-) -> Any:
-    """The released checkpoint's generation config (`base`) or one like Qwen's, made to run
-    to the end (`suppress_eos`) or to answer `scripted_reply`."""
+def _generation_config(tokenizer: Any) -> Any:
+    """A generation config like Qwen's released ones (sampling, both end tokens)."""
     from transformers import GenerationConfig
 
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if base is not None:
-        generation = GenerationConfig.from_pretrained(base)
-    else:
-        generation = GenerationConfig(
-            eos_token_id=[eos, pad],
-            pad_token_id=pad,
-            do_sample=True,
-            temperature=0.7,
-            top_p=0.8,
-            top_k=20,
-            repetition_penalty=1.0,
-            max_new_tokens=256,
-        )
-    if suppress_eos:
-        # No end, and no reasoning tags either: the whole stream is answer text.
-        reasoning_tags = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
-        generation.suppress_tokens = [eos, pad, *reasoning_tags]
-        generation.eos_token_id = None
-    if scripted_reply is not None:
-        generation.sequence_bias = script_bias(tokenizer, scripted_reply, eos)
-    return generation
+    return GenerationConfig(
+        eos_token_id=[eos, pad],
+        pad_token_id=pad,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.0,
+        max_new_tokens=256,
+    )
 
 
 def build_tiny_checkpoint(
@@ -249,27 +235,17 @@ def build_tiny_checkpoint(
     *,
     width: int = 64,
     vocab_size: int = 512,
-    suppress_eos: bool = False,
-    scripted_reply: str | None = None,
     seed: int = 0,
     init_range: float | None = None,
 ) -> Path:
     """Write a tiny random checkpoint of `family` into `out_dir` and return the path.
-
-    `suppress_eos` writes a generation config that forbids the end tokens (and the reasoning
-    tags), so that a generation always runs to `max_new_tokens` as answer text (benchmarks and
-    Stop tests need a long, predictable stream).
-    `scripted_reply` writes a generation config whose `sequence_bias` makes the model answer
-    exactly that text, then stop, whatever it is asked: the real generation stack runs, and tests
-    get a reply with boxes or reasoning in it.
     `init_range` spreads the random weights wider than transformers' default, so that greedy
-    replies vary token by token (tests comparing replies need that).
-    """
+    replies vary token by token (tests comparing replies need that)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family not in TRIAL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(TRIAL_FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _fast_tokenizer(vocab_size, thinking=family == "qwen3_5")
@@ -281,92 +257,13 @@ def build_tiny_checkpoint(
         config.text_config.initializer_range = config.vision_config.initializer_range = init_range
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config = _generation_config(tokenizer, suppress_eos, scripted_reply)
+    model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(out)
     _processor(family, config.model_type, tokenizer).save_pretrained(out)
     (out / MARKER).write_text(
         json.dumps({"family": family, "note": "random weights; answers are meaningless"})
     )
     return out
-
-
-# The files of a released checkpoint, other than its weights, that a built model carries.
-CONFIG_FILES = (
-    "chat_template.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "preprocessor_config.json",
-    "video_preprocessor_config.json",
-)
-REAL_CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "realcfg"
-
-
-def _shrink(config: Any, width: int) -> None:
-    """Tiny widths, the real vocabulary: what the tests need of a real configuration."""
-    text, vision = config.text_config, config.vision_config
-    text.hidden_size, text.intermediate_size = width, width * 2
-    text.num_hidden_layers, text.num_attention_heads = 2, HEADS
-    text.num_key_value_heads, text.head_dim = HEADS, width // HEADS
-    # mrope sections sum to head_dim / 2; the real ones (24, 20, 20) scaled down.
-    text.rope_parameters = dict(text.rope_parameters or {}) | {"mrope_section": [6, 5, 5]}
-    vision.depth, vision.hidden_size, vision.intermediate_size = 2, width, width * 2
-    vision.num_heads, vision.out_hidden_size = HEADS, width
-    vision.deepstack_visual_indexes = [1]
-    # A wide spread of random weights: with the real 151k vocabulary and the usual narrow one,
-    # a greedy reply repeats one token, and a test comparing replies would prove nothing.
-    text.initializer_range = vision.initializer_range = 1.0
-
-
-def build_from_config_folder(
-    folder: str | Path,
-    out_dir: str | Path,
-    *,
-    tiny: bool = True,
-    width: int = 64,
-    text_layers: int | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    suppress_eos: bool = False,
-    scripted_reply: str | None = None,
-) -> Path:
-    """A random-weight model with the configuration, tokenizer, chat template and processor
-    settings of the released checkpoint in `folder`: tiny widths (tests), or the real shapes
-    (benchmarks), with `text_layers` decoder layers where given. `suppress_eos` and
-    `scripted_reply` as in `build_tiny_checkpoint`."""
-    import shutil
-
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
-
-    source, out = Path(folder), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(source)
-    if tiny:
-        _shrink(config, width)
-    if text_layers:
-        config.text_config.num_hidden_layers = text_layers
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model.generation_config = _generation_config(
-        tokenizer, suppress_eos, scripted_reply, base=source
-    )
-    model.save_pretrained(out)
-    for name in CONFIG_FILES:
-        shutil.copy(source / name, out / name)
-    marker = {"family": config.model_type, "source": source.name, "tiny": tiny}
-    (out / MARKER).write_text(json.dumps(marker))
-    return out
-
-
-def script_bias(tokenizer: Any, reply: str, eos: int) -> list[list]:
-    """`sequence_bias` entries that force `reply` then `eos`.
-
-    Entry i biases token i after the exact i tokens before it, with a bias growing with i: where
-    several entries match, the longest (the true continuation) wins by far over random logits.
-    """
-    ids = [*tokenizer.encode(reply, add_special_tokens=False), eos]
-    return [[ids[: i + 1], 1000.0 * (i + 1)] for i in range(len(ids))]
 
 
 TRIAL_BANNER = (
@@ -396,3 +293,10 @@ def trial_name(path: str | Path) -> str | None:
     if "source" not in made:
         return f"tiny random {made.get('family', 'model')}"
     return f"{'tiny ' if made.get('tiny') else ''}random-weight {made['source']} shapes"
+
+
+def model_label(checkpoint: str) -> tuple[str, str | None]:
+    """The page's name for the model at `checkpoint` (never a server path: the folder's or hub
+    id's last part), and the notice to show with it (the offline trial's banner, or none)."""
+    trial = trial_name(checkpoint)
+    return trial or Path(checkpoint).name, TRIAL_BANNER if trial else None

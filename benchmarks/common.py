@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(family: str = "qwen3_vl", suppress_eos: bool = True) -> Path:
-    from app.trial import build_tiny_checkpoint
+    from testkit.checkpoints import build_tiny_checkpoint
 
     return build_tiny_checkpoint(
         tempfile.mkdtemp(prefix="bench-"), family, suppress_eos=suppress_eos
@@ -74,7 +74,7 @@ def app_process(
     """
     import httpx
 
-    from app.testing.launch import free_port
+    from testkit.launch import free_port
 
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", QWEN_DEMO_SERVER_PORT=str(port))

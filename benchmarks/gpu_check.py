@@ -52,7 +52,7 @@ class Row:
 
 def build(dry_run: bool) -> Path:
     """The checkpoint: real shapes in bf16 (or tiny widths for a dry run), built once."""
-    from app.trial import REAL_CONFIGS, build_from_config_folder
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder
 
     name = "gpu-check-tiny" if dry_run else "gpu-check-qwen3-vl-2b-shapes"
     folder = Path(tempfile.gettempdir()) / name
@@ -68,11 +68,11 @@ def build(dry_run: bool) -> Path:
 
 
 def engine_for(path: Path, dry_run: bool, **options: Any) -> Any:
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
+    from app.engines.local.checkpoint import LoadOptions
+    from testkit.engines import load_engine
 
     load = LoadOptions(cpu_only=dry_run, dtype="float32" if dry_run else "bfloat16", **options)
-    return LocalEngine.load(str(path), load, max_new_tokens=DECODE_TOKENS)
+    return load_engine(str(path), load, max_new_tokens=DECODE_TOKENS)
 
 
 def ask(engine: Any, turns: tuple, tokens: int = DECODE_TOKENS) -> tuple[str, Any]:
@@ -265,7 +265,7 @@ def environment(engine: Any) -> str:
     import torch
     import transformers
 
-    from app.engines.placement import describe
+    from app.engines.local.placement import describe
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (dry run)"
     placed = describe(getattr(engine.model, "hf_device_map", None)) or str(engine.model.device)
@@ -282,7 +282,13 @@ def run(dry_run: bool) -> tuple[str, list[Row]]:
     path = build(dry_run)
     engine = engine_for(path, dry_run)
     uncached = LocalEngine(
-        engine.model, engine.processor, prefix_cache_bytes=0, max_new_tokens=DECODE_TOKENS
+        engine.model,
+        engine.processor,
+        runner=engine.runner,  # the same model, on the thread it was loaded on
+        model_name=engine.model_name,
+        max_prompt_tokens=engine.max_prompt_tokens,
+        prefix_cache_bytes=0,
+        max_new_tokens=DECODE_TOKENS,
     )
     rows = check_photo_turn(engine) + check_prefix_cache(engine, uncached)
     rows += check_out_of_memory(engine, dry_run) + check_leaks(engine, dry_run)

@@ -35,7 +35,7 @@ def _logits(engine: Any, text: str, photo: Path | None) -> Any:
     import torch
 
     from app.engines.base import Attachment, ChatRequest, Turn
-    from app.engines.prompt import build_prompt
+    from app.engines.local.prompt import build_prompt
     from app.media import Budget
     from app.media.limits import CPU_MAX_PIXELS
 
@@ -70,14 +70,14 @@ def compare(exact: Any, fast: Any) -> dict[str, float]:
 
 
 def real_shapes() -> list[str]:
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
+    from app.engines.local.checkpoint import LoadOptions
+    from testkit.engines import load_engine
 
     checkpoint = str(build(FULL_LAYERS))
-    exact = LocalEngine.load(checkpoint, LoadOptions(cpu_only=True, dtype="float32"))
+    exact = load_engine(checkpoint, LoadOptions(cpu_only=True, dtype="float32"))
     reference = [_logits(exact, text, photo) for text, photo in PROMPTS]
     del exact
-    fast = LocalEngine.load(checkpoint, LoadOptions(cpu_only=True))
+    fast = load_engine(checkpoint, LoadOptions(cpu_only=True))
     rows = [
         "| prompt | positions | cosine (mean / min) | relative error | top-1 agrees "
         "| top-5 overlap | KL (nats) |",
@@ -98,7 +98,7 @@ def real_shapes() -> list[str]:
 def _greedy(engine: Any) -> list[int]:
     """The first GREEDY_TOKENS ids `engine`'s model makes, greedy, for a fixed question."""
     from app.engines.base import ChatRequest, Turn
-    from app.engines.prompt import build_prompt
+    from app.engines.local.prompt import build_prompt
 
     request = ChatRequest((Turn("user", "Tell me about the weather today."),))
     built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
@@ -115,18 +115,18 @@ def _greedy(engine: Any) -> list[int]:
 
 
 def tiny_families() -> list[str]:
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
-    from app.trial import FAMILIES, build_tiny_checkpoint
+    from app.engines.local.checkpoint import LoadOptions
+    from testkit.checkpoints import TRIAL_FAMILIES, build_tiny_checkpoint
+    from testkit.engines import load_engine
 
     rows = [
         f"| family | leading greedy tokens equal to float32's (of {GREEDY_TOKENS}) |",
         "| --- | --- |",
     ]
-    for family in FAMILIES:
+    for family in TRIAL_FAMILIES:
         path = str(build_tiny_checkpoint(tempfile.mkdtemp(), family, suppress_eos=True))
-        exact = _greedy(LocalEngine.load(path, LoadOptions(cpu_only=True, dtype="float32")))
-        fast = _greedy(LocalEngine.load(path, LoadOptions(cpu_only=True)))
+        exact = _greedy(load_engine(path, LoadOptions(cpu_only=True, dtype="float32")))
+        fast = _greedy(load_engine(path, LoadOptions(cpu_only=True)))
         same = next(
             (i for i, (a, b) in enumerate(zip(exact, fast, strict=False)) if a != b), len(exact)
         )

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.testing.servers import convert_to_gguf, llama_server_command, wait_until_ready
 from benchmarks.common import ROOT
 from benchmarks.real_shapes import FULL_LAYERS, OFFICE, build
+from testkit.servers import convert_to_gguf, llama_server_command, wait_until_ready
 
 NEW_TOKENS = 64
 FOLLOW_UP_TOKENS = 8
@@ -102,16 +102,16 @@ def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
     import torch
 
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
+    from app.engines.local.checkpoint import LoadOptions
     from app.media import Budget
     from app.media.limits import CPU_MAX_PIXELS
+    from testkit.engines import load_engine
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
     int8_store = Path(store) if store != "-" else None
     options = LoadOptions(cpu_only=True, dtype=dtype, int8_store=int8_store)
-    engine = LocalEngine.load(checkpoint, options)
+    engine = load_engine(checkpoint, options)
     _reply({"load_s": time.perf_counter() - started, "weights": engine.weights})
     budget = Budget(max_pixels=CPU_MAX_PIXELS)
     for line in sys.stdin:
@@ -313,7 +313,7 @@ def main() -> None:
     photo = photo_at_cpu_budget(OFFICE, checkpoint.parent / "office-at-cpu-budget.png")
     engines: dict[str, Any] = {}
     dtypes = ["int8"] if args.no_float32 else ["float32", "int8"]
-    # The app keeps its int8 weights once made (app/engines/int8_store.py): its first start
+    # The app keeps its int8 weights once made (app/engines/local/int8_store.py): its first start
     # quantizes the checkpoint, later ones read them. Both are measured; the comparison runs on
     # a later start, as users run it every day.
     store = checkpoint.parent / f"{checkpoint.name}-int8-store"

@@ -105,7 +105,7 @@ def tiny_photo() -> Path:
 
 
 def real_checkpoint(layers: int) -> str:
-    from app.trial import REAL_CONFIGS, build_from_config_folder
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder
 
     source = REAL_CONFIGS / "Qwen3-VL-2B-Instruct"
     folder = Path(tempfile.mkdtemp(prefix="qwen3-vl-2b-shapes-"))

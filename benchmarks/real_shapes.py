@@ -36,7 +36,7 @@ DECODE_TOKENS = 32
 
 def build(layers: int) -> Path:
     """The real-shape checkpoint with `layers` decoder layers (built once per machine)."""
-    from app.trial import REAL_CONFIGS, build_from_config_folder
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder
 
     folder = Path(tempfile.gettempdir()) / f"qwen3-vl-2b-shapes-{layers}-layers"
     if not (folder / "config.json").is_file():
@@ -112,9 +112,9 @@ def child(path: str, dtype: str, photo: str, max_pixels: int, threads: int, deco
     """One dtype (or budget) in this process; prints a JSON line."""
     import torch
 
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
+    from app.engines.local.checkpoint import LoadOptions
     from app.media import Budget
+    from testkit.engines import load_engine
 
     torch.set_num_threads(threads)
     peak, done = _peak_rss_sampler()
@@ -123,7 +123,7 @@ def child(path: str, dtype: str, photo: str, max_pixels: int, threads: int, deco
     options = LoadOptions(
         cpu_only=True, dtype="float32" if four_bit else dtype, load_in_4bit=four_bit
     )
-    engine = LocalEngine.load(path, options, prefix_cache_bytes=0)
+    engine = load_engine(path, options, prefix_cache_bytes=0)
     result: dict[str, float] = {
         "load_s": time.perf_counter() - started,
         "footprint_gb": engine.model.get_memory_footprint() / 2**30,

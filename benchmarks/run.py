@@ -78,7 +78,7 @@ def gradio_floor() -> float:
     import gradio as gr
     from gradio_client import Client
 
-    from app.testing.launch import free_port
+    from testkit.launch import free_port
 
     def echo(text: str):
         yield text
@@ -105,11 +105,11 @@ def gradio_floor() -> float:
 def streaming_and_first_token(tokens: int) -> list[Row]:
     from PIL import Image
 
-    from app.engines.local import LocalEngine
     from app.media import Budget, open_image
     from benchmarks.common import app_process, bare_stream, prompt_inputs, tiny
+    from testkit.engines import load_engine
 
-    engine = LocalEngine.load(str(tiny()), max_new_tokens=tokens)
+    engine = load_engine(str(tiny()), max_new_tokens=tokens)
     model, processor = engine.model, engine.processor
     photo = Path(tempfile.mkdtemp()) / "photo.jpg"
     Image.effect_noise((1280, 720), 60).convert("RGB").save(photo, quality=90)
@@ -137,7 +137,7 @@ def streaming_and_first_token(tokens: int) -> list[Row]:
     )
     del image_inputs
 
-    checkpoint = str(engine.checkpoint)
+    checkpoint = str(engine.model.name_or_path)
     with app_process("-c", checkpoint, "--max-new-tokens", str(tokens)) as (url, _):
         text = {"text": PROMPT, "files": []}
         _client_stream(url, text, max_new_tokens=8, temperature=0)  # warm up
@@ -217,13 +217,13 @@ def video(seconds: int) -> Row:
 
 
 def memory() -> Row:
-    from app.engines.checkpoint import LoadOptions
-    from app.engines.local import LocalEngine
-    from app.trial import build_tiny_checkpoint
+    from app.engines.local.checkpoint import LoadOptions
+    from testkit.checkpoints import build_tiny_checkpoint
+    from testkit.engines import load_engine
 
     path = build_tiny_checkpoint(tempfile.mkdtemp(), "qwen3_vl", width=256)
-    full = LocalEngine.load(str(path), LoadOptions(cpu_only=True)).model.get_memory_footprint()
-    quant = LocalEngine.load(
+    full = load_engine(str(path), LoadOptions(cpu_only=True)).model.get_memory_footprint()
+    quant = load_engine(
         str(path), LoadOptions(cpu_only=True, load_in_4bit=True)
     ).model.get_memory_footprint()
     return Row(
@@ -310,8 +310,8 @@ def openai_backend(tokens: int) -> Row:
 
     from openai import OpenAI
 
-    from app.testing.launch import free_port
     from benchmarks.common import app_process, tiny
+    from testkit.launch import free_port
 
     path = tiny()
     port = free_port()
@@ -379,17 +379,17 @@ def openai_backend(tokens: int) -> Row:
 def follow_ups() -> list[Row]:
     """An image then three text follow-ups (tiny checkpoint): the fourth turn's first token
     against the same question with no history; and the cache's bytes per cached token."""
-    from app.engines import kv
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-    from app.engines.local import LocalEngine
+    from app.engines.local import kv
     from benchmarks.common import tiny
     from benchmarks.prefix_cache import measure, ratio, tiny_photo
+    from testkit.engines import load_engine
 
     checkpoint, photo = str(tiny(suppress_eos=False)), tiny_photo()
     results = measure(checkpoint, photo)
     cached, plain = results["cache"], results["no cache"]
     follow_up = ratio(results)
-    engine = LocalEngine.load(checkpoint)
+    engine = load_engine(checkpoint)
     request = ChatRequest(
         (Turn("user", "Describe", (Attachment(str(photo), "photo.jpg"),)),),
         GenerationParams(max_new_tokens=16, temperature=0),

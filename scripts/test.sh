@@ -19,5 +19,5 @@ export GRADIO_ANALYTICS_ENABLED=False
 
 ruff check .
 ruff format --check .
-mypy  # app/, as configured in pyproject.toml
+mypy  # app/ and testkit/, as configured in pyproject.toml
 python -m pytest -q -rs -p no:cacheprovider "$@"

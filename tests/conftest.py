@@ -17,7 +17,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(family, suppress_eos=False) -> path of a checkpoint built once per run."""
-    from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
 
     built: dict[tuple[str, bool], Path] = {}
 

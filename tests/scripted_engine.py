@@ -42,7 +42,6 @@ class ScriptedEngine:
     family: str = "qwen3_vl"
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     supports_thinking: bool = False
-    counts_visual_tokens: bool = True
     notice: str | None = None
     budget: Budget = field(default_factory=Budget)
     runs_on_cpu: bool = True

@@ -12,11 +12,11 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
-from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests.panel import panel
 
 BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
@@ -37,7 +37,7 @@ def scripted(tmp_path_factory):
         else:
             path = build_tiny_checkpoint(folder, family, scripted_reply=reply)
         settings = load_settings(["--max-new-tokens", "256"], environ={})
-        engine = LocalEngine.load(str(path), media_cache=MediaCache(), max_new_tokens=256)
+        engine = load_engine(str(path), media_cache=MediaCache(), max_new_tokens=256)
         context = launched_app(settings, engine)
         contexts.append(context)
         return context.__enter__(), engine
@@ -165,7 +165,7 @@ def test_settings_reach_generate(scripted):
 
 def test_the_same_seed_gives_the_same_sampled_reply(tiny_checkpoint):
     settings = load_settings(["--max-new-tokens", "64"], environ={})
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
     with launched_app(settings, engine) as url:
         client = Client(url, verbose=False)
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests import media_factory as mf
 from tests.panel import PAGE, panel
 
@@ -50,7 +50,7 @@ def app_for(tiny_checkpoint):
         key = (family, long)
         if key not in running:
             settings = _settings(max_new_tokens=4096 if long else 64)
-            engine = LocalEngine.load(
+            engine = load_engine(
                 str(tiny_checkpoint(family, suppress_eos=long)),
                 media_cache=MediaCache(),
                 max_new_tokens=settings.max_new_tokens,

@@ -21,8 +21,8 @@ from gradio_client import Client, handle_file
 
 from app.engines.openai import OpenAIEngine
 from app.settings import load_settings
-from app.testing.launch import free_port, launched_app
-from app.testing.servers import convert_to_gguf, llama_server_command, wait_until_ready
+from testkit.launch import free_port, launched_app
+from testkit.servers import convert_to_gguf, llama_server_command, wait_until_ready
 from tests.panel import panel
 
 PANEL = panel()
@@ -96,7 +96,7 @@ class LlamaServer(Server):
 def _server(tmp_path_factory) -> Server:
     """The server the general cases run against: llama-server where QWEN_TEST_LLAMA_CPP says
     where llama.cpp is, else `transformers serve`."""
-    from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
 
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     folder = tmp_path_factory.mktemp("served")
@@ -257,7 +257,7 @@ def served_qwen2_5_vl(tmp_path_factory):
     """An app in front of a served Qwen2.5-VL (by its name) that answers with a box."""
     import json
 
-    from app.trial import build_tiny_checkpoint
+    from testkit.checkpoints import build_tiny_checkpoint
 
     _require_serve()
     checkpoint = build_tiny_checkpoint(

@@ -16,10 +16,10 @@ from typing import ClassVar
 
 import pytest
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 
 pytestmark = pytest.mark.browser
 
@@ -61,7 +61,7 @@ def browser_and_url(tiny_checkpoint):
     from playwright.sync_api import sync_playwright
 
     settings = load_settings(["--max-new-tokens", "3000"], environ={})
-    engine = LocalEngine.load(
+    engine = load_engine(
         str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
@@ -278,11 +278,11 @@ HOSTILE = (
 
 
 def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_path):
-    from app.trial import build_tiny_checkpoint
+    from testkit.checkpoints import build_tiny_checkpoint
 
     browser, _ = browser_and_url
     path = build_tiny_checkpoint(tmp_path / "scripted", "qwen3_vl", scripted_reply=HOSTILE)
-    engine = LocalEngine.load(str(path), max_new_tokens=256)
+    engine = load_engine(str(path), max_new_tokens=256)
     settings = load_settings(["--max-new-tokens", "256"], environ={})
     with launched_app(settings, engine) as url:
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -315,7 +315,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 
 def test_no_message_makes_the_browser_fetch_from_elsewhere(browser_and_url, tmp_path):
-    from app.trial import build_tiny_checkpoint
+    from testkit.checkpoints import build_tiny_checkpoint
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -325,7 +325,7 @@ def test_no_message_makes_the_browser_fetch_from_elsewhere(browser_and_url, tmp_
     echo = f'Sure. <img src="{outside}/model.png"> and ![x]({outside}/model-md.png) done.'
     browser, _ = browser_and_url
     path = build_tiny_checkpoint(tmp_path / "echo", "qwen3_vl", scripted_reply=echo)
-    engine = LocalEngine.load(str(path), max_new_tokens=256)
+    engine = load_engine(str(path), max_new_tokens=256)
     settings = load_settings(["--max-new-tokens", "256"], environ={})
     try:
         with launched_app(settings, engine) as url:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.engines.local import LocalEngine
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _send, _wait_idle
 
 pytestmark = pytest.mark.browser
@@ -27,7 +27,7 @@ def browser_and_url(tiny_checkpoint, tmp_path_factory):
     # The key of saved chats kept where this app keeps it, as on a user's machine.
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     settings = load_settings(["--max-new-tokens", "8"], environ={})
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=8)
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=8)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with launched_app(settings, engine) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app.testing.launch import free_port
+from testkit.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

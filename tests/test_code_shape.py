@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,37 @@ def test_no_function_in_app_is_longer_than_60_lines():
 def test_the_pure_parts_import_without_torch_gradio_or_av():
     code = (
         "import sys, app.settings, app.conversation, app.render, app.grounding, app.media, "
-        "app.engines.base, app.engines.prefix_cache, app.replies\n"
+        "app.engines.base, app.engines.local.prefix_cache, app.replies\n"
         "heavy = {'torch', 'transformers', 'gradio', 'av', 'PIL', 'numpy'} & set(sys.modules)\n"
         "print(sorted(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# What the local engine uses of transformers' and Qwen-VL's internals: only its adapter
+# (app/engines/local/internals.py) and the KV cache's operations (kv.py) may name them.
+INTERNALS = (
+    "rope_deltas",
+    "get_image_features",
+    "get_video_features",
+    "mm_encoder_outputs",
+    "cache_utils",
+    "DynamicLayer",
+    "DynamicCache",
+    "language_model",
+    "model.model",
+    ".visual",
+)
+_INTERNAL = re.compile("|".join(re.escape(name) + r"\b" for name in INTERNALS))
+ADAPTERS = {"app/engines/local/internals.py", "app/engines/local/kv.py"}
+
+
+def test_only_the_adapter_touches_transformers_internals():
+    touching = [
+        f"{path.relative_to(APP.parent)}: {found.group()}"
+        for path in sorted(APP.rglob("*.py"))
+        if str(path.relative_to(APP.parent)) not in ADAPTERS
+        for found in _INTERNAL.finditer(path.read_text())
+    ]
+    assert touching == []

@@ -1,4 +1,4 @@
-"""The CPU's int8 path (app/engines/cpu_int8.py): the default on a CPU, every family, exact in
+"""The CPU's int8 path (app/engines/local/cpu_int8.py): the default on a CPU, every family, exact in
 how it splits a prompt (so the prefix cache changes nothing: tests/test_prefix_cache.py runs on
 it), and close to float32."""
 
@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.checkpoint import LoadOptions
-from app.engines.cpu_int8 import int8_kernels_available, quantize
 from app.engines.local import LocalEngine
-from app.trial import FAMILIES
+from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.cpu_int8 import int8_kernels_available, quantize
+from app.trial import TRIAL_FAMILIES
+from testkit.engines import load_engine
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() or not int8_kernels_available(),
@@ -90,14 +91,14 @@ def test_a_tied_embedding_and_output_layer_are_quantized_once():
     assert torch.allclose(rows, embed.weight[ids], atol=embed.weight.abs().max().item() / 127)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TRIAL_FAMILIES)
 def test_every_family_loads_int8_by_default_on_the_cpu_and_float32_when_asked(
     tiny_checkpoint, family
 ):
     path = str(tiny_checkpoint(family))
-    fast = LocalEngine.load(path)
+    fast = load_engine(path)
     assert fast.weights == "int8" and _int8_modules(fast.model) == {"Int8Linear", "Int8Embedding"}
-    exact = LocalEngine.load(path, LoadOptions(dtype="float32"))
+    exact = load_engine(path, LoadOptions(dtype="float32"))
     assert exact.weights == "float32" and not _int8_modules(exact.model)
     request = ChatRequest((Turn("user", "Hello there"),), GREEDY)
     for engine in (fast, exact):
@@ -107,7 +108,7 @@ def test_every_family_loads_int8_by_default_on_the_cpu_and_float32_when_asked(
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_the_int8_path_reads_an_image_and_a_video(tiny_checkpoint, media, family):
-    engine = LocalEngine.load(str(tiny_checkpoint(family)))
+    engine = load_engine(str(tiny_checkpoint(family)))
     files = (
         Attachment(str(media / "red.jpg"), "red.jpg"),
         Attachment(str(media / "clip.mp4"), "clip.mp4"),
@@ -118,7 +119,7 @@ def test_the_int8_path_reads_an_image_and_a_video(tiny_checkpoint, media, family
 
 
 def test_stop_ends_an_int8_reply(tiny_checkpoint):
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
     cancel = threading.Event()
     params = GenerationParams(max_new_tokens=400, temperature=0, enable_thinking=False)
     texts = []
@@ -138,28 +139,28 @@ def test_the_int8_weights_are_saved_once_and_read_back_the_same(
     files = (Attachment(str(media / "red.jpg"), "red.jpg"),)
     request = ChatRequest((Turn("user", "What is it?", files),), GREEDY)
     replies = []
-    with caplog.at_level("INFO", logger="app.engines.int8_store"):
+    with caplog.at_level("INFO", logger="app.engines.local.int8_store"):
         for _ in range(2):
-            engine = LocalEngine.load(path, options)
+            engine = load_engine(path, options)
             assert engine.weights == "int8"
             replies.append("".join(d.text for d in _stream(engine, request)))
     said = [r.getMessage() for r in caplog.records]
     assert any("saved in" in m for m in said) and any("read from" in m for m in said)
-    fresh = LocalEngine.load(path)  # quantized afresh, nothing saved
+    fresh = load_engine(path)  # quantized afresh, nothing saved
     assert replies[0] == replies[1] == "".join(d.text for d in _stream(fresh, request))
     assert replies[0]
 
 
 def test_a_changed_checkpoint_gets_new_int8_weights_and_the_old_ones_go(tmp_path):
-    from app.engines.int8_store import store_folder
-    from app.trial import build_tiny_checkpoint
+    from app.engines.local.int8_store import store_folder
+    from testkit.checkpoints import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
     root = tmp_path / "int8"
-    LocalEngine.load(str(path), LoadOptions(int8_store=root))
+    load_engine(str(path), LoadOptions(int8_store=root))
     first = store_folder(root, path)
     assert first.is_dir()
     config = path / "config.json"
     config.write_text(config.read_text() + "\n")  # the checkpoint changed
-    LocalEngine.load(str(path), LoadOptions(int8_store=root))
+    load_engine(str(path), LoadOptions(int8_store=root))
     assert [p.name for p in root.iterdir()] == [store_folder(root, path).name] != [first.name]

@@ -3,14 +3,14 @@
 import re
 
 from app.engines.base import Attachment, ChatRequest, Turn
-from app.engines.local import LocalEngine
-from app.engines.prompt import build_prompt
+from app.engines.local.prompt import build_prompt
 from app.media import open_video
+from testkit.engines import load_engine
 from tests import media_factory as mf
 
 
 def test_qwen3_vl_prompt_carries_the_sampled_frames_timestamps(tiny_checkpoint, tmp_path):
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")))
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl")))
     video = mf.make_video(tmp_path / "v.mp4", seconds=4, fps=10)
     request = ChatRequest((Turn("user", "When?", (Attachment(str(video), "v.mp4"),)),))
     built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
@@ -26,7 +26,7 @@ def test_qwen3_vl_prompt_carries_the_sampled_frames_timestamps(tiny_checkpoint, 
 
 
 def test_attachments_come_before_the_text_in_their_turn(tiny_checkpoint, media):
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen2_5_vl")))
+    engine = load_engine(str(tiny_checkpoint("qwen2_5_vl")))
     files = (
         Attachment(str(media / "red.jpg"), "red.jpg"),
         Attachment(str(media / "doc.pdf"), "doc.pdf"),

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests import media_factory as mf
 
 
@@ -22,7 +22,7 @@ from tests import media_factory as mf
 def served(tiny_checkpoint):
     """(url, engine) of an app on a tiny Qwen3-VL whose replies run long."""
     settings = load_settings(["--max-new-tokens", "2000"], environ={})
-    engine = LocalEngine.load(
+    engine = load_engine(
         str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
         media_cache=MediaCache(),
         max_new_tokens=2000,
@@ -165,7 +165,7 @@ def test_a_huge_prompt_is_refused_at_once_with_the_limit(served):
 
 def test_images_count_against_the_prompt_bound(tiny_checkpoint, media):
     settings = load_settings(["--max-prompt-tokens", "40"], environ={})
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")), max_prompt_tokens=40)
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl")), max_prompt_tokens=40)
     with launched_app(settings, engine) as url:
         with pytest.raises(Exception, match=r"With its images and videos this prompt is \d+ tok"):
             _ask(url, [media / "red.jpg", media / "clip.mp4"])

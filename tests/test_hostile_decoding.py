@@ -12,11 +12,11 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
-from app.engines.local import LocalEngine
 from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests import media_factory as mf
 from tests.test_hostile import PeakRss
 
@@ -29,7 +29,7 @@ def served(tiny_checkpoint):
     """(url, engine, pool) of an app whose files decode in workers within 3 s each."""
     settings = load_settings(["--max-new-tokens", "2000", "--decode-timeout-s", "3"], environ={})
     pool = DecodePool(timeout_s=3.0)
-    engine = LocalEngine.load(
+    engine = load_engine(
         str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
         media_cache=MediaCache(),
         max_new_tokens=2000,
@@ -137,7 +137,7 @@ def test_a_closed_request_ends_the_decode_of_its_file(tiny_checkpoint, tmp_path)
     files are read before the request takes its turn, with a tick each second at which gradio
     can drop it (before: the decode ran on for 49 s)."""
     pool = DecodePool(timeout_s=120.0)
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")), decoder=pool)
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl")), decoder=pool)
     settings = load_settings(["--max-new-tokens", "8"], environ={})
     try:
         with launched_app(settings, engine) as url:

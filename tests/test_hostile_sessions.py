@@ -19,12 +19,12 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from app.engines.local import LocalEngine
 from app.main import state_secret
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
 from app.ui.sealed import StoreSeal
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests.panel import api_data, panel
 from tests.test_hostile import PeakRss
 
@@ -34,7 +34,7 @@ LOGINS = {"alice": "a-secret", "bob": "b-secret", "carol": "c-secret"}
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint):
-    return LocalEngine.load(str(tiny_checkpoint("qwen3_vl")), media_cache=MediaCache())
+    return load_engine(str(tiny_checkpoint("qwen3_vl")), media_cache=MediaCache())
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_settings_no_page_could_send_are_clamped_or_refused_with_words(
     from tests import media_factory as mf
 
     # The released Qwen3-VL processor's own bounds (up to 16 MP), as in the probe.
-    real = LocalEngine.load(str(tiny_checkpoint("real-instruct")), media_cache=MediaCache())
+    real = load_engine(str(tiny_checkpoint("real-instruct")), media_cache=MediaCache())
     photo = mf.make_image(tmp_path / "photo.jpg", size=(3000, 2000))
     settings = load_settings(["--max-new-tokens", "4"], environ={})
 

@@ -8,10 +8,10 @@ import base64
 
 import pytest
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 
 mcp = pytest.importorskip(
     "mcp", reason="the mcp package is not installed: pip install 'gradio[mcp]'"
@@ -35,7 +35,7 @@ async def _session_calls(url: str, calls: list[dict]) -> tuple[list, list]:
 def test_the_chat_is_an_mcp_tool_that_reads_an_image_sent_as_data(tiny_checkpoint, media):
     settings = load_settings(["--mcp", "--max-new-tokens", "16"], environ={})
     cache = MediaCache()
-    engine = LocalEngine.load(
+    engine = load_engine(
         str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), media_cache=cache, max_new_tokens=16
     )
     photo = base64.b64encode((media / "red.jpg").read_bytes()).decode()

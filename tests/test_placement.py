@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, EngineError, GenerationParams, Turn
-from app.engines.checkpoint import LoadOptions
-from app.engines.local import LocalEngine
-from app.engines.placement import GB, describe, place
+from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.placement import GB, describe, place
 from app.settings import SettingsError, load_settings
+from testkit.engines import load_engine
 
 
 def test_a_model_that_fits_one_card_stays_on_it():
@@ -66,8 +66,8 @@ def test_the_engine_works_loaded_with_a_device_map_on_the_cpu(tiny_checkpoint, c
     """The spread path's code on the CPU: transformers' device map, the vision encoder's own
     device, the prefix cache and Stop during generation."""
     options = LoadOptions(cpu_only=True, device_map="auto")
-    with caplog.at_level("INFO", logger="app.engines.checkpoint"):
-        engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")), options)
+    with caplog.at_level("INFO", logger="app.engines.local.checkpoint"):
+        engine = load_engine(str(tiny_checkpoint("qwen3_vl")), options)
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
     assert "(auto, int8, sdpa; --dtype float32" in loaded[0]  # placed by transformers' device map
     assert any(r.getMessage().startswith("placed ") for r in caplog.records)

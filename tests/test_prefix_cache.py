@@ -3,7 +3,7 @@
 Each case runs the same conversation on two engines over the same checkpoint, one with the
 cache and one without, greedy, and compares the replies token for token (as text of the same
 ids). Checkpoints are tiny, with weights spread wide enough that greedy replies vary. On a CPU
-the engines load as users get them there, with int8 weights (app/engines/cpu_int8.py): the
+the engines load as users get them there, with int8 weights (app/engines/local/cpu_int8.py): the
 cache must change nothing on that path too.
 """
 
@@ -15,10 +15,10 @@ import threading
 import pytest
 import torch
 
-from app.engines import kv
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.local import LocalEngine
-from app.trial import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+from app.engines.local import LocalEngine, kv
+from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
+from testkit.engines import load_engine
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "real-instruct"]
 GREEDY = GenerationParams(max_new_tokens=10, temperature=0, enable_thinking=False)
@@ -38,8 +38,8 @@ def engines(tmp_path_factory):
             else:
                 path = build_tiny_checkpoint(folder, family, init_range=0.5)
             built[family] = (
-                LocalEngine.load(str(path)),
-                LocalEngine.load(str(path), prefix_cache_bytes=0),
+                load_engine(str(path)),
+                load_engine(str(path), prefix_cache_bytes=0),
             )
             cpu = not torch.cuda.is_available()
             assert not cpu or built[family][0].weights == built[family][1].weights == "int8"
@@ -168,9 +168,9 @@ def test_two_conversations_interleaved_keep_their_own_entries(engines, media):
 
 def test_a_tiny_budget_evicts_and_answers_stay_right(engines, tiny_checkpoint, media):
     _, plain = engines("qwen3_vl")
-    path = plain.checkpoint
+    path = plain.model.name_or_path  # the checkpoint it was loaded from
     one_entry = 120 * kv.bytes_per_token(plain.model.config, 4)  # room for one of these
-    small = LocalEngine.load(path, prefix_cache_bytes=one_entry)
+    small = load_engine(path, prefix_cache_bytes=one_entry)
     for name in ("red.jpg", "green.png", "red.jpg"):
         turns = [Turn("user", "Look", _attach(media, name))]
         reply, _ = _ask(small, turns)

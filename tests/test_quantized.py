@@ -5,8 +5,8 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, GenerationParams, Turn
-from app.engines.checkpoint import LoadOptions
-from app.engines.local import LocalEngine
+from app.engines.local.checkpoint import LoadOptions
+from testkit.engines import load_engine
 
 
 def _footprint(model) -> int:
@@ -16,7 +16,7 @@ def _footprint(model) -> int:
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
 def test_four_bit_load_and_generate_on_the_cpu(tiny_checkpoint, family):
     path = str(tiny_checkpoint(family))
-    quantized = LocalEngine.load(path, LoadOptions(cpu_only=True, load_in_4bit=True))
+    quantized = load_engine(path, LoadOptions(cpu_only=True, load_in_4bit=True))
     names = {type(m).__name__ for m in quantized.model.modules()}
     assert "Linear4bit" in names
     request = ChatRequest(
@@ -24,5 +24,5 @@ def test_four_bit_load_and_generate_on_the_cpu(tiny_checkpoint, family):
     )
     deltas = list(quantized.stream(request, threading.Event()))
     assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens >= 1
-    full = LocalEngine.load(path, LoadOptions(cpu_only=True, dtype="float32"))
+    full = load_engine(path, LoadOptions(cpu_only=True, dtype="float32"))
     assert _footprint(quantized.model) < _footprint(full.model)

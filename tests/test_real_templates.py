@@ -7,16 +7,16 @@ import pytest
 from PIL import Image
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.local import LocalEngine
-from app.engines.prompt import build_prompt
+from app.engines.local.prompt import build_prompt
 from app.media import Budget
-from app.trial import REAL_CONFIGS
+from testkit.checkpoints import REAL_CONFIGS
+from testkit.engines import load_engine
 
 
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoint):
     return {
-        name: LocalEngine.load(str(tiny_checkpoint(name)), prefix_cache_bytes=0)
+        name: load_engine(str(tiny_checkpoint(name)), prefix_cache_bytes=0)
         for name in ("real-instruct", "real-thinking")
     }
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 
-from app.engines.local import LocalEngine
 from app.media import MediaCache
 from app.settings import load_settings
-from app.testing.launch import launched_app
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 from tests.panel import api_data, panel
 
 PANEL = panel()
@@ -25,7 +25,7 @@ META = {"_type": "gradio.FileData"}
 
 @pytest.fixture(scope="module")
 def long_engine(tiny_checkpoint):
-    return LocalEngine.load(
+    return load_engine(
         str(tiny_checkpoint("qwen3_vl", suppress_eos=True)),
         media_cache=MediaCache(),
         max_new_tokens=4000,

@@ -7,10 +7,10 @@ import time
 
 from gradio_client import Client
 
-from app.engines.local import LocalEngine
 from app.settings import load_settings
-from app.testing.launch import launched_app
 from app.turns import Turns
+from testkit.engines import load_engine
+from testkit.launch import launched_app
 
 
 def _take_in_order(requests: list[tuple[str, str]]) -> list[str]:
@@ -67,9 +67,7 @@ def test_a_stopped_request_leaves_the_line():
 
 def test_through_the_app_a_second_user_is_served_between_a_floods_requests(tiny_checkpoint):
     settings = load_settings(["--max-new-tokens", "400", "--auth", "alice:a,bob:b"], environ={})
-    engine = LocalEngine.load(
-        str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=400
-    )
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=400)
     finished: list[str] = []
     with launched_app(settings, engine) as url:
         alice = Client(url, auth=("alice", "a"), verbose=False)

@@ -5,21 +5,21 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, GenerationParams, Turn
-from app.engines.local import LocalEngine
-from app.engines.zerogpu import for_zero_gpu, on_zero_gpu
+from app.engines.local.zerogpu import for_zero_gpu, on_zero_gpu
+from testkit.engines import load_engine
 
 
 def test_nothing_changes_off_zero_gpu(tiny_checkpoint):
-    engine = LocalEngine.load(str(tiny_checkpoint("qwen3_vl")))
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl")))
     assert not on_zero_gpu()
     assert for_zero_gpu(engine) is engine
 
 
 def test_the_wrapped_engine_streams_and_stops(tiny_checkpoint):
     pytest.importorskip("spaces", reason="the spaces package is not installed")
-    from app.engines.zerogpu import ZeroGPUEngine
+    from app.engines.local.zerogpu import ZeroGPUEngine
 
-    inner = LocalEngine.load(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
+    inner = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
     engine = ZeroGPUEngine(inner)
     assert (engine.family, engine.model_name) == (inner.family, inner.model_name)
     request = ChatRequest((Turn("user", "hi"),), GenerationParams(max_new_tokens=12))

@@ -6,8 +6,8 @@ at its next token. Errors a user should read are `EngineError`s with a message f
 
 An engine also declares what the UI needs to know of it (as simonw/llm's models declare
 `can_stream` and `attachment_types`): its model's name and family, the sampling defaults of its
-checkpoint, whether its chat template takes `enable_thinking`, and whether it can count visual
-tokens. Callers read these attributes; they never probe for others.
+checkpoint, whether its chat template takes `enable_thinking`, what its weights are and whether
+it computes on this machine's CPU. Callers read these attributes; they never probe for others.
 """
 
 from __future__ import annotations
@@ -175,7 +175,6 @@ class Engine(Protocol):
     family: str  # one of FAMILIES: how its boxes are scaled
     sampling_defaults: SamplingDefaults
     supports_thinking: bool  # the chat template takes `enable_thinking`
-    counts_visual_tokens: bool  # Usage.visual_tokens is filled in
     notice: str | None  # a line the page shows about this model (the offline trial's banner)
     budget: Budget  # the media budget requests get unless they ask for another
     runs_on_cpu: bool  # the model computes on this machine's CPU

@@ -126,7 +126,6 @@ class OpenAIEngine:
     """Streams chat completions from an OpenAI-compatible server."""
 
     name = "openai"
-    counts_visual_tokens = False
     notice: str | None = None
     weights: str | None = None
     runs_on_cpu = False  # the server's business

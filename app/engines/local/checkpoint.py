@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import EngineError
-from app.engines.cpu_int8 import INT8, int8_kernels_available, to_cpu_int8
-from app.engines.int8_store import Int8Store, store_folder
-from app.engines.memory import GB, available_bytes, gpu_free_bytes
-from app.engines.placement import Placement, describe, place
+from app.engines.local.cpu_int8 import INT8, int8_kernels_available, to_cpu_int8
+from app.engines.local.int8_store import Int8Store, store_folder
+from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
+from app.engines.local.placement import Placement, describe, place
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
 
 
 def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
-    """The int8 CPU path (app/engines/cpu_int8.py): the default on a CPU, unless a dtype or
+    """The int8 CPU path (app/engines/local/cpu_int8.py): the default on a CPU, unless a dtype or
     4-bit is asked for, or this PyTorch lacks the int8 kernels (then float32, said in the log)."""
     if on_cuda:
         if options.dtype == INT8:
@@ -143,9 +143,9 @@ def weight_bytes(path: str, dtype_bytes: int, four_bit: bool) -> int:
 def check_fits(
     checkpoint: str, path: str, dtype: Any, options: LoadOptions, on_cuda: bool
 ) -> Placement:
-    """Where the weights go (app/engines/placement.py), said in one line before loading starts;
-    EngineError, in one line, where they cannot fit in free memory or a dependency the options
-    need is missing."""
+    """Where the weights go (app/engines/local/placement.py), said in one line before loading
+    starts; EngineError, in one line, where they cannot fit in free memory or a dependency the
+    options need is missing."""
     if options.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise EngineError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
     need = weight_bytes(path, dtype.itemsize, options.load_in_4bit)

@@ -59,14 +59,13 @@ class StageRates:
 
 
 class WatchHooks:
-    """Pre-hooks on `model`'s vision blocks and language layers, acting for `self.watch`."""
+    """Pre-hooks on a model's vision blocks and language layers, acting for `self.watch`."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, vision_blocks: list[Any], language_layers: list[Any]) -> None:
         self.watch: Watch | None = None
         self.rates = StageRates()
-        inner = model.model
-        self._vision_blocks = list(getattr(getattr(inner, "visual", None), "blocks", []))
-        self._language_layers = list(inner.language_model.layers)
+        self._vision_blocks = vision_blocks
+        self._language_layers = language_layers
         for block in self._vision_blocks:
             block.register_forward_pre_hook(self._before_vision_block)
         for layer in self._language_layers:

@@ -1,4 +1,4 @@
-"""The CPU's int8 weights, saved once and loaded on later starts (app/engines/cpu_int8.py).
+"""The CPU's int8 weights, saved once and loaded on later starts (app/engines/local/cpu_int8.py).
 
 The first start on a CPU loads the checkpoint in bfloat16 and quantizes it; its peak memory is
 the bfloat16 model's and more. It saves what it made, one file per layer (the int8 rows and
@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.engines.cpu_int8 import Int8Layer, Int8Placer, return_freed_memory, to_cpu_int8
+from app.engines.local.cpu_int8 import Int8Layer, Int8Placer, return_freed_memory, to_cpu_int8
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,11 @@
-"""How much memory there is to spend, for the defaults of the prompt bound and the prefix cache."""
+"""How much memory there is to spend (the defaults of the prompt bound and the prefix cache),
+and what to do when it runs out."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 GB = 1 << 30
 
@@ -40,3 +43,38 @@ def default_prefix_cache_bytes(available: int) -> int:
 def default_max_prompt_tokens(context: int, available: int, bytes_per_token: int) -> int:
     """The model's context, or fewer where half the free memory cannot hold that many tokens."""
     return max(1024, min(context, available // 2 // max(1, bytes_per_token)))
+
+
+@dataclass(frozen=True)
+class MemoryDefaults:
+    """What a model's engine may hold where the settings leave it to the app."""
+
+    max_prompt_tokens: int
+    prefix_cache_bytes: int
+
+
+def memory_defaults(model: Any) -> MemoryDefaults:
+    """The prompt bound and the prefix cache's size for `model`, from the memory free now."""
+    from app.engines.local import kv
+
+    free = available_bytes(model.device.type == "cuda")
+    per_token = kv.bytes_per_token(model.config, model.dtype.itemsize)
+    context = model.config.get_text_config().max_position_embeddings
+    return MemoryDefaults(
+        default_max_prompt_tokens(context, free, per_token), default_prefix_cache_bytes(free)
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def free_accelerator_memory() -> None:
+    """Give the CUDA caches back, on every visible GPU (a model may be spread over them)."""
+    import torch
+
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        with torch.cuda.device(index):
+            torch.cuda.empty_cache()

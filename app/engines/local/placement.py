@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engines.base import EngineError
+from app.engines.local.memory import GB
 
-GB = 1 << 30
 # Of each card's free memory, what the weights may take; the rest is for the work.
 WEIGHTS_SHARE = 0.85
 # Where one card holds it all, the weights may take more of it (nothing is copied between

@@ -67,11 +67,6 @@ def takes_thinking_switch(processor: Any) -> bool:
     return "enable_thinking" in str(processor.chat_template or "")
 
 
-def text_of(turns: Sequence[Turn]) -> str:
-    """All the text of a conversation: counted against the prompt bound before media is read."""
-    return "\n".join(turn.text for turn in turns)
-
-
 @dataclass(frozen=True)
 class VisualBound:
     """The prompt bound, applied to the media as they are read, before the processor runs:

@@ -185,7 +185,7 @@ def _shared_module_classes() -> tuple[type, type]:
     return Int8Shared, Int8Part
 
 
-# What is kept of a quantized layer (and saved by app/engines/int8_store.py): its int8 rows,
+# What is kept of a quantized layer (and saved by app/engines/local/int8_store.py): its int8 rows,
 # their scales, and a linear layer's bias or an embedding's padding index.
 Int8Layer = dict[str, Any]
 Keep = Callable[[str, Int8Layer], None]

@@ -36,7 +36,6 @@ class ZeroGPUEngine:
         self.family = inner.family
         self.sampling_defaults = inner.sampling_defaults
         self.supports_thinking = inner.supports_thinking
-        self.counts_visual_tokens = inner.counts_visual_tokens
         self.notice = inner.notice
         self.weights = inner.weights
         self.budget = inner.budget

@@ -1,0 +1,150 @@
+"""The model's work for one request: encode its new images and videos, read its prompt up to a
+point, decode the reply. Each call tells the watch hooks what it is doing (progress, Stop)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engines.base import ChatRequest
+from app.engines.local import kv
+from app.engines.local.generate_kwargs import generate_kwargs
+from app.engines.local.internals import ENCODERS, ModelInternals
+from app.engines.local.prompt import Prompt
+from app.engines.local.streamer import TokenStreamer
+from app.engines.local.watch import WatchHooks
+from app.engines.pump import Emit
+
+# Special tokens that carry meaning in a reply (Qwen2-VL's grounding) and so are kept in the text.
+GROUNDING_TOKENS = frozenset(
+    {
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+    }
+)
+
+
+@dataclass
+class Job:
+    """One request on its way through the model: what it asks, where its output goes (`emit`,
+    read by the caller through the pump), and what the model thread measures."""
+
+    prompt: Prompt
+    request: ChatRequest
+    cancel: threading.Event
+    emit: Emit = field(default=lambda item: None)
+    tokens: int = 0
+    first_token_s: float | None = None
+    cached_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class ModelCalls:
+    """`generate` and the vision encoder on one model, as a request's stages."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        internals: ModelInternals,
+        hooks: WatchHooks,
+        max_new_tokens: int,
+    ) -> None:
+        self.model = model
+        self.internals = internals
+        self.hooks = hooks
+        self.max_new_tokens = max_new_tokens
+        self._tokenizer = processor.tokenizer
+        control = sorted(set(self._tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
+        self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
+
+    def encode_media(self, prompt: Prompt, cached: int) -> dict[str, Any] | None:
+        """The vision encoder's outputs for the images and videos after the cached part."""
+        outputs: dict[str, Any] = {}
+        for kind, (grid_name, pixels_name, _) in ENCODERS.items():
+            new = [s for s in prompt.media if s.kind == kind and s.start >= cached]
+            if not new:
+                continue
+            names = ", ".join(dict.fromkeys(span.name for span in new))
+            tokens = sum(span.end - span.start for span in new)
+            self.hooks.set_stage(f"Reading {names} · {tokens} visual tokens", "vision", tokens)
+            grid = prompt.inputs[grid_name]
+            first = new[0].index
+            rows = int(grid[:first].prod(-1).sum())
+            pixels = prompt.inputs[pixels_name][rows:]
+            outputs[kind] = self.internals.encode(kind, pixels, grid[first:])
+        return outputs or None
+
+    def read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int) -> None:
+        """Read the prompt up to `stop_at` into `cache` (one forward; the sampled token unused)."""
+        tokens = stop_at - kv.length(cache)
+        self.hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
+        self.model.generate(
+            **self.internals.model_inputs(prompt.inputs, stop_at),
+            **self.internals.encoded(features),
+            cache=cache,
+            max_new_tokens=1,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+
+    def decode(self, job: Job, cache: Any, features: Any) -> list[int]:
+        """Read the rest of the prompt, then generate the reply; return every id read or made."""
+        from transformers import StoppingCriteriaList
+
+        prompt = job.prompt
+        tokens = len(prompt.ids) - kv.length(cache)
+        self.hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
+        if job.request.params.seed is not None:
+            from transformers import set_seed
+
+            set_seed(job.request.params.seed)
+        sequences = self.model.generate(
+            **self.internals.model_inputs(prompt.inputs),
+            **self.internals.encoded(features),
+            **generate_kwargs(job.request.params, self.max_new_tokens),
+            cache=cache,
+            streamer=self._streamer(job),
+            stopping_criteria=StoppingCriteriaList([_stop_on_cancel(job.cancel)]),
+        )
+        return list(sequences[0].tolist())
+
+    def _streamer(self, job: Job) -> TokenStreamer:
+        """Each token's text to the job (without control tokens); the first token's time."""
+        control_tokens = self._control_tokens
+
+        def on_token(count: int) -> None:
+            if job.first_token_s is None:
+                job.first_token_s = time.perf_counter() - job.started
+                self.hooks.end_stage()
+            job.tokens += count
+
+        def on_text(text: str) -> None:
+            text = control_tokens.sub("", text)
+            if text:
+                job.emit(text)
+
+        return TokenStreamer(self._tokenizer, on_text, on_token)
+
+
+def _stop_on_cancel(cancel: threading.Event) -> Any:
+    """A stopping criterion that ends generate() at the next token once `cancel` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnCancel(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return StopOnCancel()

@@ -1,0 +1,212 @@
+"""transformers in this process: one model, one request at a time, streamed, stopped, retried.
+
+One `LocalEngine` is built in `main` and shared by every browser session; a lock keeps one
+generation at a time on the model. Each request starts from the longest prefix of its prompt
+that the prefix cache holds (reuse.py): only the images and videos after it are encoded, and
+only the tokens after it are read. Stop (or a closed tab) ends the prefill between two layers
+and the reply at the next token. Errors cross from the model thread as exceptions, not
+timeouts; an out-of-memory with the prefix cache held is retried once without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from app.engines.base import (
+    PROGRESS_TICK_S,
+    ChatRequest,
+    Delta,
+    EngineError,
+    Progress,
+    SamplingDefaults,
+    Usage,
+    family_of_model_type,
+)
+from app.engines.local import kv
+from app.engines.local.bounds import PromptBound
+from app.engines.local.calls import Job, ModelCalls
+from app.engines.local.checkpoint import weights_kind
+from app.engines.local.internals import ModelInternals
+from app.engines.local.memory import free_accelerator_memory, is_out_of_memory
+from app.engines.local.prefix_cache import PrefixCache
+from app.engines.local.prompt import (
+    VisualBound,
+    build_prompt,
+    read_attachments,
+    takes_thinking_switch,
+)
+from app.engines.local.reuse import CachedGeneration
+from app.engines.local.watch import Cancelled, Watch, WatchHooks
+from app.engines.pump import Emit, pump
+from app.media import Budget, MediaCache, MediaError
+from app.media.worker import DecodePool, DecodeStopped
+
+if TYPE_CHECKING:
+    from app.media.cache import Decode
+
+log = logging.getLogger(__name__)
+
+
+class LocalEngine:
+    """A transformers model and processor, loaded once, streaming one request at a time.
+
+    `runner` is the thread the model was loaded on (model_thread.py says why every forward
+    pass runs there); the bounds and the page's name for the model are `main`'s to decide."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        runner: Executor,
+        model_name: str,
+        max_prompt_tokens: int,
+        prefix_cache_bytes: int,
+        notice: str | None = None,
+        budget: Budget | None = None,
+        media_cache: MediaCache | None = None,
+        max_new_tokens: int = 1024,
+        decoder: DecodePool | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.notice = notice
+        self.model = model
+        self.processor = processor
+        self.budget = budget or Budget()
+        self.media_cache = media_cache or MediaCache()
+        # Files decoded in worker processes that Stop and a time budget end (None: here).
+        self.decoder = decoder
+        self.runner = runner
+        self.family = family_of_model_type(model.config.model_type)
+        self.runs_on_cpu = model.device.type == "cpu"
+        self.weights: str | None = weights_kind(model)
+        config = model.generation_config
+        self.sampling_defaults = SamplingDefaults(
+            config.temperature, config.top_p, config.top_k, config.repetition_penalty
+        )
+        self.supports_thinking = takes_thinking_switch(processor)
+        self.bound = PromptBound(max_prompt_tokens, processor.tokenizer)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, lambda: kv.new_cache(model.config))
+        # Checks, before any request, that this transformers has the internals the engine uses.
+        internals = ModelInternals(model)
+        self._hooks = WatchHooks(internals.vision_blocks, internals.language_layers)
+        calls = ModelCalls(model, processor, internals, self._hooks, max_new_tokens)
+        answer_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self._generation = CachedGeneration(calls, self.prefix_cache, answer_start)
+        self._lock = threading.Lock()
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.bound.max_tokens
+
+    def _decoder_for(self, cancel: threading.Event) -> Decode | None:
+        return self.decoder.for_request(cancel) if self.decoder else None
+
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+        self.bound.check_text(request.turns)
+        visual = VisualBound.of(self.processor, self.max_prompt_tokens)
+        budget = request.budget or self.budget
+        try:
+            read_attachments(
+                request.turns, budget, self.media_cache, self._decoder_for(cancel), visual
+            )
+        except MediaError as err:
+            raise EngineError(str(err)) from err
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
+        self.bound.check_text(request.turns)
+        try:
+            # On the model thread too: the processor's torch ops (resizing, normalizing) on
+            # the request's thread give it a second OpenMP pool, and with more pool threads
+            # than cores libgomp spins less and wakes slower: a decode step after a photo took
+            # 162 ms instead of 122 (2 cores, int8; app/engines/local/model_thread.py).
+            prompt = self.runner.submit(
+                build_prompt,
+                self.processor,
+                request,
+                request.budget or self.budget,
+                self.media_cache,
+                self._decoder_for(cancel),
+                self.max_prompt_tokens,
+            ).result()
+        except DecodeStopped:
+            return  # stopped while a file was read: the reply ends empty, as stopped
+        self.bound.check_prompt(prompt)
+        yield Delta(prompt=prompt.info)
+        job = Job(prompt, request, cancel)
+        try:
+            yield from self._deltas(job)
+        except Cancelled:
+            pass  # stopped while reading the prompt: the reply ends empty, as stopped
+        except EngineError:
+            raise
+        except Exception as err:
+            raise self._user_error(err) from err
+        yield Delta(usage=self._usage(job))
+
+    def _deltas(self, job: Job) -> Iterator[Delta]:
+        """The job run on the model thread: its text as it comes, its progress until then."""
+
+        def work(emit: Emit) -> None:
+            job.emit = emit
+            self._run(job)
+
+        progress = Progress("Starting")
+        for batch in pump(
+            work, job.cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S, runner=self.runner
+        ):
+            news = [item for item in batch if isinstance(item, Progress)]
+            progress = news[-1] if news else progress
+            text = "".join(item for item in batch if isinstance(item, str))
+            if text:
+                yield Delta(text=text)
+            elif not job.tokens:  # still reading: what, and (each tick) for how long
+                yield Delta(progress=progress)
+
+    def _usage(self, job: Job) -> Usage:
+        return Usage(
+            prompt_tokens=len(job.prompt.ids),
+            completion_tokens=job.tokens,
+            visual_tokens=job.prompt.visual_tokens,
+            visual_by_attachment=job.prompt.costs,
+            first_token_s=job.first_token_s,
+            total_s=time.perf_counter() - job.started,
+            cached_tokens=job.cached_tokens if self.prefix_cache.enabled else None,
+        )
+
+    def _run(self, job: Job) -> None:
+        """The model thread: one request on the model, retried once on out-of-memory without
+        the prefix cache (the cache must never be why a request runs out)."""
+        with self._lock:
+            if job.cancel.is_set():
+                return
+            self._hooks.watch = Watch(job.cancel, job.emit)
+            try:
+                try:
+                    self._generation.run(job)
+                except Exception as err:
+                    held = job.cached_tokens or len(self.prefix_cache)
+                    if not is_out_of_memory(err) or job.tokens or not held:
+                        raise
+                    log.warning("out of memory with the prefix cache held; dropped it, retrying")
+                    self.prefix_cache.clear()
+                    free_accelerator_memory()
+                    self._generation.run(job)
+            finally:
+                self._hooks.watch = None
+
+    def _user_error(self, error: BaseException) -> EngineError:
+        if is_out_of_memory(error):
+            free_accelerator_memory()
+            return EngineError(
+                "The model ran out of memory on this request. Try fewer or smaller images, a "
+                "lower pixel budget in Settings, or restart the app with --load-in-4bit."
+            )
+        return EngineError(f"Generation failed: {type(error).__name__}: {error}")

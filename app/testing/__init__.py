@@ -1,1 +1,0 @@
-"""Tiny random checkpoints for tests, benchmarks and the offline trial."""
