@@ -42,7 +42,7 @@ def find_chat(store: Store, chat_id: str | None) -> dict[str, Any] | None:
     return next((c for c in store.get("chats") or [] if c["id"] == chat_id), None)
 
 
-def _file_of(part: Any) -> dict[str, Any] | None:
+def _file_copy(part: Any) -> dict[str, Any] | None:
     data = file_data(part)
     return dict(data) if data is not None else None
 
@@ -183,14 +183,14 @@ def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
     display-only message: the model never reads it, and the chat still opens)."""
     out: list = []
     for message in messages:
-        files = [f for f in map(_file_of, parts_of(message)) if f]
+        files = [f for f in map(_file_copy, parts_of(message)) if f]
         gone = [f for f in files if not Path(str(f.get("path", ""))).is_file()]
         if not gone:
             out.append(dict(message))
             continue
         gone_paths = {g.get("path") for g in gone}
-        kept = [p for p in parts_of(message) if (_file_of(p) or {}).get("path") not in gone_paths]
-        if any(_file_of(p) or text_of(p) for p in kept):
+        kept = [p for p in parts_of(message) if (_file_copy(p) or {}).get("path") not in gone_paths]
+        if any(_file_copy(p) or text_of(p) for p in kept):
             out.append({**message, "content": kept})
         for lost in gone:
             name = lost.get("orig_name") or Path(str(lost.get("path"))).name
@@ -213,7 +213,7 @@ def to_json(
     for message in messages:
         parts = []
         for part in parts_of(message):
-            text, file = text_of(part), _file_of(part)
+            text, file = text_of(part), _file_copy(part)
             if file is not None:
                 path = Path(str(file["path"]))
                 data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
@@ -289,7 +289,7 @@ def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Pat
     speaker = None
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for index, message in enumerate(messages):
-            if is_display_only(message) and not any(map(_file_of, parts_of(message))):
+            if is_display_only(message) and not any(map(_file_copy, parts_of(message))):
                 continue
             # One turn is one block: the page keeps a photo and its question as two messages.
             role = "You" if message.get("role") == "user" else "Assistant"
@@ -299,7 +299,7 @@ def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Pat
                 lines.append(f"**{role}:**")
                 speaker = role
             for part in parts_of(message):
-                text, file = text_of(part), _file_of(part)
+                text, file = text_of(part), _file_copy(part)
                 if file is not None and Path(str(file["path"])).is_file():
                     name = f"files/{index}-{Path(str(file.get('orig_name') or file['path'])).name}"
                     archive.write(str(file["path"]), name)

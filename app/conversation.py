@@ -32,7 +32,7 @@ def file_data(part: Any) -> Mapping[str, Any] | None:
     return part
 
 
-def _file_of(part: Any) -> Attachment | None:
+def _attachment_of(part: Any) -> Attachment | None:
     """The attachment in a chatbot content part (normalized dict, FileData dict, or path)."""
     if isinstance(part, str):
         return None
@@ -82,7 +82,7 @@ def history_to_turns(history: Sequence[Message]) -> list[Turn]:
             continue
         parts = parts_of(message)
         texts = [t for t in (text_of(p) for p in parts) if t]
-        files = tuple(a for a in (_file_of(p) for p in parts) if a)
+        files = tuple(a for a in (_attachment_of(p) for p in parts) if a)
         text = "\n".join(texts)
         if turns and turns[-1].role == role:
             last = turns[-1]
@@ -113,7 +113,7 @@ def box_to_user_messages(box: Mapping[str, Any] | None) -> list[dict]:
     messages: list[dict] = []
     for item in box.get("files") or []:
         attachment = (
-            _file_of(item) if not isinstance(item, str) else Attachment(item, Path(item).name)
+            _attachment_of(item) if not isinstance(item, str) else Attachment(item, Path(item).name)
         )
         if attachment:
             messages.append(

@@ -8,6 +8,7 @@ without new files, nothing grows.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import tempfile
@@ -29,7 +30,10 @@ class Folder:
 
     @classmethod
     def new(cls, prefix: str, keep_s: float = DAY_S) -> Folder:
-        return cls(Path(tempfile.mkdtemp(prefix=prefix)), keep_s)
+        """A new temporary folder, removed with what it holds when the process exits."""
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        return cls(path, keep_s)
 
     def sweep(self) -> int:
         """Remove the entries older than `keep_s`; return how many went."""

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,10 @@ UPLOAD_FILES = 8
 def budget_of(settings: Settings, on_cpu: bool = False) -> Budget:
     """The media budget of the settings; where they leave the image budget to the app, the
     one measured for CPUs when the model runs on one."""
+    given = dict(settings.budget_values)
     automatic = CPU_MAX_PIXELS if on_cpu else Budget().max_pixels
-    return Budget(
-        min_pixels=settings.min_pixels,
-        max_pixels=settings.max_pixels or automatic,
-        video_fps=settings.video_fps,
-        video_min_frames=settings.video_min_frames,
-        video_max_frames=settings.video_max_frames,
-        video_max_pixels=settings.video_max_pixels,
-        video_total_pixels=settings.video_total_pixels,
-        max_pdf_pages=settings.max_pdf_pages,
-    )
+    automatic = max(automatic, int(given.get("min_pixels", 0)))
+    return replace(Budget(max_pixels=automatic), **given)
 
 
 def build_decoder(settings: Settings) -> Any:
@@ -166,7 +160,8 @@ def cpu_weights_note(engine: Engine) -> str | None:
 
 def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
     """Where the app lowered the image budget for the CPU: say so, and how to raise it."""
-    if settings.max_pixels is not None or engine.budget.max_pixels != CPU_MAX_PIXELS:
+    given = dict(settings.budget_values)
+    if "max_pixels" in given or engine.budget.max_pixels != CPU_MAX_PIXELS:
         return None
     usual = Budget().max_pixels
     return (
@@ -205,10 +200,10 @@ def state_secret(settings: Settings) -> str:
 
 def build_app(settings: Settings, engine: Engine) -> Any:
     """The gradio Blocks with its queue set up; launching is the caller's."""
+    from app.fair_queue import FairQueue
     from app.files import Folder
-    from app.replies import ReplyStreamer, SessionCancels
+    from app.replies import RequestRunner, SessionCancels
     from app.settings import trusted_networks
-    from app.turns import Turns
     from app.ui.handlers import ChatHandlers
     from app.ui.layout import ChatPage
     from app.ui.saved import SavedChats
@@ -218,8 +213,8 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     options = page_options(settings, engine, secret)
     keep_s = options.keep_files_s
     cancels = SessionCancels()
-    streamer = ReplyStreamer(engine, cancels, Turns(), Folder.new("qwen-chat-", keep_s))
-    handlers = ChatHandlers(streamer, cancels, options.panel, trusted_networks(settings))
+    requests = RequestRunner(engine, cancels, FairQueue(), Folder.new("qwen-chat-", keep_s))
+    handlers = ChatHandlers(requests, cancels, options.panel, trusted_networks(settings))
     saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
     demo = ChatPage(handlers, saved, options).build()
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)

@@ -1,6 +1,6 @@
 """Running one request on the engine for a browser session: the growing `Reply`, Stop, the log.
 
-Every reply, from the page or the `/chat` API, goes through `ReplyStreamer`: it turns an engine's
+Every reply, from the page or the `/chat` API, goes through `RequestRunner`: it turns an engine's
 deltas into a `Reply` (text, progress before the first token, stats, error), draws the reply's
 boxes on the image the request read, and logs one line per request. `SessionCancels` holds the
 cancel events of each session's running requests, so Stop, Clear and a closed tab reach them.
@@ -17,11 +17,11 @@ from typing import Any
 
 from app.engines.base import PROGRESS_TICK_S, ChatRequest, Engine, EngineError, Usage
 from app.engines.pump import pump
+from app.fair_queue import FairQueue
 from app.files import Folder
 from app.grounding import draw_marks, parse_marks
 from app.media.worker import DecodeStopped
 from app.render import Reply, format_progress, format_stats
-from app.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,19 @@ class SessionCancels:
                 event.set()
 
 
-class ReplyStreamer:
+class RequestRunner:
     """Runs one request on the engine and yields the growing `Reply`; logs one line a request."""
 
     def __init__(
         self,
         engine: Engine,
         cancels: SessionCancels,
-        turns: Turns | None = None,
+        turns: FairQueue | None = None,
         output_dir: Folder | None = None,
     ) -> None:
         self.engine = engine
         self.cancels = cancels
-        self.turns = turns or Turns()
+        self.turns = turns or FairQueue()
         self.output_dir = output_dir or Folder.new("qwen-chat-")
 
     def annotate(self, reply: Reply) -> str | None:

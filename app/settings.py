@@ -17,18 +17,17 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from app.engines.base import FAMILIES
-from app.media import CPU_MAX_PIXELS, Budget
+from app.media import Budget
+from app.media.limits import flag_of, knobs
 from app.trial import TRIAL_FAMILIES
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
-_MEDIA = Budget()  # frozen: the default budget, read for the flags' defaults
 ENV_PREFIX = "QWEN_DEMO_"
 # Names other hosts already set: Hugging Face Spaces and Docker setups set gradio's own. They
 # count only where the QWEN_DEMO_ name is not set.
 ENV_ALIASES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT"}
 # Fields whose default is None but whose environment value is a number.
 _ENV_KINDS: dict[str, type] = {
-    "max_pixels": int,
     "max_prompt_tokens": int,
     "prefix_cache_gb": float,
 }
@@ -52,17 +51,9 @@ class Settings:
     server_port: int = 7860
     server_name: str = "127.0.0.1"
     tiny_random: str | None = None
-    # Pixel budgets (Qwen resize rules): per image, per video frame, and per whole video. The
-    # defaults are the media module's own.
-    min_pixels: int = _MEDIA.min_pixels
-    # None: the GPU default (Budget's), or a lower one measured for CPUs (CPU_MAX_PIXELS).
-    max_pixels: int | None = None
-    video_fps: float = _MEDIA.video_fps
-    video_min_frames: int = _MEDIA.video_min_frames
-    video_max_frames: int = _MEDIA.video_max_frames
-    video_max_pixels: int = _MEDIA.video_max_pixels
-    video_total_pixels: int = _MEDIA.video_total_pixels
-    max_pdf_pages: int = _MEDIA.max_pdf_pages
+    # The media budget's values given by a flag or the environment, as (field, value) pairs;
+    # the rest are Budget's defaults (app/media/limits.py declares them and their flags).
+    budget_values: tuple[tuple[str, Any], ...] = ()
     queue_size: int = 64
     # The engine: transformers in this process, or an OpenAI-compatible server.
     backend: str = "local"
@@ -91,10 +82,6 @@ class Settings:
     # seconds a request body may take to arrive (a slow upload is cut off after it).
     max_request_mb: int = 32
     body_timeout_s: float = 120.0
-
-    @property
-    def is_offline_trial(self) -> bool:
-        return self.tiny_random is not None
 
 
 class SettingsError(ValueError):
@@ -153,21 +140,11 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
             "help": "offline trial: build a tiny random checkpoint of FAMILY and serve it",
         },
     ),
-    (("--min-pixels",), {"type": int, "help": "smallest image size in pixels fed to the model"}),
-    (
-        ("--max-pixels",),
-        {
-            "type": int,
-            "help": f"largest image size in pixels fed to the model (default {_MEDIA.max_pixels}; "
-            f"{CPU_MAX_PIXELS} on a CPU, where a photo's first answer then comes in about 30 s)",
-        },
+    # The media budget's flags, one per Budget field.
+    *(
+        ((flag_of(name),), {"type": type(default), "help": f"{knob.help} (default {default})"})
+        for name, (knob, default) in knobs().items()
     ),
-    (("--video-fps",), {"type": float, "help": "frames sampled per second of video (default 2)"}),
-    (("--video-min-frames",), {"type": int, "help": "fewest frames sampled from a video"}),
-    (("--video-max-frames",), {"type": int, "help": "most frames sampled from a video"}),
-    (("--video-max-pixels",), {"type": int, "help": "largest size of one video frame in pixels"}),
-    (("--video-total-pixels",), {"type": int, "help": "pixel budget of all frames of one video"}),
-    (("--max-pdf-pages",), {"type": int, "help": "PDF pages read (from the first)"}),
     (("--queue-size",), {"type": int, "help": "requests that may wait; more are told to retry"}),
     (
         ("--backend",),
@@ -291,34 +268,43 @@ def load_settings(
     """Flags over environment over defaults; raises SettingsError for values that cannot work."""
     environ = os.environ if environ is None else environ
     args = vars(build_parser().parse_args(argv))
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for field in fields(Settings):
-        flag_value = args.get(field.name)
-        if flag_value is not None:
-            values[field.name] = flag_value
-            continue
-        raw = environ.get(_env_name(field.name))
-        if raw is None and field.name in ENV_ALIASES:
-            raw = environ.get(ENV_ALIASES[field.name])
-        if raw is None:
-            continue
         kind = _ENV_KINDS.get(field.name) or (
             type(field.default) if field.default is not None else str
         )
-        try:
-            if kind is bool:
-                values[field.name] = _parse_bool(_env_name(field.name), raw)
-            elif kind in (int, float):
-                values[field.name] = kind(raw)
-            else:
-                values[field.name] = raw or None if field.default is None else raw
-        except ValueError as err:
-            if isinstance(err, SettingsError):
-                raise
-            raise SettingsError(f"{_env_name(field.name)}={raw!r} is not a valid number") from err
-    settings = Settings(**values)  # type: ignore[arg-type]
+        value = _given(field.name, kind, field.default is None, args, environ)
+        if value is not None:
+            values[field.name] = value
+    budget = {}
+    for name, (_, default) in knobs().items():
+        value = _given(name, type(default), False, args, environ)
+        if value is not None:
+            budget[name] = value
+    settings = Settings(**values, budget_values=tuple(budget.items()))
     validate(settings)
     return settings
+
+
+def _given(
+    name: str, kind: type, empty_is_none: bool, args: Mapping[str, Any], environ: Mapping[str, str]
+) -> Any:
+    """The value of setting `name` from its flag, else from the environment; None if neither."""
+    if args.get(name) is not None:
+        return args[name]
+    raw = environ.get(_env_name(name))
+    if raw is None and name in ENV_ALIASES:
+        raw = environ.get(ENV_ALIASES[name])
+    if raw is None:
+        return None
+    if kind is bool:
+        return _parse_bool(_env_name(name), raw)
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError as err:
+            raise SettingsError(f"{_env_name(name)}={raw!r} is not a valid number") from err
+    return raw or None if empty_is_none else raw
 
 
 def validate(settings: Settings) -> None:
@@ -326,19 +312,9 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--max-new-tokens must be at least 1")
     if not 0 < settings.server_port < 65536:
         raise SettingsError("--server-port must be between 1 and 65535")
-    if (
-        settings.min_pixels < 1
-        or (settings.max_pixels or settings.min_pixels) < settings.min_pixels
-    ):
-        raise SettingsError("--max-pixels must be at least --min-pixels, both positive")
-    if settings.video_fps <= 0:
-        raise SettingsError("--video-fps must be positive")
-    if not 1 <= settings.video_min_frames <= settings.video_max_frames:
-        raise SettingsError("need 1 <= --video-min-frames <= --video-max-frames")
-    if settings.video_max_pixels < 1 or settings.video_total_pixels < settings.video_max_pixels:
-        raise SettingsError("--video-total-pixels must be at least --video-max-pixels")
-    if settings.max_pdf_pages < 1:
-        raise SettingsError("--max-pdf-pages must be at least 1")
+    problems = Budget(**dict(settings.budget_values)).problems()
+    if problems:
+        raise SettingsError("; ".join(problems))
     if settings.max_upload_mb < 1:
         raise SettingsError("--max-upload-mb must be at least 1")
     logins(settings)  # a malformed login stops the app here, not at the first visit

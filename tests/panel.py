@@ -1,6 +1,6 @@
 """The settings panel's values as the page sends them, in the order its endpoints take them."""
 
-from app.ui.panel import FIELD_NAMES
+from app.ui.panel import FIELD_NAMES, FIELDS, PanelOptions
 
 # What the tests' pages show (their apps run with small budgets of max new tokens).
 PAGE = {
@@ -29,3 +29,10 @@ def api_data(message: dict, history: list | None = None, **fields) -> list:
     """The `data` of a raw REST call to `/chat`: fields not given are None (as the checkpoint
     says)."""
     return [message, history, *(fields.get(name) for name in FIELD_NAMES)]
+
+
+def page_defaults(options: PanelOptions) -> dict:
+    """The value of every field as a page built with `options` first shows it."""
+    return {f.name: f.make(options).get("value") for f in FIELDS if f.widget != "text"} | {
+        "system_prompt": ""
+    }

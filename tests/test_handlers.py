@@ -9,9 +9,10 @@ import threading
 import gradio as gr
 import pytest
 
-from app.replies import ReplyStreamer, SessionCancels
+from app.replies import RequestRunner, SessionCancels
 from app.ui.handlers import ChatHandlers
-from app.ui.panel import FIELD_NAMES, PanelOptions, page_defaults, request_settings
+from app.ui.panel import FIELD_NAMES, PanelOptions, request_settings
+from tests.panel import page_defaults
 from tests.scripted_engine import FAIL, ScriptedEngine
 
 SCRIPT = " ".join(f"word{i}" for i in range(200))
@@ -27,7 +28,7 @@ def handlers():
         budget=engine.budget,
     )
     cancels = SessionCancels()
-    return ChatHandlers(ReplyStreamer(engine, cancels), cancels, options)
+    return ChatHandlers(RequestRunner(engine, cancels), cancels, options)
 
 
 def _session(name: str) -> gr.Request:

@@ -12,13 +12,22 @@ from app.media import (
     MediaCache,
     MediaError,
     VideoClip,
-    load_attachment,
     open_image,
     open_video,
     read_attachment,
-    sniff_kind,
+    sniff,
 )
 from tests import media_factory as mf
+
+
+def load_attachment(path, budget, cache=None, name=None):
+    """The model inputs of one attached file (images, or a video), as the engines read it."""
+    return read_attachment(path, budget, cache, name).visuals
+
+
+def sniff_kind(path):
+    return sniff(path).kind
+
 
 BUDGET = Budget(max_pixels=256 * 256, min_pixels=32 * 32, video_max_pixels=64 * 64)
 

@@ -1,6 +1,12 @@
+from dataclasses import fields
+
 import pytest
 
+from app.main import budget_of
+from app.media import CPU_MAX_PIXELS, Budget
+from app.media.limits import knobs
 from app.settings import DEFAULT_CHECKPOINT, SettingsError, build_parser, load_settings
+from app.ui.panel import FIELDS, PanelOptions, request_settings
 
 
 def test_defaults():
@@ -34,7 +40,8 @@ def test_environment_variables_and_flag_precedence():
     }
     settings = load_settings([], environ=env)
     assert settings.checkpoint_path == "/env/model"
-    assert settings.load_in_4bit and settings.server_port == 8080 and settings.video_fps == 1.5
+    assert settings.load_in_4bit and settings.server_port == 8080
+    assert budget_of(settings).video_fps == 1.5
     assert load_settings(["--server-port", "1234"], environ=env).server_port == 1234
 
 
@@ -86,3 +93,43 @@ def test_openai_backend_needs_a_url():
         [], environ={"QWEN_DEMO_BACKEND": "openai", "QWEN_DEMO_API_BASE": "http://h:8000/v1"}
     )
     assert settings.backend == "openai" and settings.api_base == "http://h:8000/v1"
+
+
+def test_every_budget_field_has_a_flag_and_a_variable_that_reach_the_budget():
+    # Budget alone declares them: a value for each field, by flag and by environment.
+    odd = {f.name: f.default * 2 for f in fields(Budget)}
+    flags = [part for name, value in odd.items() for part in (_flag(name), str(value))]
+    assert budget_of(load_settings(flags, environ={})) == Budget(**odd)
+    env = {f"QWEN_DEMO_{name.upper()}": str(value) for name, value in odd.items()}
+    assert budget_of(load_settings([], environ=env)) == Budget(**odd)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_each_budget_field_below_its_least_value_is_refused_by_its_flag_name():
+    for name, (knob, default) in knobs().items():
+        too_small = type(default)(knob.least / 2) if knob.least < 1 else 0
+        with pytest.raises(SettingsError, match=_flag(name)):
+            load_settings([_flag(name), str(too_small)], environ={})
+
+
+def test_the_cpu_image_budget_applies_only_where_no_max_pixels_is_given():
+    assert budget_of(load_settings([], environ={}), on_cpu=True).max_pixels == CPU_MAX_PIXELS
+    given = load_settings(["--max-pixels", "500000"], environ={})
+    assert budget_of(given, on_cpu=True).max_pixels == 500000
+    # A floor above the CPU's ceiling lifts the ceiling to it (not an impossible budget).
+    high_floor = load_settings(["--min-pixels", "600000"], environ={})
+    assert budget_of(high_floor, on_cpu=True).max_pixels == 600000
+
+
+def test_the_panel_offers_exactly_the_budget_fields_whose_knob_says_so():
+    offered = {f.name for f in FIELDS if f.target == "budget"}
+    assert offered == {name for name, (knob, _) in knobs().items() if knob.panel}
+    launch = Budget(video_fps=1.0, max_pixels=50_000)
+    options = PanelOptions(budget=launch)
+    # Nothing asked: the launch budget; asked beyond a slider: its bound.
+    assert request_settings({}, options).budget == launch
+    asked = request_settings({"video_fps": 100, "video_max_frames": 1}, options).budget
+    assert asked.video_fps == 8.0 and asked.video_max_frames == launch.video_min_frames

@@ -175,7 +175,10 @@ class OpenAIEngine:
         # Qwen3.5's templates take `enable_thinking` (vLLM and SGLang pass it on as a chat
         # template argument); Qwen3-VL Thinking models always think, the others never do.
         self.supports_thinking = self.family == "qwen3_5"
-        self.unsupported_fields: set[str] = set()
+        # Fields the server refused, learned by any request and read by all: a frozenset,
+        # replaced (under the lock) and never changed in place while a request reads it.
+        self.unsupported_fields: frozenset[str] = frozenset()
+        self._fields_lock = threading.Lock()
         self._urls: dict[tuple[str, int], str] = {}
         self._urls_lock = threading.Lock()
 
@@ -342,7 +345,8 @@ class OpenAIEngine:
                 # A server that refuses an extension field (transformers serve refuses top_k
                 # and repetition_penalty): drop those fields from now on and ask again.
                 log.warning("%s does not take %s; sending without", self.api_base, rejected.fields)
-                self.unsupported_fields |= rejected.fields
+                with self._fields_lock:
+                    self.unsupported_fields = self.unsupported_fields | rejected.fields
         usage = measured.usage
         yield Delta(
             usage=Usage(

@@ -18,7 +18,6 @@ from app.media.cache import (
     Attached,
     MediaCache,
     content_key,
-    load_attachment,
     read_attachment,
 )
 from app.media.images import open_animated_image, open_image, open_pages
@@ -32,7 +31,7 @@ from app.media.limits import (
     scaled_size,
 )
 from app.media.pdf import open_pdf
-from app.media.sniff import sniff, sniff_kind
+from app.media.sniff import sniff
 from app.media.video import VideoClip, open_video
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "MediaError",
     "VideoClip",
     "content_key",
-    "load_attachment",
     "open_animated_image",
     "open_image",
     "open_pages",
@@ -55,5 +53,4 @@ __all__ = [
     "read_attachment",
     "scaled_size",
     "sniff",
-    "sniff_kind",
 ]

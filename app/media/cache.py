@@ -164,10 +164,3 @@ def read_attachment(
         return Attached(_text((digest, budget.part(decoded.kind))), decoded.visuals)
     key, decoded = cache.get_or_load(digest, budget, lambda: decode(path, budget, label))
     return Attached(key, decoded.visuals)
-
-
-def load_attachment(
-    path: str | Path, budget: Budget, cache: MediaCache | None = None, name: str | None = None
-) -> list[Visual]:
-    """The model inputs for one attached file: one image, one video, or a document's pages."""
-    return read_attachment(path, budget, cache, name).visuals

@@ -7,7 +7,8 @@ video) goes through `check_size` before anything is decoded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # A file whose header declares more pixels than this is refused before it is decoded.
 BOMB_PIXELS = 128_000_000
@@ -28,21 +29,93 @@ CPU_MAX_PIXELS = 512 * 28 * 28
 
 
 @dataclass(frozen=True)
+class Knob:
+    """How one budget field is set from outside: its flag's help (the flag, `--video-fps`, and
+    the environment variable, `QWEN_DEMO_VIDEO_FPS`, are named after the field), the least value
+    that works, and whether the settings panel offers it as a slider from `low` (a number, or
+    the name of the budget field whose value it is) to `high` (or the launch value, if higher)."""
+
+    help: str
+    least: float = 1
+    panel: bool = False
+    low: float | str = 0
+    high: float = 0
+    step: float = 1
+
+
+def _knob(default: Any, **knob: Any) -> Any:
+    return field(default=default, metadata={"knob": Knob(**knob)})
+
+
+@dataclass(frozen=True)
 class Budget:
-    min_pixels: int = 28 * 28 * 4
-    max_pixels: int = 1280 * 28 * 28
-    video_fps: float = 2.0
-    video_min_frames: int = 4
-    video_max_frames: int = 64
-    video_max_pixels: int = 448 * 448
-    video_total_pixels: int = 64 * 448 * 448
-    max_pdf_pages: int = 8
+    """How many pixels and frames each file reaches the model with: declared once, here; the
+    flags, environment variables, validation, settings panel and `/chat` parameters derive
+    from these fields (app/settings.py, app/ui/panel.py)."""
+
+    min_pixels: int = _knob(28 * 28 * 4, help="smallest image size in pixels fed to the model")
+    max_pixels: int = _knob(
+        1280 * 28 * 28,
+        help=f"largest image size in pixels fed to the model ({CPU_MAX_PIXELS} on a CPU unless "
+        "given, where a photo's first answer then comes in about 30 s)",
+        panel=True,
+        low="min_pixels",
+        high=1280 * 28 * 28,
+        step=28 * 28,
+    )
+    video_fps: float = _knob(
+        2.0,
+        help="frames sampled per second of video",
+        least=0.01,
+        panel=True,
+        low=0.25,
+        high=8.0,
+        step=0.25,
+    )
+    video_min_frames: int = _knob(4, help="fewest frames sampled from a video")
+    video_max_frames: int = _knob(
+        64,
+        help="most frames sampled from a video",
+        panel=True,
+        low="video_min_frames",
+        high=256,
+        step=2,
+    )
+    video_max_pixels: int = _knob(448 * 448, help="largest size of one video frame in pixels")
+    video_total_pixels: int = _knob(64 * 448 * 448, help="pixel budget of all frames of a video")
+    max_pdf_pages: int = _knob(8, help="PDF pages read (from the first)")
 
     def part(self, kind: str) -> str:
         """The fields a file of `kind` (a sniffed kind: image, pages, pdf, animation, video) is
         read with, as text: what its cache keys hold, so that changing the video rate leaves
         every image cached, and an image's pixels leave every video."""
         return ",".join(f"{name}={getattr(self, name)}" for name in FIELDS_READ[kind])
+
+    def problems(self) -> list[str]:
+        """What in this budget cannot work, in the flags' words (empty when all is well)."""
+        found = [
+            f"{flag_of(f.name)} must be at least {f.metadata['knob'].least:g}"
+            for f in fields(self)
+            if getattr(self, f.name) < f.metadata["knob"].least
+        ]
+        for low, high in (
+            ("min_pixels", "max_pixels"),
+            ("video_min_frames", "video_max_frames"),
+            ("video_max_pixels", "video_total_pixels"),
+        ):
+            if getattr(self, high) < getattr(self, low):
+                found.append(f"{flag_of(high)} must be at least {flag_of(low)}")
+        return found
+
+
+def knobs() -> dict[str, tuple[Knob, Any]]:
+    """Every budget field's name -> (its knob, its default)."""
+    return {f.name: (f.metadata["knob"], f.default) for f in fields(Budget)}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of the setting `name` (`video_fps` -> `--video-fps`)."""
+    return "--" + name.replace("_", "-")
 
 
 # What each kind of file is read with. Stills (pages too) also by the processor, which resizes

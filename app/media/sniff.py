@@ -185,7 +185,3 @@ def sniff(path: str | Path, name: str | None = None) -> Sniffed:
     if head.startswith(b"%PDF-"):
         return Sniffed("pdf", "pdf")
     return _image_kind(p, head, label) or _video_kind(p, head, label)
-
-
-def sniff_kind(path: str | Path, name: str | None = None) -> Kind:
-    return sniff(path, name).kind

@@ -22,7 +22,7 @@ from app.conversation import (
 )
 from app.engines.base import ChatRequest
 from app.render import Reply, render_reply
-from app.replies import ReplyStreamer, SessionCancels
+from app.replies import RequestRunner, SessionCancels
 from app.settings import IPNetwork
 from app.ui.panel import PanelError, PanelOptions, request_settings
 from app.ui.words import word
@@ -80,12 +80,12 @@ class ChatHandlers:
 
     def __init__(
         self,
-        streamer: ReplyStreamer,
+        requests: RequestRunner,
         cancels: SessionCancels,
         options: PanelOptions,
         trusted_proxies: Sequence[IPNetwork] = (),
     ) -> None:
-        self.streamer = streamer
+        self.requests = requests
         self.cancels = cancels
         self.options = options
         self.trusted_proxies = tuple(trusted_proxies)
@@ -100,7 +100,7 @@ class ChatHandlers:
 
     def _stream(self, chat: ChatRequest, asker: gr.Request | None) -> Iterator[Reply]:
         """The reply to `chat`, in the session and the turn of whoever asked."""
-        return self.streamer(chat, session_of(asker), user_of(asker, self.trusted_proxies))
+        return self.requests(chat, session_of(asker), user_of(asker, self.trusted_proxies))
 
     def _stream_into(
         self, history: list, panel: dict[str, Any], asker: gr.Request | None
@@ -110,7 +110,7 @@ class ChatHandlers:
         except PanelError as err:  # a script's setting no request can use: said in the chat
             yield history + render_reply(Reply(error=str(err), finished=True))
             return
-        for reply in self.streamer(
+        for reply in self.requests(
             request, session_of(asker), user_of(asker, self.trusted_proxies)
         ):
             if reply.detached:  # its chat is no longer the one shown
@@ -243,7 +243,7 @@ class ChatHandlers:
         except PanelError as err:
             raise gr.Error(str(err), print_exception=False) from err
         answer = ""
-        for reply in self.streamer(
+        for reply in self.requests(
             chat, session_of(request), user_of(request, self.trusted_proxies)
         ):
             if reply.error:

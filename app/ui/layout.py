@@ -29,7 +29,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
 SETTINGS_KEY = "qwen-vl-chat-settings"  # the settings panel's, kept like the chats
 GENERATE = "generate"  # one concurrency group: every event that runs the model
-# Requests of that group let in at once: they take turns on the model by user (app/turns.py);
+# Requests of that group let in at once: they take turns on the model by user (app/fair_queue.py);
 # more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
 # Undo always find one.
 IN_ROTATION = 16

@@ -1,8 +1,9 @@
-"""The settings panel, declared once: each field makes the page's component, the API's parameter,
-and its part of the request.
+"""The settings panel, declared once: each field makes the page's component, its place on the
+page, the API's parameter, and its part of the request.
 
-Adding a setting is one `Field` here (and, for a new kind of request value, the line in
-`request_settings` that reads it); the page, every event, the `/chat` API and the tests follow.
+Adding a sampling setting is one `Field` here (with its GenerationParams field and its label in
+app/ui/words.py); a media budget setting is one field of `Budget` (app/media/limits.py) with
+`panel=True` in its knob. The page, its rows, every event, the `/chat` API and the tests follow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import gradio as gr
 
 from app.engines.base import GenerationParams, SamplingDefaults
 from app.media import Budget
-from app.ui.words import word
+from app.media.limits import knobs
+from app.ui.words import ENGLISH, word
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,15 @@ class Field:
     """One setting: its name (the API parameter and the request field), label, page widget."""
 
     name: str
-    label: str
     target: Literal["system", "params", "budget"]
     widget: Literal["text", "slider", "number", "checkbox"]
     convert: Callable[[Any], Any]  # the widget's value -> the request's (None: not set)
     make: Callable[[PanelOptions], dict[str, Any]]  # its bounds and default, from the options
+
+    @property
+    def label(self) -> str:
+        """Its label in English: what its error messages call it."""
+        return ENGLISH[f"field.{self.name}"]
 
     def value(self, raw: Any, options: PanelOptions) -> Any:
         """What the request gets of `raw` (from the page or the API): converted, and kept
@@ -129,92 +135,75 @@ class Field:
 
 
 Bounds = Callable[[PanelOptions], tuple[float, float, float, float]]
-_USUAL = Budget()  # frozen: the usual media budget, read for the pixel slider's maximum
 
 
-def _slider(name: str, label: str, kind: type, bounds: Bounds, target: Any = "params") -> Field:
+def _slider(name: str, kind: type, bounds: Bounds, target: Any = "params") -> Field:
     """A slider field; `bounds(options)` gives (minimum, maximum, default, step)."""
 
     def make(options: PanelOptions) -> dict[str, Any]:
         lo, hi, value, step = bounds(options)
         return {"minimum": lo, "maximum": hi, "value": value, "step": step}
 
-    return Field(name, label, target, "slider", lambda v: _number(v, kind), make)
+    return Field(name, target, "slider", lambda v: _number(v, kind), make)
+
+
+def _budget_sliders() -> Iterator[Field]:
+    """A slider for each budget field whose knob is in the panel: from its low bound to its
+    high one (or the launch value, where higher), starting at the launch value."""
+    for name, (knob, default) in knobs().items():
+        if not knob.panel:
+            continue
+
+        def bounds(o: PanelOptions, name: str = name, knob: Any = knob) -> Any:
+            low = getattr(o.budget, knob.low) if isinstance(knob.low, str) else knob.low
+            value = getattr(o.budget, name)
+            return low, max(value, knob.high), value, knob.step
+
+        yield _slider(name, type(default), bounds, target="budget")
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("system_prompt", "System prompt", "system", "text", _text, lambda o: {}),
-    _slider(
-        "max_new_tokens",
-        "Max new tokens",
-        int,
-        lambda o: (1, o.max_new_tokens, o.max_new_tokens, 1),
-    ),
-    _slider(
-        "temperature",
-        "Temperature (0 = greedy)",
-        float,
-        lambda o: (0.0, 2.0, _or(o.sampling.temperature, 0.7), 0.05),
-    ),
-    _slider("top_p", "Top-p", float, lambda o: (0.05, 1.0, _or(o.sampling.top_p, 1.0), 0.05)),
-    _slider("top_k", "Top-k (0 = off)", int, lambda o: (0, 200, _or(o.sampling.top_k, 50), 1)),
+    Field("system_prompt", "system", "text", _text, lambda o: {}),
+    _slider("max_new_tokens", int, lambda o: (1, o.max_new_tokens, o.max_new_tokens, 1)),
+    _slider("temperature", float, lambda o: (0.0, 2.0, _or(o.sampling.temperature, 0.7), 0.05)),
+    _slider("top_p", float, lambda o: (0.05, 1.0, _or(o.sampling.top_p, 1.0), 0.05)),
+    _slider("top_k", int, lambda o: (0, 200, _or(o.sampling.top_k, 50), 1)),
     _slider(
         "repetition_penalty",
-        "Repetition penalty",
         float,
         lambda o: (1.0, 2.0, _or(o.sampling.repetition_penalty, 1.0), 0.01),
     ),
-    Field("seed", "Seed (-1 = random)", "params", "number", _seed, lambda o: {"value": -1}),
-    _slider(
-        "max_pixels",
-        "Max pixels per image (lower it if memory runs out)",
-        int,
-        # Up to the usual budget (what the CPU note offers), or the launch flag's where higher.
-        lambda o: (
-            o.budget.min_pixels,
-            max(o.budget.max_pixels, _USUAL.max_pixels),
-            o.budget.max_pixels,
-            28 * 28,
-        ),
-        target="budget",
-    ),
-    _slider(
-        "video_fps",
-        "Video frames per second",
-        float,
-        lambda o: (0.25, 8.0, o.budget.video_fps, 0.25),
-        target="budget",
-    ),
-    _slider(
-        "video_max_frames",
-        "Max video frames",
-        int,
-        lambda o: (
-            o.budget.video_min_frames,
-            max(o.budget.video_max_frames, 256),
-            o.budget.video_max_frames,
-            2,
-        ),
-        target="budget",
-    ),
+    Field("seed", "params", "number", _seed, lambda o: {"value": -1}),
+    *_budget_sliders(),
     Field(
         "enable_thinking",
-        "Thinking (models whose template takes enable_thinking)",
         "params",
         "checkbox",
         _flag,
         lambda o: {"value": True, "visible": o.supports_thinking},
     ),
 )
-# How the page lays the fields out, row by row.
-ROWS = (
-    ("system_prompt",),
-    ("max_new_tokens", "temperature", "top_p"),
-    ("top_k", "repetition_penalty", "seed"),
-    ("max_pixels", "video_fps", "video_max_frames"),
-    ("enable_thinking",),
-)
 FIELD_NAMES = tuple(field.name for field in FIELDS)
+
+
+def _rows(fields: tuple[Field, ...], width: int = 3) -> tuple[tuple[str, ...], ...]:
+    """How the page lays the fields out: text boxes and checkboxes on rows of their own, the
+    others `width` to a row, in the order declared."""
+    rows: list[tuple[str, ...]] = []
+    row: list[str] = []
+    for f in fields:
+        if f.widget in ("text", "checkbox"):
+            rows += [tuple(row), (f.name,)] if row else [(f.name,)]
+            row = []
+            continue
+        row.append(f.name)
+        if len(row) == width:
+            rows.append(tuple(row))
+            row = []
+    return tuple([*rows, tuple(row)] if row else rows)
+
+
+ROWS = _rows(FIELDS)
 
 
 @dataclass(frozen=True)
@@ -230,22 +219,9 @@ def request_settings(values: Mapping[str, Any], options: PanelOptions) -> Reques
     if not options.supports_thinking:
         chosen["enable_thinking"] = None
     params = GenerationParams(**{f.name: chosen[f.name] for f in FIELDS if f.target == "params"})
-    base = options.budget
-    changes: dict[str, Any] = {}
-    if chosen["max_pixels"]:
-        changes["max_pixels"] = max(base.min_pixels, chosen["max_pixels"])
-    if chosen["video_fps"]:
-        changes["video_fps"] = chosen["video_fps"]
-    if chosen["video_max_frames"]:
-        changes["video_max_frames"] = max(base.video_min_frames, chosen["video_max_frames"])
-    return RequestSettings(chosen["system_prompt"], params, replace(base, **changes))
-
-
-def page_defaults(options: PanelOptions) -> dict[str, Any]:
-    """The value of every field as the page first shows it (scripts and tests send these)."""
-    return {f.name: f.make(options).get("value") for f in FIELDS if f.widget != "text"} | {
-        "system_prompt": ""
-    }
+    # Each budget value within its slider's bounds already (Field.value); none: the launch one.
+    changes = {f.name: chosen[f.name] for f in FIELDS if f.target == "budget" and chosen[f.name]}
+    return RequestSettings(chosen["system_prompt"], params, replace(options.budget, **changes))
 
 
 def with_panel_parameters(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 class ModelThread(Executor):
     """An executor with one long-lived thread, first come first served (who comes first is
-    decided before, by `app.turns.Turns`). In a forked child (ZeroGPU runs each request in
+    decided before, by `app.fair_queue.FairQueue`). In a forked child (ZeroGPU runs each request in
     one) the parent's thread does not exist, so a child starts its own."""
 
     def __init__(self, name: str = "qwen-model") -> None:

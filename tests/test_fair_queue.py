@@ -7,15 +7,15 @@ import time
 
 from gradio_client import Client
 
+from app.fair_queue import FairQueue
 from app.settings import load_settings
-from app.turns import Turns
 from testkit.engines import load_engine
 from testkit.launch import launched_app
 
 
 def _take_in_order(requests: list[tuple[str, str]]) -> list[str]:
     """Queue `requests` (user, name) while one request holds the model; the order served."""
-    turns = Turns()
+    turns = FairQueue()
     served: list[str] = []
     never = threading.Event()
     with turns.turn("first") as holder:
@@ -39,7 +39,7 @@ def test_a_flood_takes_turns_with_everyone_else():
 
 
 def test_each_request_knows_how_many_go_first():
-    turns = Turns()
+    turns = FairQueue()
     never = threading.Event()
     with turns.turn("alice") as holder:
         assert turns.wait(holder, never, 1)
@@ -54,7 +54,7 @@ def test_the_least_recently_served_user_goes_next():
 
 
 def test_a_stopped_request_leaves_the_line():
-    turns = Turns()
+    turns = FairQueue()
     cancel = threading.Event()
     with turns.turn("a") as holder:
         assert turns.wait(holder, threading.Event(), 1)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class Turns:
+class FairQueue:
     """A fair lock: least recently served user first, first in first out within a user."""
 
     def __init__(self) -> None:
