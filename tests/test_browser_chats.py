@@ -385,10 +385,15 @@ def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and
 
 
 @pytest.mark.parametrize(
-    ("locale", "new_chat", "send", "settings"),
-    [("en-US", "New chat", "Send", "Settings"), ("zh-CN", "新对话", "发送", "设置")],
+    ("locale", "new_chat", "send", "settings", "confirm"),
+    [
+        ("en-US", "New chat", "Send", "Settings", "Delete this chat?"),
+        ("zh-CN", "新对话", "发送", "设置", "删除此对话？"),
+    ],
 )
-def test_the_page_speaks_the_browsers_language(browser_and_url, locale, new_chat, send, settings):
+def test_the_page_speaks_the_browsers_language(
+    browser_and_url, locale, new_chat, send, settings, confirm
+):
     browser, url = browser_and_url
     context = browser.new_context(viewport=PHONE, locale=locale)
     page = context.new_page()
@@ -399,4 +404,9 @@ def test_the_page_speaks_the_browsers_language(browser_and_url, locale, new_chat
     _sidebar(page)
     assert page.locator("#new_chat").inner_text().strip() == new_chat
     _shot(page, f"36-language-{locale}")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#delete_chat").click()
+    page.wait_for_function("() => true")  # the dialog is handled before the click returns
+    assert asked and asked[0].startswith(confirm)  # the page's own dialog speaks it too
     context.close()

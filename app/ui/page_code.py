@@ -7,6 +7,8 @@ CSS and PAGE_JS go to `launch()` (app/main.py); the others run on one event each
 
 from __future__ import annotations
 
+from app.ui.words import browser_word
+
 # The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
 # the text's colour, not as a red error; the banner is one line.
 CSS = """
@@ -82,5 +84,5 @@ DOWNLOAD_JS = """async () => {
 }"""
 # Before Delete: the answer goes to the event as its first input.
 CONFIRM_DELETE_JS = (
-    "(confirmed, store) => [window.confirm('Delete this chat? It cannot be undone.'), store]"
+    f"(confirmed, store) => [window.confirm({browser_word('confirm_delete')}), store]"
 )

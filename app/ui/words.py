@@ -19,6 +19,7 @@ ENGLISH = MappingProxyType(
         "rename_placeholder": "A new name for this chat",
         "rename": "Rename",
         "delete_chat": "Delete this chat",
+        "confirm_delete": "Delete this chat? It cannot be undone.",
         "export_json": "Export JSON",
         "export_md": "Export Markdown",
         "import_json": "Import JSON",
@@ -58,6 +59,7 @@ CHINESE = MappingProxyType(
         "rename_placeholder": "为此对话起个新名字",
         "rename": "重命名",
         "delete_chat": "删除此对话",
+        "confirm_delete": "删除此对话？此操作无法撤销。",
         "export_json": "导出 JSON",
         "export_md": "导出 Markdown",
         "import_json": "导入 JSON",
@@ -104,3 +106,15 @@ def page_i18n() -> Any:
     import gradio as gr
 
     return gr.I18n(**{language: dict(table) for language, table in LANGUAGES.items()})
+
+
+def browser_word(key: str) -> str:
+    """A JavaScript expression of the word for `key` in the browser's language, for the page's
+    own scripts (a confirm dialog), which gradio's i18n does not reach."""
+    import json
+
+    chinese = json.dumps(CHINESE.get(key, ENGLISH[key]), ensure_ascii=False)
+    return (
+        f"((navigator.language || '').toLowerCase().startsWith('zh') ? {chinese} : "
+        f"{json.dumps(ENGLISH[key])})"
+    )
