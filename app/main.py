@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import Engine
-from app.engines.local.memory import GB
 from app.media import CPU_MAX_PIXELS, Budget, MediaCache
 from app.settings import Settings, SettingsError, load_settings
 
@@ -59,7 +58,7 @@ def build_openai_engine(settings: Settings) -> Engine:
 def build_local_engine(settings: Settings) -> Engine:
     from app.engines.local import LocalEngine
     from app.engines.local.checkpoint import load_model
-    from app.engines.local.memory import memory_defaults
+    from app.engines.local.memory import GB, memory_defaults
     from app.engines.local.model_thread import ModelThread
     from app.engines.local.zerogpu import for_zero_gpu
     from app.trial import model_label
