@@ -9,6 +9,7 @@ it was generated.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from app.media import Budget
 
 Message = Mapping[str, Any]
+ERROR_MARK = "⚠️"  # how the title of an error's note in the chat starts (app/render.py)
 
 
 def file_data(part: Any) -> Mapping[str, Any] | None:
@@ -73,10 +75,32 @@ def is_display_only(message: Message) -> bool:
     return all(text_of(p) is None for p in parts_of(message))
 
 
+def _failed(reply: Sequence[Message]) -> bool:
+    """A reply that is an error's note and no answer."""
+    said = [str((m.get("metadata") or {}).get("title") or "") for m in reply]
+    return all(map(is_display_only, reply)) and any(t.startswith(ERROR_MARK) for t in said)
+
+
+def without_failed_questions(history: Sequence[Message]) -> list[Message]:
+    """The history without each question that failed (its reply an error's note, no answer)
+    where a later question follows: that one is a turn of its own, not one with the failed
+    one's files (a file that cannot be read failed every question after it)."""
+    runs = [list(run) for _, run in groupby(history, key=lambda m: m.get("role"))]
+    kept: list[Message] = []
+    for index, run in enumerate(runs):
+        reply = runs[index + 1] if index + 1 < len(runs) else []
+        later = index + 2 < len(runs)
+        if run[0].get("role") == "user" and later and _failed(reply):
+            continue  # its reply, all display-only, is never sent either
+        kept.extend(run)
+    return kept
+
+
 def history_to_turns(history: Sequence[Message]) -> list[Turn]:
-    """Consecutive messages of one role merge into one turn, as the model saw them."""
+    """Consecutive messages of one role merge into one turn, as the model saw them; a question
+    that failed, and its error, are left out once another follows."""
     turns: list[Turn] = []
-    for message in history:
+    for message in without_failed_questions(history):
         role = message.get("role")
         if role not in ("user", "assistant") or is_display_only(message):
             continue

@@ -41,6 +41,27 @@ def test_history_becomes_turns_with_attachments_in_order():
     ]
 
 
+def test_a_question_that_failed_is_left_out_once_another_follows():
+    """A file that cannot be read failed its question; the next question is a turn of its
+    own, not one with that file (it failed every question after it). Only a reply that is an
+    error and no answer counts: a partial answer, or a reply stopped before its first token,
+    stay as they were."""
+    error = {"role": "assistant", "content": "", "metadata": {"title": "⚠️ notes.jpg: no image"}}
+    failed = [{"role": "user", "content": [_file("/up/notes.jpg")]}, error]
+    assert history_to_turns([*failed, {"role": "user", "content": "And now?"}]) == [
+        Turn("user", "And now?")
+    ]
+    # Regenerate asks the failed question again: it is the last turn, and is kept.
+    assert history_to_turns(failed) == [
+        Turn("user", "", (Attachment("/up/notes.jpg", "notes.jpg"),))
+    ]
+    partial = [*failed[:1], {"role": "assistant", "content": "It is"}, error]
+    after = {"role": "user", "content": "Go on"}
+    assert [t.role for t in history_to_turns([*partial, after])] == ["user", "assistant", "user"]
+    stopped = [*failed[:1], {"role": "assistant", "content": "", "metadata": {"title": "stopped"}}]
+    assert len(history_to_turns([*stopped, after])) == 1  # one user turn: the two questions
+
+
 def test_reasoning_stats_and_images_are_never_sent_back():
     texts = [t.text for t in history_to_turns(HISTORY)]
     assert "why" not in texts and "12 tokens" not in texts
