@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from app.conversation import file_data, is_display_only, parts_of, text_of
+from app.said import CHINESE, ENGLISH, Said, in_language, say
 
 Store = dict[str, Any]
 TITLE_CHARS = 60
 FORMAT = "qwen-vl-chat/1"
 # Characters kept of an imported file's name: file systems refuse names past 255 bytes.
 NAME_CHARS = 100
+NEW_CHAT = say("New chat", "新对话")  # the title of a chat before its first question
+IMPORTED = {ENGLISH: " (imported)", CHINESE: "（导入）"}  # what an imported chat's title ends with
+YOU, ASSISTANT = say("You", "你"), say("Assistant", "助手")  # who speaks, in a Markdown export
 
 
 def empty_store() -> Store:
@@ -54,7 +58,15 @@ def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
             text = " ".join(t for t in map(text_of, parts_of(message)) if t).strip()
             if text:
                 return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
-    return "New chat"
+    return NEW_CHAT
+
+
+def imported_title(title: str, language: str) -> str:
+    """The title of an imported chat: the original's, told apart from it in the list (once:
+    an import of an import too)."""
+    if title.endswith(tuple(IMPORTED.values())):
+        return title
+    return title + IMPORTED.get(language, IMPORTED[ENGLISH])
 
 
 def save(store: Store, messages: list, renamed: str | None = None) -> Store:
@@ -167,20 +179,23 @@ def select(store: Store, chat_id: str | None) -> tuple[Store, list]:
     return {"chats": list(store["chats"]), "current": chat["id"]}, restorable(chat["messages"])
 
 
-def current_messages(store: Store) -> list:
+def current_messages(store: Store, language: str = ENGLISH) -> list:
     chat = find_chat(store, store.get("current"))
-    return restorable(chat["messages"]) if chat else []
+    return restorable(chat["messages"], language) if chat else []
 
 
-def choices(store: Store) -> list[tuple[str, str]]:
-    """(title, id) of each chat, the most recently changed first."""
+def choices(store: Store, language: str = ENGLISH) -> list[tuple[str, str]]:
+    """(title, id) of each chat, the most recently changed first; a chat without a question
+    yet is "New chat" in `language`."""
     chats = sorted(store.get("chats") or [], key=lambda c: c.get("updated", 0), reverse=True)
-    return [(c["title"] or "New chat", c["id"]) for c in chats]
+    untitled = in_language(NEW_CHAT, language)
+    return [(c["title"] if c["title"] not in ("", NEW_CHAT) else untitled, c["id"]) for c in chats]
 
 
-def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
+def restorable(messages: Sequence[Mapping[str, Any]], language: str = ENGLISH) -> list:
     """`messages` with each file the server no longer has replaced by a note naming it (a
-    display-only message: the model never reads it, and the chat still opens)."""
+    display-only message: the model never reads it, and the chat still opens), in
+    `language`."""
     out: list = []
     for message in messages:
         files = [f for f in map(_file_copy, parts_of(message)) if f]
@@ -198,7 +213,7 @@ def restorable(messages: Sequence[Mapping[str, Any]]) -> list:
                 {
                     "role": message.get("role", "user"),
                     "content": "",
-                    "metadata": {"title": f"📎 {name} is no longer on the server"},
+                    "metadata": {"title": f"📎 {in_language(_gone(name), language)}"},
                 }
             )
     return out
@@ -283,8 +298,15 @@ def _short_name(name: str) -> str:
     return name[: NAME_CHARS - len(suffix) - 1] + "…" + suffix
 
 
-def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
-    """The conversation as Markdown, its files beside it, in one zip at `path`."""
+def _gone(name: str) -> Said:
+    return say(f"{name} is no longer on the server", f"服务器上已没有 {name}")
+
+
+def to_markdown_zip(
+    messages: Sequence[Mapping[str, Any]], title: str, path: Path, language: str = ENGLISH
+) -> Path:
+    """The conversation as Markdown, its files beside it, in one zip at `path`; who speaks
+    named in `language`."""
     lines = [f"# {title}", ""]
     speaker = None
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -292,7 +314,7 @@ def to_markdown_zip(messages: Sequence[Mapping[str, Any]], title: str, path: Pat
             if is_display_only(message) and not any(map(_file_copy, parts_of(message))):
                 continue
             # One turn is one block: the page keeps a photo and its question as two messages.
-            role = "You" if message.get("role") == "user" else "Assistant"
+            role = in_language(YOU if message.get("role") == "user" else ASSISTANT, language)
             if role != speaker:
                 if speaker is not None:
                     lines.append("")

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.engines.base import Engine
 from app.media import CPU_MAX_PIXELS, Budget, MediaCache
+from app.said import Said, joined, say
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
@@ -125,7 +126,7 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
     notes = [engine.notice, cpu_weights_note(engine), cpu_budget_note(settings, engine)]
     return PageOptions(
         title=f"Qwen-VL Chat · {engine.model_name}",
-        banner=" ".join(note for note in notes if note) or None,
+        banner=joined([note for note in notes if note], " ") or None,
         browser_secret=browser_layer_secret(secret),
         keep_files_s=settings.keep_files_hours * 3600,
         panel=PanelOptions(
@@ -137,37 +138,45 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
     )
 
 
-def cpu_weights_note(engine: Engine) -> str | None:
+def cpu_weights_note(engine: Engine) -> Said | None:
     """On the CPU: which path computes (app/engines/local/cpu_int8.py), and how to take the
     other."""
     if not engine.runs_on_cpu:
         return None
     if engine.weights == "int8":
-        return (
+        return say(
             "Running on the CPU with int8 weights, the fast path (answers differ a little from "
-            "float32's); start with --dtype float32 for the exact, slower one."
+            "float32's); start with --dtype float32 for the exact, slower one.",
+            "在 CPU 上以 int8 权重运行，这是快速路径（回答与 float32 略有不同）；"
+            "要用精确但较慢的路径，请以 --dtype float32 启动。",
         )
     from app.engines.local.cpu_int8 import int8_kernels_available
 
     if engine.weights == "float32" and int8_kernels_available():
-        return (
+        return say(
             "Running on the CPU in float32, the exact path; the default (without --dtype) is "
-            "int8 weights, about twice as fast."
+            "int8 weights, about twice as fast.",
+            "在 CPU 上以 float32 运行，这是精确路径；默认（不加 --dtype）使用 int8 权重，"
+            "速度约为两倍。",
         )
     return None
 
 
-def cpu_budget_note(settings: Settings, engine: Engine) -> str | None:
+def cpu_budget_note(settings: Settings, engine: Engine) -> Said | None:
     """Where the app lowered the image budget for the CPU: say so, and how to raise it."""
     given = dict(settings.budget_values)
     if "max_pixels" in given or engine.budget.max_pixels != CPU_MAX_PIXELS:
         return None
     usual = Budget().max_pixels
-    return (
-        f"Running on the CPU: images are read at up to {CPU_MAX_PIXELS / 1e6:.1f} megapixels "
-        f"(the usual is {usual / 1e6:.1f}), so that a photo's first answer comes in about half "
-        "a minute rather than one and a half. Raise it in Settings (Max pixels per image), or "
-        f"start with --max-pixels {usual}."
+    cpu, usual_mp = f"{CPU_MAX_PIXELS / 1e6:.1f}", f"{usual / 1e6:.1f}"
+    return say(
+        f"Running on the CPU: images are read at up to {cpu} megapixels (the usual is "
+        f"{usual_mp}), so that a photo's first answer comes in about half a minute rather than "
+        "one and a half. Raise it in Settings (Max pixels per image), or start with "
+        f"--max-pixels {usual}.",
+        f"在 CPU 上运行：图片最多按 {cpu} 百万像素读取（通常为 {usual_mp}），"
+        "这样一张照片的首个回答约半分钟就到，而不是一分半钟。"
+        f"可在设置中调高（每张图片的最大像素数），或以 --max-pixels {usual} 启动。",
     )
 
 

@@ -2,14 +2,18 @@
 
 A `Reply` is what a request has produced so far; `render_reply` turns it into chatbot messages.
 Everything but the answer's own text is marked display-only (a `metadata` title, or a file), so
-it is never sent back to the model. Pure functions; no gradio, no torch.
+it is never sent back to the model; the app's own words are in the reader's language
+(app/said.py). Pure functions; no gradio, no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
+from app.conversation import ERROR_MARK
 from app.engines.base import Progress, PromptInfo, Usage
+from app.said import ENGLISH, Said, in_language, joined, say
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"
@@ -50,44 +54,68 @@ def split_reasoning(text: str, opens_in_reasoning: bool = False) -> ReasoningSpl
     return ReasoningSplit(body.strip(), "", thinking=True)
 
 
-def format_stats(usage: Usage) -> str:
+def format_stats(usage: Usage) -> Said:
     """One short line: time to first token, tokens, speed, visual tokens."""
-    parts = []
+    parts: list[str] = []
     if usage.first_token_s is not None:
-        parts.append(f"first token {usage.first_token_s * 1000:.0f} ms")
-    parts.append(f"{usage.completion_tokens} tokens")
+        ms = f"{usage.first_token_s * 1000:.0f}"
+        parts.append(say(f"first token {ms} ms", f"首个 token {ms} 毫秒"))
+    n = usage.completion_tokens
+    parts.append(say(f"{n} tokens", f"{n} 个 token"))
     gen_time = usage.total_s - (usage.first_token_s or 0.0)
     if usage.completion_tokens > 1 and gen_time > 0:
         parts.append(f"{(usage.completion_tokens - 1) / gen_time:.1f} tok/s")
+    prompt = usage.prompt_tokens
     if usage.visual_tokens is None:
-        parts.append(f"{usage.prompt_tokens} prompt tokens")
-        return " · ".join(parts)
-    visual = f"{usage.visual_tokens} visual tokens in {usage.prompt_tokens} prompt tokens"
+        parts.append(say(f"{prompt} prompt tokens", f"提示词 {prompt} 个 token"))
+        return joined(parts)
+    by_file = ""
     if usage.visual_by_attachment:
-        visual += " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"
-    parts.append(visual)
+        by_file = " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"
+    seen = usage.visual_tokens
+    parts.append(
+        say(
+            f"{seen} visual tokens in {prompt} prompt tokens{by_file}",
+            f"提示词 {prompt} 个 token，其中视觉 {seen} 个{by_file}",
+        )
+    )
     cached = format_cached(usage)
     if cached:
         parts.append(cached)
-    return " · ".join(parts)
+    return joined(parts)
 
 
-def format_cached(usage: Usage) -> str | None:
+def format_cached(usage: Usage) -> Said | None:
     """`1009 of 1027 prompt tokens cached`, where the engine has a prefix cache."""
     if usage.cached_tokens is None:
         return None
-    return f"{usage.cached_tokens} of {usage.prompt_tokens} prompt tokens cached"
+    cached, prompt = usage.cached_tokens, usage.prompt_tokens
+    return say(
+        f"{cached} of {prompt} prompt tokens cached",
+        f"已缓存 {cached}/{prompt} 个提示词 token",
+    )
 
 
-def format_progress(progress: Progress, elapsed_s: float, now: float) -> str:
+def format_progress(progress: Progress, elapsed_s: float, now: float) -> Said:
     """The waiting bubble: `Reading office.jpg · 972 visual tokens · 12 s`, then, where earlier
     requests measured the speed, `about 30 s left`. `elapsed_s` counts from the request's start,
     `now` is `time.perf_counter()`."""
-    parts = [progress.stage, f"{elapsed_s:.0f} s"]
+    parts = [progress.stage, seconds(elapsed_s)]
     if progress.estimate_s is not None and progress.started is not None:
         left = progress.estimate_s - (now - progress.started)
-        parts.append(f"about {left:.0f} s left" if left >= 1 else "almost done")
-    return " · ".join(parts)
+        if left >= 1:
+            parts.append(say(f"about {left:.0f} s left", f"约剩 {left:.0f} 秒"))
+        else:
+            parts.append(say("almost done", "即将完成"))
+    return joined(parts)
+
+
+def seconds(elapsed_s: float) -> Said:
+    return say(f"{elapsed_s:.0f} s", f"{elapsed_s:.0f} 秒")
+
+
+STOPPED = say("stopped", "已停止")
+THINKING = say("Thinking", "思考过程")
 
 
 @dataclass
@@ -115,19 +143,21 @@ def _note(title: str, status: str | None = None) -> dict:
     return {"role": "assistant", "content": "", "metadata": metadata}
 
 
-def render_reply(reply: Reply) -> list[dict]:
-    """The chatbot messages that show `reply`: thinking, answer, drawing, error, stats."""
+def render_reply(reply: Reply, language: str = ENGLISH) -> list[dict]:
+    """The chatbot messages that show `reply`: thinking, answer, drawing, error, stats; the
+    app's own words in `language` (the model's are the model's)."""
+    words = partial(in_language, language=language)
     split = split_reasoning(reply.raw, reply.prompt.opens_in_reasoning)
     out: list[dict] = []
     if reply.waiting and not reply.raw and not reply.finished:
-        out.append(_note(f"⏳ {reply.waiting}", "pending"))
+        out.append(_note(f"⏳ {words(reply.waiting)}", "pending"))
     if split.reasoning or split.thinking:
         status = "pending" if split.thinking and not reply.finished else "done"
         out.append(
             {
                 "role": "assistant",
                 "content": split.reasoning,
-                "metadata": {"title": "Thinking", "status": status},
+                "metadata": {"title": words(THINKING), "status": status},
             }
         )
     if split.answer:
@@ -135,7 +165,7 @@ def render_reply(reply: Reply) -> list[dict]:
     if reply.annotated:
         out.append({"role": "assistant", "content": {"path": reply.annotated}})
     if reply.error:
-        out.append(_note(f"⚠️ {reply.error}"))
+        out.append(_note(f"{ERROR_MARK} {words(reply.error)}"))
     if reply.stats:
-        out.append(_note(reply.stats, "done"))
+        out.append(_note(words(reply.stats), "done"))
     return out

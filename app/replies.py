@@ -21,7 +21,8 @@ from app.fair_queue import FairQueue
 from app.files import Folder
 from app.grounding import draw_marks, parse_marks
 from app.media.worker import DecodeStopped
-from app.render import Reply, format_progress, format_stats
+from app.render import STOPPED, Reply, format_progress, format_stats, seconds
+from app.said import joined, message, say
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,17 @@ class RequestRunner:
             reply.cleared, reply.detached = cancel.cleared, cancel.detached
             if cancel.is_set():
                 outcome = "stopped"
-                reply.stats = f"{reply.stats} · stopped" if reply.stats else "stopped"
+                reply.stats = joined([reply.stats, STOPPED]) if reply.stats else STOPPED
             reply.annotated = self.annotate(reply)
         except EngineError as err:
-            outcome, reply.error = "error", str(err)
+            outcome, reply.error = "error", message(err)
         except Exception as err:  # a bug or an input nobody foresaw: still a message
             log.exception("request failed unexpectedly")
             outcome = "error"
-            reply.error = f"Something went wrong on the server: {type(err).__name__}: {err}"
+            what = f"{type(err).__name__}: {err}"
+            reply.error = say(
+                f"Something went wrong on the server: {what}", f"服务器出错了：{what}"
+            )
         except GeneratorExit:
             outcome = "stopped"
             raise
@@ -155,14 +159,18 @@ class RequestRunner:
         names = list(dict.fromkeys(a.name for t in request.turns for a in t.attachments))
         if not names:
             return
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        shown = ", ".join(names[:3])
+        more = len(names) - 3
+        shown_zh = shown + (f" 等 {len(names)} 个文件" if more > 0 else "")
+        shown += f" and {more} more" if more > 0 else ""
 
         def work(_emit: Any) -> None:
             self.engine.read_media(request, cancel)
 
         try:
             for _ in pump(work, cancel, name="qwen-read-media", idle_s=PROGRESS_TICK_S):
-                reply.waiting = f"Reading {shown} · {time.perf_counter() - started:.0f} s"
+                took = seconds(time.perf_counter() - started)
+                reply.waiting = joined([say(f"Reading {shown}", f"正在读取 {shown_zh}"), took])
                 yield reply
         except DecodeStopped:
             return  # stopped: the turn below sees the cancel, and the reply ends as stopped
@@ -175,10 +183,14 @@ class RequestRunner:
             if cancel.is_set():
                 return
             ahead = self.turns.ahead_of(ticket)
-            waited = time.perf_counter() - started
+            waited = seconds(time.perf_counter() - started)
             plural = "s" if ahead != 1 else ""
-            reply.waiting = (
-                f"Waiting for the model · {ahead} request{plural} first · {waited:.0f} s"
+            reply.waiting = joined(
+                [
+                    say("Waiting for the model", "正在等待模型"),
+                    say(f"{ahead} request{plural} first", f"前面还有 {ahead} 个请求"),
+                    waited,
+                ]
             )
             yield reply
 

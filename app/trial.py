@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.said import say
+
 TRIAL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 # The file that marks a checkpoint as one of ours (random weights), and says what it is.
 MARKER = "TINY_RANDOM_CHECKPOINT.json"
@@ -266,9 +268,10 @@ def build_tiny_checkpoint(
     return out
 
 
-TRIAL_BANNER = (
+TRIAL_BANNER = say(
     "Offline trial: this model has random weights, made on the spot. "
-    "Its answers are meaningless; everything else works as with a real checkpoint."
+    "Its answers are meaningless; everything else works as with a real checkpoint.",
+    "离线试用：这个模型的权重是当场随机生成的，它的回答没有意义；其余一切都和真实模型一样运行。",
 )
 
 

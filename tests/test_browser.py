@@ -122,9 +122,9 @@ def _wait_until(condition, message: str, timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
-def _wait_idle(page, timeout_s: float = 60) -> None:
-    """Until the reply has ended: Send is back and the stats line is there."""
-    page.locator("#input button", has_text="Send").wait_for(timeout=timeout_s * 1000)
+def _wait_idle(page, timeout_s: float = 60, send: str = "Send") -> None:
+    """Until the reply has ended: Send (the page's word `send`) is back."""
+    page.locator("#input button", has_text=send).wait_for(timeout=timeout_s * 1000)
 
 
 def _set_max_new_tokens(page, value: int) -> None:

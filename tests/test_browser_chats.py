@@ -17,6 +17,8 @@ from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _sen
 
 pytestmark = pytest.mark.browser
 PHONE = {"width": 390, "height": 844}
+# gradio's name of a question's Edit button, in English and in Chinese.
+EDIT = "#chatbot button[aria-label='Edit'], #chatbot button[aria-label='编辑']"
 
 
 @pytest.fixture(scope="module")
@@ -385,15 +387,45 @@ def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and
 
 
 @pytest.mark.parametrize(
-    ("locale", "new_chat", "send", "settings", "confirm"),
+    ("locale", "new_chat", "send", "settings", "confirm", "said"),
     [
-        ("en-US", "New chat", "Send", "Settings", "Delete this chat?"),
-        ("zh-CN", "新对话", "发送", "设置", "删除此对话？"),
+        (
+            "en-US",
+            "New chat",
+            "Send",
+            "Settings",
+            "Delete this chat?",
+            {
+                "banner": "Offline trial",
+                "refused": "not an image, video or PDF",
+                "stats": "tokens",
+                "drops": "removes the 1 later turn",
+                "save": "Save",
+                "cancel": "Cancel",
+            },
+        ),
+        (
+            "zh-CN",
+            "新对话",
+            "发送",
+            "设置",
+            "删除此对话？",
+            {
+                "banner": "离线试用",
+                "refused": "不是本应用能读取的图片、视频或 PDF",
+                "stats": "个 token",
+                "drops": "删除后面的 1 轮对话",
+                "save": "保存",
+                "cancel": "取消",
+            },
+        ),
     ],
 )
 def test_the_page_speaks_the_browsers_language(
-    browser_and_url, locale, new_chat, send, settings, confirm
+    browser_and_url, tmp_path, locale, new_chat, send, settings, confirm, said
 ):
+    """The labels (gradio's i18n), the page's own dialog, and the app's own messages in the
+    chat: the banner, an error, the stats line."""
     browser, url = browser_and_url
     context = browser.new_context(viewport=PHONE, locale=locale)
     page = context.new_page()
@@ -401,12 +433,37 @@ def test_the_page_speaks_the_browsers_language(
     page.wait_for_selector("#input textarea")
     page.locator("#input button", has_text=send).wait_for(timeout=15000)
     assert page.locator("#settings").get_by_text(settings).count() >= 1
+    page.locator("#banner summary", has_text=said["banner"]).wait_for(timeout=15000)
+    not_media = tmp_path / "notes.jpg"
+    not_media.write_text("a shopping list, not a photo")
+    _send(page, "What is this?", [not_media])
+    page.locator("#chatbot", has_text=said["refused"]).wait_for(timeout=15000)
+    _wait_idle(page, send=send)
+    _ask_in(page, "And this?", said["stats"], send)
+    _shot(page, f"36-language-{locale}")
+    # An edit of the first question warns of the turn it drops, its ✓ and ✕ worded.
+    page.locator("#chatbot [data-testid='user']").first.hover()
+    page.locator(EDIT).first.click()
+    page.locator("#edit_warning", has_text=said["drops"]).wait_for(timeout=5000)
+    page.locator("#chatbot .edit-word", has_text=said["save"]).wait_for(timeout=5000)
+    _shot(page, f"37-edit-{locale}")
+    page.locator("#chatbot .edit-word", has_text=said["cancel"]).click()
+    page.locator("#edit_warning").wait_for(state="detached", timeout=5000)
+    assert _users(page)[-1] == "And this?"  # cancelled: nothing dropped
     _sidebar(page)
     assert page.locator("#new_chat").inner_text().strip() == new_chat
-    _shot(page, f"36-language-{locale}")
     asked = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.locator("#delete_chat").click()
     page.wait_for_function("() => true")  # the dialog is handled before the click returns
     assert asked and asked[0].startswith(confirm)  # the page's own dialog speaks it too
     context.close()
+
+
+def _ask_in(page, text: str, stats: str, send: str) -> None:
+    """Ask `text` and wait for the reply's stats line, worded `stats` in the page's language
+    (whose Send button says `send`)."""
+    _send(page, text)
+    page.wait_for_selector(f"#chatbot [data-testid='user'] :text('{text}')", timeout=15000)
+    _wait_idle(page, send=send)
+    page.locator("#chatbot", has_text=stats).wait_for(timeout=15000)

@@ -38,6 +38,7 @@ from app.engines.pump import Emit, pump
 from app.grounding import model_input_size
 from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
 from app.media.worker import DecodePool, DecodeStopped
+from app.said import Said, message, say
 
 log = logging.getLogger(__name__)
 
@@ -189,33 +190,51 @@ class OpenAIEngine:
             raise EngineError(self._error_message(err, starting=True)) from err
         if not models:
             raise EngineError(
-                f"The server at {self.api_base} serves no model (/v1/models is empty)"
+                say(
+                    f"The server at {self.api_base} serves no model (/v1/models is empty)",
+                    f"{self.api_base} 上的服务器没有提供任何模型（/v1/models 为空）",
+                )
             )
         return str(models[0].id)
 
-    def _error_message(self, err: BaseException, starting: bool = False) -> str:
+    def _error_message(self, err: BaseException, starting: bool = False) -> Said:
         """Words for a failed call to the server; `starting`: the app's start-up asked (advice
         for the command line, not for the page)."""
         import openai
 
+        base = self.api_base
         if isinstance(err, openai.APITimeoutError):
-            return f"The model server at {self.api_base} did not answer in time."
-        if isinstance(err, openai.APIConnectionError):
-            then = (
-                "Start it first, or give its URL with --api-base."
-                if starting
-                else "Press Regenerate once it is back."
+            return say(
+                f"The model server at {base} did not answer in time.",
+                f"{base} 上的模型服务器没有及时回应。",
             )
-            return (
-                f"Cannot reach the model server at {self.api_base} (connection refused or no "
-                f"such host). Is it running? {then}"
+        if isinstance(err, openai.APIConnectionError):
+            if starting:
+                then = say(
+                    "Start it first, or give its URL with --api-base.",
+                    "请先启动它，或用 --api-base 给出它的地址。",
+                )
+            else:
+                then = say("Press Regenerate once it is back.", "它恢复后请按“重新生成”。")
+            return say(
+                f"Cannot reach the model server at {base} (connection refused or no such "
+                f"host). Is it running? {then}",
+                f"无法连接 {base} 上的模型服务器（连接被拒绝或没有这个主机）。它在运行吗？"
+                f"{then.chinese}",
             )
         if isinstance(err, openai.APIStatusError):
-            message = server_message(err.body, err.message)
-            return f"The model server answered {err.status_code}: {message}"
+            said = server_message(err.body, err.message)
+            return say(
+                f"The model server answered {err.status_code}: {said}",
+                f"模型服务器返回 {err.status_code}：{said}",
+            )
         if isinstance(err, openai.APIError):
-            return f"The model server reported: {server_message(err.body, err.message)}"
-        return f"The connection to the model server failed: {type(err).__name__}: {err}"
+            said = server_message(err.body, err.message)
+            return say(f"The model server reported: {said}", f"模型服务器报告：{said}")
+        what = f"{type(err).__name__}: {err}"
+        return say(
+            f"The connection to the model server failed: {what}", f"与模型服务器的连接失败：{what}"
+        )
 
     # --- building the request ------------------------------------------------------------
 
@@ -253,7 +272,7 @@ class OpenAIEngine:
             try:
                 read_attachment(attachment.path, budget, self.media_cache, attachment.name, decode)
             except MediaError as err:
-                raise EngineError(str(err)) from err
+                raise EngineError(message(err)) from err
 
     def build_messages(
         self, request: ChatRequest, cancel: threading.Event | None = None
@@ -273,7 +292,7 @@ class OpenAIEngine:
                         attachment.path, budget, self.media_cache, attachment.name, decode
                     )
                 except MediaError as err:
-                    raise EngineError(str(err)) from err
+                    raise EngineError(message(err)) from err
                 for index, visual in enumerate(attached.visuals):
                     if isinstance(visual, VideoClip):
                         parts.extend(self._video_parts(attachment.name, attached.key, visual))
@@ -383,7 +402,12 @@ class OpenAIEngine:
                 stream.close()  # closing the response closes the connection
 
         joiner = ReasoningJoiner()
-        waiting = Progress(f"Waiting for the model server at {self.api_base}")
+        waiting = Progress(
+            say(
+                f"Waiting for the model server at {self.api_base}",
+                f"正在等待模型服务器 {self.api_base}",
+            )
+        )
         try:
             for batch in pump(
                 work, cancel, name="openai-stream", interrupt=interrupt, idle_s=PROGRESS_TICK_S

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from app.media.limits import Budget, MediaError
 from app.media.video import VideoClip
+from app.media.words import missing, too_large_for_memory
+from app.said import say
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -136,10 +138,15 @@ def load_visuals(path: str | Path, budget: Budget, label: str) -> Decoded:
     except MediaError:
         raise
     except MemoryError as err:
-        raise MediaError(f"{label}: too large to decode in the memory this app has") from err
+        raise MediaError(too_large_for_memory(label)) from err
     except Exception as err:  # a decoder failing in a way nobody foresaw: still this file's
         log.warning("reading %s failed unexpectedly", label, exc_info=True)
-        raise MediaError(f"{label}: the file is damaged and cannot be read ({err})") from err
+        raise MediaError(
+            say(
+                f"{label}: the file is damaged and cannot be read ({err})",
+                f"{label}：文件已损坏，无法读取（{err}）",
+            )
+        ) from err
 
 
 def read_attachment(
@@ -157,8 +164,10 @@ def read_attachment(
         digest = content_key(path)
     except OSError as err:
         if not Path(path).is_file():
-            raise MediaError(f"{label}: the file is missing on the server") from err
-        raise MediaError(f"{label}: the file cannot be read ({err})") from err
+            raise MediaError(missing(label)) from err
+        raise MediaError(
+            say(f"{label}: the file cannot be read ({err})", f"{label}：无法读取文件（{err}）")
+        ) from err
     if cache is None:
         decoded = decode(path, budget, label)
         return Attached(_text((digest, budget.part(decoded.kind))), decoded.visuals)

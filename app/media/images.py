@@ -21,6 +21,8 @@ from app.media.limits import (
 from app.media.sniff import IMAGE_FORMATS, PILLOW_ERRORS
 from app.media.structure import check_jpeg_scans
 from app.media.video import VideoClip
+from app.media.words import damaged, page, too_many_pixels
+from app.said import say
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -86,9 +88,9 @@ def open_image(path: str | Path, budget: Budget, name: str | None = None) -> Ima
     except MediaError:
         raise
     except Image.DecompressionBombError as err:
-        raise MediaError(f"{label}: declares too many pixels; refused before decoding") from err
+        raise MediaError(too_many_pixels(label)) from err
     except PILLOW_ERRORS as err:
-        raise MediaError(f"{label}: the image is damaged or truncated ({err})") from err
+        raise MediaError(damaged(label, "image", err)) from err
     return _fit(decoded, budget)
 
 
@@ -104,14 +106,14 @@ def open_pages(path: str | Path, budget: Budget, name: str | None = None) -> lis
             for index in range(count):  # every page read is checked before any is decoded
                 im.seek(index)
                 width, height = im.size
-                check_size(label, width, height, what=f"page {index + 1}")
+                check_size(label, width, height, what=page(index))
             for index in range(count):
                 im.seek(index)
                 pages.append(_fit(_decoded(im, budget), budget))
     except MediaError:
         raise
     except (*PILLOW_ERRORS, Image.DecompressionBombError) as err:
-        raise MediaError(f"{label}: the document is damaged or truncated ({err})") from err
+        raise MediaError(damaged(label, "document", err)) from err
     return pages
 
 
@@ -123,7 +125,7 @@ def _frame_starts(im: Any, label: str) -> list[float]:
         # Durations are read after seeking and loading: WebP fills them in only then.
         im.seek(index)
         width, height = im.size
-        check_size(label, width, height, what=f"frame {index + 1}")
+        check_size(label, width, height, what=say(f"frame {index + 1}", f"第 {index + 1} 帧"))
         im.load()
         starts.append(t)
         t += max(im.info.get("duration", 100) or 100, 10) / 1000
@@ -140,11 +142,15 @@ def open_animated_image(path: str | Path, budget: Budget, name: str | None = Non
         with Image.open(path, formats=IMAGE_FORMATS) as im:
             width, height = im.size
             count = getattr(im, "n_frames", 1)
-            check_size(label, width, height, what="each frame")
+            check_size(label, width, height, what=say("each frame", "每一帧"))
             if count * width * height > ANIMATION_PIXELS:
                 raise MediaError(
-                    f"{label}: {count} frames of {width}x{height} are more than this app "
-                    "decodes; refused before decoding"
+                    say(
+                        f"{label}: {count} frames of {width}x{height} are more than this app "
+                        "decodes; refused before decoding",
+                        f"{label}：{count} 帧 {width}x{height} 的画面超过本应用能解码的量；"
+                        "已在解码前拒绝",
+                    )
                 )
             *starts, duration = _frame_starts(im, label)
             n = frame_count(duration, budget)
@@ -158,9 +164,14 @@ def open_animated_image(path: str | Path, budget: Budget, name: str | None = Non
     except MediaError:
         raise
     except Image.DecompressionBombError as err:
-        raise MediaError(f"{label}: a frame declares too many pixels; refused") from err
+        raise MediaError(
+            say(
+                f"{label}: a frame declares too many pixels; refused",
+                f"{label}：有一帧声明的像素过多；已拒绝",
+            )
+        ) from err
     except PILLOW_ERRORS as err:
-        raise MediaError(f"{label}: the animation is damaged or truncated ({err})") from err
+        raise MediaError(damaged(label, "animation", err)) from err
     rate = len(starts) / duration if duration else 10.0
     indices = tuple(min(len(starts) - 1, round(t * rate)) for t in times)
     return VideoClip(np.stack(frames), rate, len(starts), indices, tuple(times))

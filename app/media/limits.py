@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from app.said import chinese, say
+
 # A file whose header declares more pixels than this is refused before it is decoded.
 BOMB_PIXELS = 128_000_000
 # Smallest side fed to the processor: Qwen's resize rule needs at least one 32-pixel merge block.
@@ -143,17 +145,31 @@ def check_size(label: str, width: float, height: float, what: str = "") -> None:
     `what` says which part of the file it is ("page 3", "frame 12"), when it is not all of it.
     """
     where = f" ({what})" if what else ""
+    where_zh = f"（{chinese(what)}）" if what else ""
     size = f"{width:.0f}x{height:.0f}"
     if width < 1 or height < 1:
-        raise MediaError(f"{label}: declares a picture of {size} pixels{where}; nothing to read")
-    if width * height > BOMB_PIXELS:
         raise MediaError(
-            f"{label}: declares {size} pixels{where}, more than this app decodes "
-            f"({BOMB_PIXELS // 1_000_000} megapixels); refused before decoding"
+            say(
+                f"{label}: declares a picture of {size} pixels{where}; nothing to read",
+                f"{label}：声明的画面为 {size} 像素{where_zh}，没有可读的内容",
+            )
+        )
+    if width * height > BOMB_PIXELS:
+        most = BOMB_PIXELS // 1_000_000
+        raise MediaError(
+            say(
+                f"{label}: declares {size} pixels{where}, more than this app decodes "
+                f"({most} megapixels); refused before decoding",
+                f"{label}：声明 {size} 像素{where_zh}，超过本应用能解码的上限（{most} 百万像素）；"
+                "已在解码前拒绝",
+            )
         )
     if max(width, height) / min(width, height) > MAX_ASPECT:
         raise MediaError(
-            f"{label}: {size}{where} is too long and thin to read (more than {MAX_ASPECT}:1)"
+            say(
+                f"{label}: {size}{where} is too long and thin to read (more than {MAX_ASPECT}:1)",
+                f"{label}：{size}{where_zh} 太细长，无法读取（长宽比超过 {MAX_ASPECT}:1）",
+            )
         )
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from app.media.isobmff import OversizedIndex, declared_samples, has_external_references
 from app.media.limits import MediaError
 from app.media.structure import ICO_MAGIC, check_icon
+from app.media.words import damaged, missing, too_many_pixels
+from app.said import chinese, say
 
 Kind = Literal["image", "pages", "animation", "video", "pdf"]
 
@@ -44,11 +46,11 @@ PILLOW_ERRORS = (
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 # Signatures of text files that point at other files, and what to call them.
 PLAYLISTS = (
-    (b"#EXTM3U", "an M3U/HLS playlist"),
-    (b"ffconcat", "an FFmpeg concat list"),
-    (b"[playlist]", "a PLS playlist"),
-    (b"<?xml", "an XML manifest (DASH or similar)"),
-    (b"<MPD", "a DASH manifest"),
+    (b"#EXTM3U", say("an M3U/HLS playlist", "一个 M3U/HLS 播放列表")),
+    (b"ffconcat", say("an FFmpeg concat list", "一个 FFmpeg 拼接列表")),
+    (b"[playlist]", say("a PLS playlist", "一个 PLS 播放列表")),
+    (b"<?xml", say("an XML manifest (DASH or similar)", "一个 XML 清单（DASH 之类）")),
+    (b"<MPD", say("a DASH manifest", "一个 DASH 清单")),
 )
 # Samples one MP4/MOV track may declare: nine hours at 60 frames a second. FFmpeg indexes every
 # declared sample when it opens the file (tens of bytes each).
@@ -104,12 +106,17 @@ def _image_kind(path: Path, head: bytes, label: str) -> Sniffed | None:
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError as err:
-        raise MediaError(f"{label}: declares too many pixels; refused before decoding") from err
+        raise MediaError(too_many_pixels(label)) from err
     except ValueError as err:  # Pillow's own limits on metadata (text, colour profiles)
-        raise MediaError(f"{label}: its metadata is too large to read ({err}); refused") from err
+        raise MediaError(
+            say(
+                f"{label}: its metadata is too large to read ({err}); refused",
+                f"{label}：元数据太大，无法读取（{err}）；已拒绝",
+            )
+        ) from err
     except PILLOW_ERRORS as err:
         if head.startswith(IMAGE_SIGNATURES):
-            raise MediaError(f"{label}: the image is damaged or truncated ({err})") from err
+            raise MediaError(damaged(label, "image", err)) from err
         return None
     if frames > 1 and fmt == "TIFF":
         return Sniffed("pages", fmt)
@@ -126,18 +133,30 @@ def _check_movie_box(path: Path, label: str) -> None:
         samples = declared_samples(path) or 0
     except OversizedIndex as err:
         raise MediaError(
-            f"{label}: its index of frames is {err.args[0] >> 20} MB, larger than any real "
-            "video's; refused before opening"
+            say(
+                f"{label}: its index of frames is {err.args[0] >> 20} MB, larger than any real "
+                "video's; refused before opening",
+                f"{label}：它的帧索引有 {err.args[0] >> 20} MB，比任何真实视频的都大；"
+                "已在打开前拒绝",
+            )
         ) from err
     if external:
         raise MediaError(
-            f"{label}: its video is kept in other files (external data references); this app "
-            "reads only the file you upload: export the video as one self-contained file"
+            say(
+                f"{label}: its video is kept in other files (external data references); this "
+                "app reads only the file you upload: export the video as one self-contained file",
+                f"{label}：它的视频存放在其他文件中（外部数据引用）；本应用只读取你上传的文件："
+                "请把视频导出为一个独立完整的文件",
+            )
         )
     if samples > MAX_SAMPLES:
         raise MediaError(
-            f"{label}: declares {samples:,} frames or samples in one track, more than this "
-            f"app opens ({MAX_SAMPLES:,}); refused before opening"
+            say(
+                f"{label}: declares {samples:,} frames or samples in one track, more than this "
+                f"app opens ({MAX_SAMPLES:,}); refused before opening",
+                f"{label}：一条轨道声明了 {samples:,} 个帧或样本，超过本应用能打开的上限"
+                f"（{MAX_SAMPLES:,}）；已在打开前拒绝",
+            )
         )
 
 
@@ -146,14 +165,21 @@ def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
     for signature, what in PLAYLISTS:
         if stripped.startswith(signature):
             raise MediaError(
-                f"{label}: is {what}, which points to other files; this app reads only the "
-                "file you upload: upload the video itself"
+                say(
+                    f"{label}: is {what}, which points to other files; this app reads only the "
+                    "file you upload: upload the video itself",
+                    f"{label}：这是{chinese(what)}，它指向其他文件；本应用只读取你上传的文件："
+                    "请上传视频本身",
+                )
             )
     fmt = video_format(head)
     if fmt is None:
         raise MediaError(
-            f"{label}: not an image, video or PDF this app can read "
-            "(judged by content, not the name)"
+            say(
+                f"{label}: not an image, video or PDF this app can read "
+                "(judged by content, not the name)",
+                f"{label}：不是本应用能读取的图片、视频或 PDF（按内容判断，而非文件名）",
+            )
         )
     if fmt == "mov":
         _check_movie_box(path, label)
@@ -163,13 +189,26 @@ def _video_kind(path: Path, head: bytes, label: str) -> Sniffed:
             has_audio = bool(container.streams.audio)
     except Exception as err:  # av raises many kinds for damaged files
         raise MediaError(
-            f"{label}: the video is damaged or truncated and cannot be opened"
+            say(
+                f"{label}: the video is damaged or truncated and cannot be opened",
+                f"{label}：视频已损坏或不完整，无法打开",
+            )
         ) from err
     if has_video:
         return Sniffed("video", fmt)
     if has_audio:
-        raise MediaError(f"{label}: has only audio; this app reads images and video")
-    raise MediaError(f"{label}: has no video track (only subtitles or data)")
+        raise MediaError(
+            say(
+                f"{label}: has only audio; this app reads images and video",
+                f"{label}：只有音频；本应用读取的是图片和视频",
+            )
+        )
+    raise MediaError(
+        say(
+            f"{label}: has no video track (only subtitles or data)",
+            f"{label}：没有视频轨道（只有字幕或数据）",
+        )
+    )
 
 
 def sniff(path: str | Path, name: str | None = None) -> Sniffed:
@@ -177,9 +216,11 @@ def sniff(path: str | Path, name: str | None = None) -> Sniffed:
     label = name or Path(path).name
     p = Path(path)
     if not p.is_file():
-        raise MediaError(f"{label}: the file is missing on the server")
+        raise MediaError(missing(label))
     if p.stat().st_size == 0:
-        raise MediaError(f"{label}: the file is empty (0 bytes)")
+        raise MediaError(
+            say(f"{label}: the file is empty (0 bytes)", f"{label}：文件是空的（0 字节）")
+        )
     with p.open("rb") as fh:
         head = fh.read(1024)
     if head.startswith(b"%PDF-"):

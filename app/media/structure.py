@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from app.media.limits import MediaError, check_size
+from app.said import say
 
 # Scans one JPEG may hold: a progressive photo has about ten, an MPO's few pictures a few dozen.
 MAX_JPEG_SCANS = 100
@@ -30,8 +31,12 @@ def check_jpeg_scans(path: str | Path, label: str) -> None:
         scans = fh.read().count(b"\xff\xda")
     if scans > MAX_JPEG_SCANS:
         raise MediaError(
-            f"{label}: a JPEG of {scans} scans (real ones have a few dozen at most) would take "
-            "minutes to decode; refused before decoding"
+            say(
+                f"{label}: a JPEG of {scans} scans (real ones have a few dozen at most) would "
+                "take minutes to decode; refused before decoding",
+                f"{label}：这个 JPEG 有 {scans} 次扫描（真实图片最多几十次），解码要花几分钟；"
+                "已在解码前拒绝",
+            )
         )
 
 
@@ -57,7 +62,7 @@ def check_icon(path: str | Path, label: str) -> None:
             fh.seek(offset)
             size = png_size(fh.read(24))
             if size is not None:
-                check_size(label, *size, what=f"icon {index + 1}")
+                check_size(label, *size, what=say(f"icon {index + 1}", f"第 {index + 1} 个图标"))
 
 
 def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:

@@ -22,6 +22,9 @@ from app.media.limits import (
     scaled_size,
 )
 from app.media.structure import jpeg_frame_size
+from app.said import say
+
+A_FRAME = say("a frame", "某一帧")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -127,9 +130,9 @@ def _decode(
                 size = jpeg_frame_size(bytes(packet))
                 if size is None:
                     continue  # no frame header to check: a damaged frame, not decoded
-                check_size(label, *size, what="a frame")
+                check_size(label, *size, what=A_FRAME)
             for frame in packet.decode():
-                check_size(label, frame.width, frame.height, what="a frame")
+                check_size(label, frame.width, frame.height, what=A_FRAME)
                 if frame.pts is None:
                     continue
                 sampler.see(frame, float(frame.pts * stream.time_base) - start)
@@ -153,13 +156,28 @@ def open_video(
     try:
         container = open_container(path, fmt)
     except Exception as err:
-        raise MediaError(f"{label}: cannot be opened as a video ({err})") from err
+        raise MediaError(
+            say(
+                f"{label}: cannot be opened as a video ({err})",
+                f"{label}：无法作为视频打开（{err}）",
+            )
+        ) from err
     with container:
         if not container.streams.video:
-            raise MediaError(f"{label}: has no video track (audio only?)")
+            raise MediaError(
+                say(
+                    f"{label}: has no video track (audio only?)",
+                    f"{label}：没有视频轨道（只有音频？）",
+                )
+            )
         stream = container.streams.video[0]
         if stream.codec_context is None:
-            raise MediaError(f"{label}: the video track is in a format this app cannot decode")
+            raise MediaError(
+                say(
+                    f"{label}: the video track is in a format this app cannot decode",
+                    f"{label}：视频轨道的格式本应用无法解码",
+                )
+            )
         check_size(label, stream.codec_context.width or 1, stream.codec_context.height or 1)
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -184,9 +202,12 @@ def _clip(
     if out is None or not times:
         if error is not None or sampler.previous is None:
             raise MediaError(
-                f"{label}: the video is damaged or truncated; no frame could be decoded"
+                say(
+                    f"{label}: the video is damaged or truncated; no frame could be decoded",
+                    f"{label}：视频已损坏或不完整，一帧也无法解码",
+                )
             )
-        raise MediaError(f"{label}: the video has no frames")
+        raise MediaError(say(f"{label}: the video has no frames", f"{label}：视频没有任何帧"))
     if len(times) % 2:
         out[len(times)] = out[len(times) - 1]
         times.append(times[-1])

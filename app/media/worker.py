@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.media.limits import Budget, MediaError
+from app.media.words import too_large_for_memory
+from app.said import message, say
 
 if TYPE_CHECKING:
     from app.media.cache import Decode, Decoded
@@ -55,9 +57,9 @@ def serve(fd: int, memory_bytes: int) -> None:
         try:
             conn.send(("ok", load_visuals(path, budget, label)))
         except MediaError as err:
-            conn.send(("error", str(err)))
+            conn.send(("error", message(err)))
         except MemoryError:
-            conn.send(("error", f"{label}: too large to decode in the memory this app gives it"))
+            conn.send(("error", too_large_for_memory(label)))
 
 
 # The app's own folder, for the workers' imports whatever the server's working directory.
@@ -146,8 +148,12 @@ class DecodePool:
             status, value = worker.conn.recv()
         except (EOFError, OSError) as err:  # the worker died: a decoder crashed on the file
             self._end(worker, label, "crashed")
-            message = f"{label}: the decoder failed on this file; it cannot be read"
-            raise MediaError(message) from err
+            raise MediaError(
+                say(
+                    f"{label}: the decoder failed on this file; it cannot be read",
+                    f"{label}：解码器在这个文件上出错了；无法读取",
+                )
+            ) from err
         except DecodeStopped:
             self._end(worker, label, "stopped")
             raise
@@ -169,10 +175,16 @@ class DecodePool:
             if cancel is not None and cancel.is_set():
                 raise DecodeStopped
             if time.monotonic() > deadline:
+                limit = f"{self.timeout_s:g}"
                 raise MediaError(
-                    f"{label}: reading it took longer than this app gives one file "
-                    f"({self.timeout_s:g} s, --decode-timeout-s); refused. A shorter or "
-                    "smaller file, or one saved again by an ordinary program, will do."
+                    say(
+                        f"{label}: reading it took longer than this app gives one file "
+                        f"({limit} s, --decode-timeout-s); refused. A shorter or smaller file, "
+                        "or one saved again by an ordinary program, will do.",
+                        f"{label}：读取时间超过了本应用给一个文件的时限（{limit} 秒，"
+                        "--decode-timeout-s）；已拒绝。换一个更短或更小的文件，"
+                        "或用普通程序重新保存一次即可。",
+                    )
                 )
             if not worker.alive():
                 raise EOFError("the worker process ended")

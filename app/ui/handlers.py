@@ -23,9 +23,11 @@ from app.conversation import (
 from app.engines.base import ChatRequest
 from app.render import Reply, render_reply
 from app.replies import RequestRunner, SessionCancels
+from app.said import in_language, say
+from app.said import message as message_of
 from app.settings import IPNetwork
 from app.ui.panel import PanelError, PanelOptions, request_settings
-from app.ui.words import word
+from app.ui.words import language_of, word
 
 
 def busy_box(**changes: Any) -> Any:
@@ -105,18 +107,17 @@ class ChatHandlers:
     def _stream_into(
         self, history: list, panel: dict[str, Any], asker: gr.Request | None
     ) -> Iterator[list]:
+        language = language_of(asker)
         try:
             request = self._request(history, panel, asker)
         except PanelError as err:  # a script's setting no request can use: said in the chat
-            yield history + render_reply(Reply(error=str(err), finished=True))
+            yield history + render_reply(Reply(error=message_of(err), finished=True), language)
             return
-        for reply in self.requests(
-            request, session_of(asker), user_of(asker, self.trusted_proxies)
-        ):
+        for reply in self._stream(request, asker):
             if reply.detached:  # its chat is no longer the one shown
                 yield gr.skip()
             else:
-                yield [] if reply.cleared else history + render_reply(reply)
+                yield [] if reply.cleared else history + render_reply(reply, language)
 
     def respond(
         self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
@@ -235,19 +236,22 @@ class ChatHandlers:
         Returns:
             the model's answer (its reasoning, if any, left out)
         """
+        language = language_of(request)
         new = box_to_user_messages(message)
         if not new:
-            raise gr.Error("The message is empty: send text, files, or both.")
+            empty = say(
+                "The message is empty: send text, files, or both.",
+                "消息是空的：请发送文字、文件，或两者都发。",
+            )
+            raise gr.Error(in_language(empty, language))
         try:
             chat = self._request(list(history or []) + new, panel, request)
         except PanelError as err:
-            raise gr.Error(str(err), print_exception=False) from err
+            raise gr.Error(in_language(message_of(err), language), print_exception=False) from err
         answer = ""
-        for reply in self.requests(
-            chat, session_of(request), user_of(request, self.trusted_proxies)
-        ):
+        for reply in self._stream(chat, request):
             if reply.error:
-                raise gr.Error(reply.error, print_exception=False)
+                raise gr.Error(in_language(reply.error, language), print_exception=False)
             answer = reply.answer()
             yield answer
         yield answer

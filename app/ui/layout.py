@@ -18,12 +18,13 @@ from typing import Any
 
 import gradio as gr
 
+from app.said import in_language
 from app.ui.handlers import ChatHandlers
 from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
-from app.ui.words import word
+from app.ui.words import language_of, word
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
@@ -94,6 +95,8 @@ class ChatPage:
             self._setup_events(demo)
             self._setup_saved_chats(demo)
             self._setup_kept_settings(demo)
+            if self.options.banner:
+                demo.load(self._banner, None, self.banner, **QUIET)
         for component in (
             self.chatbot,
             self.box,
@@ -109,9 +112,16 @@ class ChatPage:
     def _render_header(self) -> None:
         gr.Markdown(f"## {self.options.title}", elem_id="title")
         if self.options.banner:
-            # One line (a phone's first screen must hold the box), the whole text a click away.
-            text = html.escape(self.options.banner)
-            gr.HTML(f"<details id='banner'><summary>{text}</summary>{text}</details>")
+            self.banner = gr.HTML(self._banner())
+
+    def _banner(self, request: gr.Request | None = None) -> str:
+        """The notices in the asker's language (set again on load: the page is built before
+        anyone asks): one line (a phone's first screen must hold the box), the whole text a
+        click away."""
+        if not self.options.banner:
+            return ""
+        text = html.escape(in_language(self.options.banner, language_of(request)))
+        return f"<details id='banner'><summary>{text}</summary>{text}</details>"
 
     def _render_sidebar(self) -> None:
         """Saved chats, kept in this browser only: the list, new, rename, delete, export, import."""

@@ -19,11 +19,28 @@ CSS = """
 #export_file { display: none !important; }
 #keys { font-size: 0.8em; opacity: 0.75; }
 #edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
+#chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
+  padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
+  border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
 """
+# The words PAGE_JS says, in the browser's language (app/ui/words.py).
+PAGE_JS_WORDS = (
+    "send_label",
+    "stop_label",
+    "edit_drops_one",
+    "edit_drops_many",
+    "edit_save",
+    "edit_cancel",
+)
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
-# an edit that drops later turns, and the accessible names of Send and Stop (gradio names Send
-# "Submit").
+# an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
+# and Stop (gradio names Send "Submit"); in the browser's language.
 PAGE_JS = """() => {
+  const words = __WORDS__;
+  // gradio's own names of the chatbot's buttons, in each language its i18n gives them.
+  const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
+  const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
+  const CANCEL = labels(['Cancel', '取消']);
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
   document.addEventListener('keydown', e => {
@@ -35,13 +52,13 @@ PAGE_JS = """() => {
       document.querySelector('#new_chat')?.click();
     } else if (e.key === 'Enter' && !e.shiftKey && e.target.matches('#chatbot textarea')) {
       // An edit is saved with Enter, as the box sends (Shift+Enter: a new line).
-      const save = button("#chatbot button[aria-label='Submit']");
+      const save = button(SAVE);
       if (save) { e.preventDefault(); save.click(); }
     }
   });
   // An edit drops every later turn: say how many before it is saved.
   document.addEventListener('click', e => {
-    const edit = e.target.closest("#chatbot button[aria-label='Edit']");
+    const edit = e.target.closest(EDIT);
     if (!edit) return;
     const bubbles = [...document.querySelectorAll("#chatbot [data-testid='user']")];
     // The question edited: the last one before its Edit button.
@@ -56,8 +73,8 @@ PAGE_JS = """() => {
       if (!box) { if (tries++ < 40) setTimeout(show, 50); return; }
       const note = document.createElement('div');
       note.id = 'edit_warning';
-      note.textContent = `Saving this edit removes the ${later} later turn${later > 1 ? 's' : ''}` +
-        ' (questions, replies and files). Enter saves, ✕ cancels.';
+      note.textContent = later > 1 ?
+        words.edit_drops_many.replace('{n}', later) : words.edit_drops_one;
       box.after(note);
     };
     show();
@@ -66,14 +83,28 @@ PAGE_JS = """() => {
     if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
       document.querySelectorAll('#edit_warning').forEach(w => w.remove());
     }
+    // An edit's ✓ and ✕ say what they do.
+    for (const [selector, word] of [[SAVE, words.edit_save], [CANCEL, words.edit_cancel]]) {
+      document.querySelectorAll(selector).forEach(b => {
+        if (b.querySelector('.edit-word')) return;
+        const span = document.createElement('span');
+        span.className = 'edit-word';
+        span.textContent = word;
+        b.classList.add('edit-labelled');
+        b.append(span);
+      });
+    }
     document.querySelectorAll('#input .submit-button').forEach(
-      b => b.setAttribute('aria-label', 'Send the message'));
+      b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(
-      b => b.setAttribute('aria-label', 'Stop the reply (Esc)'));
+      b => b.setAttribute('aria-label', words.stop_label));
   };
   new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
   name();
-}"""
+}""".replace(
+    "__WORDS__",
+    "{" + ", ".join(f"{key}: {browser_word(key)}" for key in PAGE_JS_WORDS) + "}",
+)
 # After an export: its file, named after the chat, is clicked once it arrives (one click).
 DOWNLOAD_JS = """async () => {
   for (let i = 0; i < 100; i++) {

@@ -20,7 +20,8 @@ import gradio as gr
 from app.engines.base import GenerationParams, SamplingDefaults
 from app.media import Budget
 from app.media.limits import knobs
-from app.ui.words import ENGLISH, word
+from app.said import Said, chinese, say
+from app.ui.words import CHINESE, ENGLISH, word
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ def _finite(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise PanelError(f"{value!r} is not a number") from None
+        raise PanelError(say(f"{value!r} is not a number", f"{value!r} 不是数字")) from None
     if not math.isfinite(number):
-        raise PanelError(f"{value!r} is not a finite number")
+        raise PanelError(say(f"{value!r} is not a finite number", f"{value!r} 不是有限的数字"))
     return number
 
 
@@ -86,9 +87,10 @@ class Field:
     make: Callable[[PanelOptions], dict[str, Any]]  # its bounds and default, from the options
 
     @property
-    def label(self) -> str:
-        """Its label in English: what its error messages call it."""
-        return ENGLISH[f"field.{self.name}"]
+    def label(self) -> Said:
+        """Its label, what its error messages call it."""
+        key = f"field.{self.name}"
+        return say(ENGLISH[key], CHINESE[key])
 
     def value(self, raw: Any, options: PanelOptions) -> Any:
         """What the request gets of `raw` (from the page or the API): converted, and kept
@@ -97,7 +99,10 @@ class Field:
         try:
             value = self.convert(raw)
         except PanelError as err:
-            raise PanelError(f"Setting {self.label!r}: {err}.") from err
+            label = self.label
+            raise PanelError(
+                say(f"Setting {str(label)!r}: {err}.", f"设置「{label.chinese}」：{chinese(err)}。")
+            ) from err
         bounds = self.make(options)
         if value is None or "maximum" not in bounds:
             return value

@@ -19,7 +19,9 @@ import gradio as gr
 
 from app import chats
 from app.files import Folder
+from app.said import Said, chinese, in_language, message, say
 from app.ui.sealed import StoreSeal
+from app.ui.words import language_of
 
 log = logging.getLogger(__name__)
 # An import larger than this is refused unread (a JSON export carries its files as base64).
@@ -31,10 +33,11 @@ class Refused(Exception):
     """An action of the panel that cannot be done, with the words to show for it."""
 
 
-def worded(action: str, outputs: int) -> Callable[[Event], Event]:
+def worded(action: Said, outputs: int) -> Callable[[Event], Event]:
     """An event of the panel whose failure is said in words (a warning naming the action and
-    what to do) and leaves the page as it was, instead of gradio's bare "Error" badge on each
-    of its `outputs` (a raised gr.Error of an event outside the queue reached the page so)."""
+    what to do, in the asker's language) and leaves the page as it was, instead of gradio's
+    bare "Error" badge on each of its `outputs` (a raised gr.Error of an event outside the
+    queue reached the page so)."""
 
     def wrap(event: Event) -> Event:
         @functools.wraps(event)
@@ -42,11 +45,17 @@ def worded(action: str, outputs: int) -> Callable[[Event], Event]:
             try:
                 return event(*args, **kwargs)
             except Refused as err:
-                message = str(err)
+                said = message(err)
             except Exception as err:  # the page must stay usable whatever went wrong
                 log.exception("%s failed", action)
-                message = f"{action} did not work ({err}); the page is as it was: try again."
-            gr.Warning(message)
+                said = say(
+                    f"{action} did not work ({err}); the page is as it was: try again.",
+                    f"{action.chinese}没有成功（{err}）；页面保持原样：请再试一次。",
+                )
+            asker = kwargs.get("request") or next(
+                (a for a in args if isinstance(a, gr.Request)), None
+            )
+            gr.Warning(in_language(said, language_of(asker)))
             return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
 
         return worded_event  # type: ignore[return-value]
@@ -54,16 +63,16 @@ def worded(action: str, outputs: int) -> Callable[[Event], Event]:
     return wrap
 
 
-def _list(store: chats.Store) -> Any:
-    return gr.Radio(choices=chats.choices(store), value=store.get("current"))
+def _list(store: chats.Store, request: gr.Request | None) -> Any:
+    choices = chats.choices(store, language_of(request))
+    return gr.Radio(choices=choices, value=store.get("current"))
 
 
-def _chat(store: chats.Store) -> Any:
+def _chat(store: chats.Store, request: gr.Request | None) -> Any:
     """The chat area showing the store's current chat, its thumbs as given."""
     # An update, not a component: gradio checks its files as output like any other value.
-    return gr.update(
-        value=chats.current_messages(store), feedback_value=chats.current_feedback(store)
-    )
+    messages = chats.current_messages(store, language_of(request))
+    return gr.update(value=messages, feedback_value=chats.current_feedback(store))
 
 
 def login_of(request: gr.Request | None) -> str | None:
@@ -84,10 +93,13 @@ class SavedChats:
         store = self.seal.open(sealed, login_of(request))
         if store is None:
             if warn and sealed:
-                gr.Warning(
+                unopened = say(
                     "The chats saved in this browser could not be opened (saved by another "
-                    "server or login, or changed outside this app); starting a new list."
+                    "server or login, or changed outside this app); starting a new list.",
+                    "无法打开此浏览器中保存的对话（由另一个服务器或登录保存，或在本应用之外被改动）；"
+                    "将开始一个新的列表。",
                 )
+                gr.Warning(in_language(unopened, language_of(request)))
             return chats.empty_store()
         return store
 
@@ -97,34 +109,34 @@ class SavedChats:
     def restore(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """On page load: the chat last open, and the list."""
         store = self._open(sealed, request, warn=True)
-        return self._sealed(store, request), _list(store), _chat(store)
+        return self._sealed(store, request), _list(store, request), _chat(store, request)
 
     def persist(self, history: list | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         """After every change of the chat: keep it in the browser's list."""
         store = chats.save(self._open(sealed, request), list(history or []))
-        return self._sealed(store, request), _list(store)
+        return self._sealed(store, request), _list(store, request)
 
-    @worded("Starting a new chat", 3)
+    @worded(say("Starting a new chat", "开始新对话"), 3)
     def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.start_new(self._open(sealed, request))
-        return self._sealed(store, request), _list(store), _chat(store)
+        return self._sealed(store, request), _list(store, request), _chat(store, request)
 
-    @worded("Opening that chat", 2)
+    @worded(say("Opening that chat", "打开那个对话"), 2)
     def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         store, _ = chats.select(self._open(sealed, request), chat_id)
-        return self._sealed(store, request), _chat(store)
+        return self._sealed(store, request), _chat(store, request)
 
-    @worded("Renaming the chat", 3)
+    @worded(say("Renaming the chat", "重命名对话"), 3)
     def rename(
         self, name: str, history: list | None, sealed: Any, request: gr.Request
     ) -> tuple[str, Any, str]:
         store = chats.save(self._open(sealed, request), list(history or []), renamed=name)
-        return self._sealed(store, request), _list(store), ""
+        return self._sealed(store, request), _list(store, request), ""
 
-    @worded("Deleting the chat", 3)
+    @worded(say("Deleting the chat", "删除对话"), 3)
     def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.delete_current(self._open(sealed, request))
-        return self._sealed(store, request), _list(store), _chat(store)
+        return self._sealed(store, request), _list(store, request), _chat(store, request)
 
     def _own_folder(self) -> Path:
         """A folder of its own for one export: files are named after their chat's title, and
@@ -133,7 +145,7 @@ class SavedChats:
         folder.mkdir()
         return folder
 
-    @worded("Keeping your feedback", 1)
+    @worded(say("Keeping your feedback", "保存你的反馈"), 1)
     def feedback(
         self, like: gr.LikeData, history: list | None, sealed: Any, request: gr.Request
     ) -> str:
@@ -155,7 +167,7 @@ class SavedChats:
     def _title(self, chat: dict[str, Any], history: list) -> str:
         return str(chat["title"]) if chat else chats.title_of(history)
 
-    @worded("Exporting the chat as JSON", 1)
+    @worded(say("Exporting the chat as JSON", "把对话导出为 JSON"), 1)
     def export_json(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         chat = self._current(sealed, request)  # opened once: its title and its thumbs
@@ -165,37 +177,41 @@ class SavedChats:
         path.write_text(chats.to_json(history, title, feedback))
         return gr.File(value=str(path))
 
-    @worded("Exporting the chat as Markdown", 1)
+    @worded(say("Exporting the chat as Markdown", "把对话导出为 Markdown"), 1)
     def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         title = self._title(self._current(sealed, request), history)
         path = self._own_folder() / chats.file_name(title, ".zip")
-        return gr.File(value=str(chats.to_markdown_zip(history, title, path)))
+        markdown = chats.to_markdown_zip(history, title, path, language_of(request))
+        return gr.File(value=str(markdown))
 
-    @worded("Importing the file", 3)
+    @worded(say("Importing the file", "导入文件"), 3)
     def import_json(self, upload: Any, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """A conversation exported as JSON, as a new chat; a failed import leaves no file."""
         path = Path(getattr(upload, "name", None) or str(upload))
         folder = self.folder.fresh() / uuid.uuid4().hex
         try:
             if path.stat().st_size > MAX_IMPORT_BYTES:
-                raise ValueError(f"over {MAX_IMPORT_BYTES >> 20} MB")
+                most = MAX_IMPORT_BYTES >> 20
+                raise Refused(_not_an_export(path, say(f"over {most} MB", f"超过 {most} MB")))
             title, messages, feedback = chats.from_json(path.read_text(encoding="utf-8"), folder)
         except RecursionError as err:
             shutil.rmtree(folder, ignore_errors=True)
-            raise Refused(_not_an_export(path, "nested too deeply")) from err
+            raise Refused(_not_an_export(path, say("nested too deeply", "嵌套太深"))) from err
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise Refused(_not_an_export(path, str(err))) from err
         # Beside the original in the list, told apart (once: an import of an import too).
-        imported = title if title.endswith("(imported)") else f"{title} (imported)"
+        imported = chats.imported_title(title, language_of(request))
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         store = chats.with_feedback(store, feedback)
-        return self._sealed(store, request), _list(store), _chat(store)
+        return self._sealed(store, request), _list(store, request), _chat(store, request)
 
 
-def _not_an_export(path: Path, why: str) -> str:
-    return (
+def _not_an_export(path: Path, why: str) -> Said:
+    return say(
         f"{path.name}: not a conversation exported by this app ({why}). Import takes a file "
-        "made by Export JSON; nothing was changed."
+        "made by Export JSON; nothing was changed.",
+        f"{path.name}：不是本应用导出的对话（{chinese(why)}）。导入只接受“导出 JSON”生成的文件；"
+        "什么都没有改动。",
     )

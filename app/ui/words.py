@@ -2,8 +2,9 @@
 
 Labels, buttons and placeholders are gradio `I18nData` keys, translated in the browser by
 gradio's i18n (`launch(i18n=page_i18n())`); a language without its own table reads English.
-The model's answers are the model's; the app's own messages in the chat (errors, notes) are
-English for now.
+The model's answers are the model's; the app's own messages in the chat (errors, progress,
+notes) are written in both languages where they arise (app/said.py), and shown in the language
+the browser asks for (`language_of`, from the same preference gradio's i18n reads).
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ ENGLISH = MappingProxyType(
         "keys_help": (
             "Enter sends · Shift+Enter: a new line · Esc stops the reply · Alt+N: a new chat"
         ),
+        "send_label": "Send the message",
+        "stop_label": "Stop the reply (Esc)",
+        "edit_drops_one": (
+            "Saving this edit removes the 1 later turn (its question, reply and files). "
+            "Enter saves; Cancel keeps everything."
+        ),
+        "edit_drops_many": (
+            "Saving this edit removes the {n} later turns (questions, replies and files). "
+            "Enter saves; Cancel keeps everything."
+        ),
+        "edit_save": "Save",
+        "edit_cancel": "Cancel",
         "camera": "Camera",
         "take_photo": "Take a photo",
         "record_clip": "Record a short clip",
@@ -71,6 +84,16 @@ CHINESE = MappingProxyType(
         "undo": "撤销",
         "clear": "清空",
         "keys_help": "Enter 发送 · Shift+Enter 换行 · Esc 停止回答 · Alt+N 新对话",
+        "send_label": "发送消息",
+        "stop_label": "停止回答（Esc）",
+        "edit_drops_one": (
+            "保存此修改会删除后面的 1 轮对话（问题、回答和文件）。按 Enter 保存；取消则全部保留。"
+        ),
+        "edit_drops_many": (
+            "保存此修改会删除后面的 {n} 轮对话（问题、回答和文件）。按 Enter 保存；取消则全部保留。"
+        ),
+        "edit_save": "保存",
+        "edit_cancel": "取消",
         "camera": "相机",
         "take_photo": "拍照",
         "record_clip": "录制短视频",
@@ -118,3 +141,12 @@ def browser_word(key: str) -> str:
         f"((navigator.language || '').toLowerCase().startsWith('zh') ? {chinese} : "
         f"{json.dumps(ENGLISH[key])})"
     )
+
+
+def language_of(request: Any) -> str:
+    """The language of the app's own messages for whoever made `request` (a gr.Request): their
+    browser's, from its Accept-Language header; English for a script that sends none."""
+    from app.said import language_of_header
+
+    headers = getattr(request, "headers", None) or {}
+    return language_of_header(headers.get("accept-language"))

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.engines.base import EngineError, Turn
-from app.engines.local.prompt import Prompt
+from app.engines.local.prompt import Prompt, too_long_with_media
+from app.said import say
 
 # Text is counted against the bound in pieces of this many characters.
 TEXT_PIECE_CHARS = 1 << 16
@@ -34,17 +35,16 @@ class PromptBound:
             tokens += len(self._tokenizer(piece, add_special_tokens=False)["input_ids"])
             if tokens > limit:
                 raise EngineError(
-                    f"This conversation's text is over {limit:,} tokens, more than this app "
-                    f"reads in one prompt ({limit:,} tokens, --max-prompt-tokens). Shorten the "
-                    "message or start a new chat."
+                    say(
+                        f"This conversation's text is over {limit:,} tokens, more than this app "
+                        f"reads in one prompt ({limit:,} tokens, --max-prompt-tokens). Shorten "
+                        "the message or start a new chat.",
+                        f"这段对话的文字超过 {limit:,} 个 token，超过了本应用一次能读取的上限"
+                        f"（{limit:,} 个 token，--max-prompt-tokens）。请缩短消息或开始新对话。",
+                    )
                 )
 
     def check_prompt(self, prompt: Prompt) -> None:
         """Refuse a prompt that, with its images and videos, is over the bound."""
         if len(prompt.ids) > self.max_tokens:
-            raise EngineError(
-                f"With its images and videos this prompt is {len(prompt.ids):,} tokens, more than "
-                f"this app reads in one prompt ({self.max_tokens:,} tokens, "
-                "--max-prompt-tokens). Lower the pixel budget or video frames in Settings, attach "
-                "fewer files, or start a new chat."
-            )
+            raise EngineError(too_long_with_media(len(prompt.ids), self.max_tokens))

@@ -17,6 +17,7 @@ from app.engines.local.prompt import Prompt
 from app.engines.local.streamer import TokenStreamer
 from app.engines.local.watch import WatchHooks
 from app.engines.pump import Emit
+from app.said import Said, say
 
 # Special tokens that carry meaning in a reply (Qwen2-VL's grounding) and so are kept in the text.
 GROUNDING_TOKENS = frozenset(
@@ -74,7 +75,11 @@ class ModelCalls:
                 continue
             names = ", ".join(dict.fromkeys(span.name for span in new))
             tokens = sum(span.end - span.start for span in new)
-            self.hooks.set_stage(f"Reading {names} · {tokens} visual tokens", "vision", tokens)
+            stage = say(
+                f"Reading {names} · {tokens} visual tokens",
+                f"正在读取 {names} · {tokens} 个视觉 token",
+            )
+            self.hooks.set_stage(stage, "vision", tokens)
             grid = prompt.inputs[grid_name]
             first = new[0].index
             rows = int(grid[:first].prod(-1).sum())
@@ -85,7 +90,7 @@ class ModelCalls:
     def read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int) -> None:
         """Read the prompt up to `stop_at` into `cache` (one forward; the sampled token unused)."""
         tokens = stop_at - kv.length(cache)
-        self.hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
+        self.hooks.set_stage(reading_conversation(tokens), "language", tokens)
         self.model.generate(
             **self.internals.model_inputs(prompt.inputs, stop_at),
             **self.internals.encoded(features),
@@ -103,7 +108,7 @@ class ModelCalls:
 
         prompt = job.prompt
         tokens = len(prompt.ids) - kv.length(cache)
-        self.hooks.set_stage(f"Reading the conversation · {tokens} tokens", "language", tokens)
+        self.hooks.set_stage(reading_conversation(tokens), "language", tokens)
         if job.request.params.seed is not None:
             from transformers import set_seed
 
@@ -148,3 +153,7 @@ def _stop_on_cancel(cancel: threading.Event) -> Any:
             )
 
     return StopOnCancel()
+
+
+def reading_conversation(tokens: int) -> Said:
+    return say(f"Reading the conversation · {tokens} tokens", f"正在读取对话 · {tokens} 个 token")

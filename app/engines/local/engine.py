@@ -45,6 +45,7 @@ from app.engines.local.watch import Cancelled, Watch, WatchHooks
 from app.engines.pump import Emit, pump
 from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
+from app.said import message, say
 
 if TYPE_CHECKING:
     from app.media.cache import Decode
@@ -118,7 +119,7 @@ class LocalEngine:
                 request.turns, budget, self.media_cache, self._decoder_for(cancel), visual
             )
         except MediaError as err:
-            raise EngineError(str(err)) from err
+            raise EngineError(message(err)) from err
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         self.bound.check_text(request.turns)
@@ -158,7 +159,7 @@ class LocalEngine:
             job.emit = emit
             self._run(job)
 
-        progress = Progress("Starting")
+        progress = Progress(say("Starting", "正在开始"))
         for batch in pump(
             work, job.cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S, runner=self.runner
         ):
@@ -206,7 +207,12 @@ class LocalEngine:
         if is_out_of_memory(error):
             free_accelerator_memory()
             return EngineError(
-                "The model ran out of memory on this request. Try fewer or smaller images, a "
-                "lower pixel budget in Settings, or restart the app with --load-in-4bit."
+                say(
+                    "The model ran out of memory on this request. Try fewer or smaller images, "
+                    "a lower pixel budget in Settings, or restart the app with --load-in-4bit.",
+                    "模型处理这个请求时内存不足。请少用或换小一些的图片、在设置中调低像素预算，"
+                    "或用 --load-in-4bit 重新启动应用。",
+                )
             )
-        return EngineError(f"Generation failed: {type(error).__name__}: {error}")
+        what = f"{type(error).__name__}: {error}"
+        return EngineError(say(f"Generation failed: {what}", f"生成失败：{what}"))

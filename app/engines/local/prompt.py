@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engines.base import ChatRequest, EngineError, ImageRef, PromptInfo, Turn
 from app.media import Attached, Budget, MediaCache, MediaError, VideoClip, read_attachment
+from app.said import Said, message, say
 
 if TYPE_CHECKING:
     from app.media.cache import Decode, Visual
@@ -92,12 +93,21 @@ class VisualBound:
 
     def check(self, tokens: int) -> None:
         if tokens > self.max_tokens:
-            raise EngineError(
-                f"With its images and videos this prompt is {tokens:,} tokens or more, more "
-                f"than this app reads in one prompt ({self.max_tokens:,} tokens, "
-                "--max-prompt-tokens). Lower the pixel budget or video frames in Settings, "
-                "attach fewer files, or start a new chat."
-            )
+            raise EngineError(too_long_with_media(tokens, self.max_tokens, or_more=True))
+
+
+def too_long_with_media(tokens: int, limit: int, or_more: bool = False) -> Said:
+    """A prompt of `tokens` tokens (or more) with its media, over the bound of `limit`."""
+    size = f"{tokens:,} tokens" + (" or more" if or_more else "")
+    size_zh = f"{tokens:,} 个 token" + ("或更多" if or_more else "")
+    return say(
+        f"With its images and videos this prompt is {size}, more than this app reads in one "
+        f"prompt ({limit:,} tokens, --max-prompt-tokens). Lower the pixel budget or video frames "
+        "in Settings, attach fewer files, or start a new chat.",
+        f"连同图片和视频，这条提示词有 {size_zh}，"
+        f"超过了本应用一次能读取的上限（{limit:,} 个 token，--max-prompt-tokens）。"
+        "请在设置中调低像素预算或视频帧数、少附几个文件，或开始新对话。",
+    )
 
 
 def read_attachments(
@@ -222,7 +232,7 @@ def build_prompt(
     try:
         parts = _collect(request.turns, budget, media_cache, decode, bound)
     except MediaError as err:
-        raise EngineError(str(err)) from err
+        raise EngineError(message(err)) from err
     template_kwargs: dict[str, Any] = {}
     # Only to a template that takes it (transformers reads any other as a processor option).
     if request.params.enable_thinking is not None and takes_thinking_switch(processor):
