@@ -190,8 +190,15 @@ class ChatPage:
                 label=word("take_photo"),
                 elem_id="camera_photo",
             )
+            # Kept as recorded: gradio mirrors a clip, and drops its sound, with the ffmpeg
+            # program, which this app does not need (it reads video with PyAV) and a user's
+            # machine may lack; the model ignores sound anyway.
             self.camera_clip = gr.Video(
-                sources=["webcam"], label=word("record_clip"), elem_id="camera_clip"
+                sources=["webcam"],
+                label=word("record_clip"),
+                elem_id="camera_clip",
+                include_audio=True,
+                webcam_options=gr.WebcamOptions(mirror=False),
             )
 
     def _render_footer(self) -> None:
