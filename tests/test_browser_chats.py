@@ -362,18 +362,24 @@ def test_settings_persist_in_the_browser_like_the_chats(browser_and_url):
     context.close()
 
 
+def _open_camera(page, widget: str) -> None:
+    """The camera panel opened and `widget` (#camera_photo or #camera_clip) showing the fake
+    camera's picture, playing (a shot or recording before that is empty)."""
+    page.locator("#camera").get_by_text("Camera").first.click()
+    page.locator(widget).get_by_text("Click to Access Webcam").first.click()
+    page.wait_for_function(
+        "w => { const v = document.querySelector(w + ' video');"
+        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
+        arg=widget,
+        timeout=15000,
+    )
+
+
 def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and_url):
     # Chromium's fake camera (a test pattern), allowed without asking: tests/test_browser.ARGS.
     browser, url = browser_and_url
     context, page = _open(browser, url, PHONE)
-    page.locator("#camera").get_by_text("Camera").first.click()
-    page.locator("#camera_photo").get_by_text("Click to Access Webcam").first.click()
-    # The fake camera's picture is playing before the shot (a shot before it is empty).
-    page.wait_for_function(
-        "() => { const v = document.querySelector('#camera_photo video');"
-        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
-        timeout=15000,
-    )
+    _open_camera(page, "#camera_photo")
     page.locator("#camera_photo button[aria-label='capture photo']").click()
     page.wait_for_selector("#input .thumbnail-item, #input img", timeout=15000)
     _shot(page, "35-camera-photo-in-the-box")
@@ -393,13 +399,7 @@ def test_the_camera_records_a_short_clip_into_the_box_and_it_is_read(browser_and
     program this machine lacks), then read by the app's own video path."""
     browser, url = browser_and_url
     context, page = _open(browser, url, PHONE)
-    page.locator("#camera").get_by_text("Camera").first.click()
-    page.locator("#camera_clip").get_by_text("Click to Access Webcam").first.click()
-    page.wait_for_function(
-        "() => { const v = document.querySelector('#camera_clip video');"
-        " return v && v.readyState >= 2 && v.videoWidth > 0; }",
-        timeout=15000,
-    )
+    _open_camera(page, "#camera_clip")
     record = page.locator("#camera_clip button[aria-label='start recording']")  # then Stop
     record.click()
     page.wait_for_timeout(2000)
