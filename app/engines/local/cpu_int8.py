@@ -12,6 +12,14 @@ cycled through 24 layers so that they come from memory as in a real model:
 | PyTorch's dynamic int8 `Linear` (fbgemm) | 0.56 ms | 10.3 ms |
 | weight-only int8 (`_weight_int8pack_mm`, bfloat16 activations) | 0.86 ms | 59.9 ms |
 
+The inputs go to oneDNN as unsigned 8-bit with a zero point of 128. Signed 8-bit inputs were as
+fast on AMX, but on a CPU without AMX (AMD EPYC, AVX-512 VNNI, as most laptops' CPUs lack AMX
+too) oneDNN computes signed-by-signed products with its reference code: 194 ms a token for
+that layer against float32's 2.9. Unsigned inputs take its VNNI kernel there: 1.0 ms a token
+and 18 ms for 400 (float32: 4.0 and 83), and with AVX2 alone 1.8 and 32 (float32 3.8 and 67).
+Lest another CPU meet another slow path, `int8_kernels_available` also times one product
+against float32's before the path is taken.
+
 PyTorch's dynamic int8 linear quantizes the activations with one scale for the whole call: a
 prompt read in two chunks then gives other numbers than the same prompt read at once, and the
 prefix cache would change answers. Here each row (token) gets its own scale and the int8
@@ -37,16 +45,57 @@ log = logging.getLogger(__name__)
 INT8 = "int8"
 
 
+# An int8 product slower than this many float32 ones is oneDNN's reference code (50 to 200 times
+# float32's time where measured), not a kernel made for this CPU (two to four times faster).
+SLOWEST_INT8 = 3.0
+
+
+@functools.cache
 def int8_kernels_available() -> bool:
-    """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do)."""
+    """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do), exact, and
+    fast here (timed once against float32's product)."""
     import torch
 
     try:
         rows = torch.ones((2, 8), dtype=torch.int8)
-        out = _int8_matmul(torch, rows, *_packed(torch, rows, torch.ones(2)))
-        return bool(out.eq(8).all().item())
+        out = _int8_matmul(torch, _unsigned(rows.float()), *_packed(torch, rows, torch.ones(2)))
+        if not bool(out.eq(8).all().item()):
+            return False
+        int8_ms, float_ms = _product_times(torch)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
+    if int8_ms > SLOWEST_INT8 * float_ms:
+        log.warning(
+            "oneDNN's int8 product takes %.1f ms on this CPU against float32's %.1f ms: "
+            "the CPU computes in float32",
+            int8_ms,
+            float_ms,
+        )
+        return False
+    return True
+
+
+def _product_times(torch: Any) -> tuple[float, float]:
+    """(int8, float32) milliseconds of one row times a 1024x2048 layer, the best of three."""
+    import time
+
+    weight = torch.randn(1024, 2048)
+    packed = _packed(torch, *_quantize_rows(weight))
+    row = torch.randn(1, 2048)
+    products = (
+        lambda: _int8_matmul(torch, _unsigned(row.mul(30).round()), *packed),
+        lambda: row @ weight.T,
+    )
+    best = []
+    for product in products:
+        product()  # the first call builds oneDNN's primitive
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        best.append(min(times) * 1000)
+    return best[0], best[1]
 
 
 def _packed(torch: Any, qweight: Any, scale: Any) -> tuple[Any, Any, Any]:
@@ -55,10 +104,22 @@ def _packed(torch: Any, qweight: Any, scale: Any) -> tuple[Any, Any, Any]:
     return torch.ops.onednn.qlinear_prepack(qweight, None), scale, zeros
 
 
+# The inputs' zero point: a row quantized to -127..127 goes to oneDNN as 1..255 (module docstring).
+INPUT_ZERO = 128
+
+
+def _unsigned(quantized: Any) -> Any:
+    """Rows already rounded to -127..127 (float), as oneDNN's unsigned 8-bit inputs."""
+    import torch
+
+    return quantized.add(INPUT_ZERO).to(torch.uint8)
+
+
 def _int8_matmul(torch: Any, rows: Any, packed: Any, scale: Any, zeros: Any) -> Any:
-    """float32 (rows @ W^T) * scale: the int8 product summed exactly in int32, then scaled."""
+    """float32 ((rows - 128) @ W^T) * scale: the 8-bit product summed exactly in int32, then
+    scaled."""
     return torch.ops.onednn.qlinear_pointwise(
-        rows, 1.0, 0, packed, scale, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        rows, 1.0, INPUT_ZERO, packed, scale, zeros, None, 1.0, 0, torch.float32, "none", [], ""
     )
 
 
@@ -97,7 +158,7 @@ def _int8_module_classes() -> tuple[type, type]:
             # No clamp is needed: |flat| / (max |flat| / 127) rounds to at most 127.
             # abs().amax(): a third of vector_norm(inf)'s time on one row (7 us against 2.5).
             row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
-            quantized = torch.div(flat, row_scale).round_().to(torch.int8)
+            quantized = torch.div(flat, row_scale).round_().add_(INPUT_ZERO).to(torch.uint8)
             y = _int8_matmul(torch, quantized, self.packed, self.scale, self.zeros)
             y = y.mul_(row_scale)
             if self.bias is not None:
