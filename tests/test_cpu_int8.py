@@ -28,11 +28,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+GREEDY = GenerationParams(max_new_tokens=8, temperature=0, enable_thinking=False)
+
+
 def test_the_int8_kernels_are_there_and_fast_on_this_cpu():
     assert int8_kernels_available()
-
-
-GREEDY = GenerationParams(max_new_tokens=8, temperature=0, enable_thinking=False)
 
 
 def _int8_modules(model) -> set[str]:
