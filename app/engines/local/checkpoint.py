@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.base import EngineError
+from app.engines.local.attention import use_bfloat16_kv
 from app.engines.local.cpu_int8 import INT8, int8_kernels_available, to_cpu_int8
 from app.engines.local.int8_store import Int8Store, store_folder
 from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
@@ -225,6 +226,8 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
             model = store.quantize_and_save(model)
         elif cpu_int8:
             model = to_cpu_int8(model)
+    if cpu_int8:
+        use_bfloat16_kv(model)
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s, %s%s)",
         checkpoint,
@@ -232,7 +235,7 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
         imported,
         kwargs["device_map"],
         weights_kind(model),
-        kwargs["attn_implementation"],
+        kwargs["attn_implementation"] + (", keys and values in bfloat16" if cpu_int8 else ""),
         "; --dtype float32 for the exact, slower path" if cpu_int8 else "",
     )
     if placement.spread:

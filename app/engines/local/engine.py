@@ -28,6 +28,7 @@ from app.engines.base import (
     family_of_model_type,
 )
 from app.engines.local import kv
+from app.engines.local.attention import stored_kv_dtype
 from app.engines.local.bounds import PromptBound
 from app.engines.local.calls import Job, ModelCalls
 from app.engines.local.checkpoint import weights_kind
@@ -94,7 +95,10 @@ class LocalEngine:
         )
         self.supports_thinking = takes_thinking_switch(processor)
         self.bound = PromptBound(max_prompt_tokens, processor.tokenizer)
-        self.prefix_cache = PrefixCache(prefix_cache_bytes, lambda: kv.new_cache(model.config))
+        stored = stored_kv_dtype(model)
+        self.prefix_cache = PrefixCache(
+            prefix_cache_bytes, lambda: kv.new_cache(model.config, stored)
+        )
         # Checks, before any request, that this transformers has the internals the engine uses.
         internals = ModelInternals(model)
         self._hooks = WatchHooks(internals.vision_blocks, internals.language_layers)

@@ -18,12 +18,13 @@ Marks = dict[int, dict[int, Any]]
 ROOM_TOKENS = 256
 
 
-def new_cache(config: Any) -> Any:
-    """An empty cache for a model of `config`, its attention layers `GrowingLayer`s."""
+def new_cache(config: Any, dtype: Any = None) -> Any:
+    """An empty cache for a model of `config`, its attention layers `GrowingLayer`s that keep
+    their keys and values in `dtype` (None: as the model computes them)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    growing = growing_layer_class()
+    growing = _growing_layer_storing(dtype)
     cache = DynamicCache(config=config)
     cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
@@ -41,9 +42,16 @@ def growing_layer_class() -> type:
         up to ROOM_TOKENS more: a new token is copied into place. `DynamicLayer` concatenates,
         copying every layer's keys and values at each token: with 415 tokens of Qwen3-VL-2B
         that was 31 ms of a 136 ms decode step on 2 cores. Anything that sets `keys` to a
-        tensor of its own (a cut, a copy) simply gets a new buffer at the next update."""
+        tensor of its own (a cut, a copy) simply gets a new buffer at the next update.
+        With `stored_dtype` set, keys and values are kept in it (the CPU path's bfloat16:
+        attention.py)."""
+
+        stored_dtype: Any = None
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.stored_dtype is not None:
+                key_states = key_states.to(self.stored_dtype)
+                value_states = value_states.to(self.stored_dtype)
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             self.keys, self._key_room = _appended(
@@ -55,6 +63,13 @@ def growing_layer_class() -> type:
             return self.keys, self.values
 
     return GrowingLayer
+
+
+@functools.cache
+def _growing_layer_storing(dtype: Any) -> type:
+    """`GrowingLayer` keeping its keys and values in `dtype` (None: as they come)."""
+    base = growing_layer_class()
+    return type(base.__name__, (base,), {"stored_dtype": dtype})
 
 
 def _appended(held: Any, new: Any, room: Any) -> tuple[Any, Any]:
@@ -86,7 +101,7 @@ def _appended(held: Any, new: Any, room: Any) -> tuple[Any, Any]:
 def _is_attention(layer: Any) -> bool:
     from transformers.cache_utils import DynamicLayer
 
-    return type(layer) is DynamicLayer or type(layer) is growing_layer_class()
+    return type(layer) is DynamicLayer or isinstance(layer, growing_layer_class())
 
 
 def is_cuttable(cache: Any) -> bool:
