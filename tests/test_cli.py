@@ -139,7 +139,8 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
         process.wait(timeout=20)
     loaded = [line for line in process.stdout.read().splitlines() if " loaded " in line]
     if on_cpu:
-        assert "(cpu, int8, sdpa; --dtype float32 for the exact, slower path)" in loaded[0]
+        said = "(cpu, int8, sdpa, keys and values in bfloat16; --dtype float32 for the exact"
+        assert said in loaded[0]
 
 
 def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(tmp_path):
