@@ -10,6 +10,9 @@ Each engine runs in its own process with the same threads; requests alternate be
   the same PNG, so both read the same pixels): time to the first token, then the decode rate
   over 64 new tokens (EOS ignored on both sides);
 - a text follow-up in that chat: time to its first token (both reuse the chat's prefix);
+- a long text question in that chat (about 1,600 tokens of pasted text, so the context is about
+  2,100 tokens): time to its first token, and the decode rate over 64 tokens at that length
+  (a long conversation, where attention reads every earlier token's keys at each new one);
 - the peak resident memory of each process, and the app's load time.
 
     bash scripts/llama_cpp.sh build                         # llama-server, once (~9 min)
@@ -42,6 +45,24 @@ FOLLOW_UP_TOKENS = 8
 QUESTION = "Describe this image."
 FOLLOW_UP = "What else is in it?"
 LLAMA = "llama.cpp Q4_K_M"
+
+
+def _long_question() -> str:
+    """About 1,600 tokens of plain prose (the same text for both engines), then a question."""
+    sentences = [
+        f"Item {i} on the desk is a {colour} {thing} beside the {place}."
+        for i, (colour, thing, place) in enumerate(
+            (c, t, p)
+            for c in ("red", "green", "blue", "grey", "white")
+            for t in ("mug", "book", "lamp", "pen", "plant", "phone")
+            for p in ("window", "door", "screen", "shelf")
+        )
+    ]
+    return " ".join(sentences[:110]) + " Which items are beside the window?"
+
+
+# What each turn after the photo asks, and how many tokens it may answer with.
+SECOND_QUESTIONS = {"follow_up": (FOLLOW_UP, FOLLOW_UP_TOKENS), "long": (_long_question(), 64)}
 
 
 def gguf_files(checkpoint: Path, llama_cpp: Path) -> tuple[Path, Path]:
@@ -118,9 +139,10 @@ def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
         command = json.loads(line)
         photo = Attachment(command["photo"], Path(command["photo"]).name)
         turns = [Turn("system", command["system"]), Turn("user", QUESTION, (photo,))]
-        if command["op"] == "follow_up":
-            turns += [Turn("assistant", command["reply"]), Turn("user", FOLLOW_UP)]
-        tokens = NEW_TOKENS if command["op"] == "photo" else FOLLOW_UP_TOKENS
+        tokens = NEW_TOKENS
+        if command["op"] in SECOND_QUESTIONS:
+            question, tokens = SECOND_QUESTIONS[command["op"]]
+            turns += [Turn("assistant", command["reply"]), Turn("user", question)]
         params = GenerationParams(max_new_tokens=tokens, temperature=0, enable_thinking=False)
         request = ChatRequest(tuple(turns), params, budget, owner=command["system"])
         deltas = list(engine.stream(request, threading.Event()))
@@ -196,14 +218,16 @@ class LlamaServer:
             {"role": "system", "content": system},
             {"role": "user", "content": [*user, {"type": "text", "text": QUESTION}]},
         ]
-        if op == "follow_up":
+        tokens = NEW_TOKENS
+        if op in SECOND_QUESTIONS:
+            question, tokens = SECOND_QUESTIONS[op]
             messages += [
                 {"role": "assistant", "content": reply},
-                {"role": "user", "content": FOLLOW_UP},
+                {"role": "user", "content": question},
             ]
         body = {
             "messages": messages,
-            "max_tokens": NEW_TOKENS if op == "photo" else FOLLOW_UP_TOKENS,
+            "max_tokens": tokens,
             "temperature": 0,
             "ignore_eos": True,
             "stream": True,
@@ -259,6 +283,11 @@ def measure(engines: dict[str, Any], photo: Path, rounds: int) -> dict[str, dict
         for name, engine in engines.items():
             follow_up = engine.ask("follow_up", photo, system, replies[name])
             _keep(results[name], "follow_up_first_s", follow_up["first_s"])
+        for name, engine in engines.items():
+            long = engine.ask("long", photo, system, replies[name])
+            _keep(results[name], "long_first_s", long["first_s"])
+            _keep(results[name], "long_decode_tps", long["decode_tps"])
+            _keep(results[name], "long_prompt_tokens", long["prompt_tokens"])
         print(f"round {round_ + 1}: {json.dumps(results)}", flush=True)
     return results
 
@@ -281,6 +310,9 @@ def table(results: dict[str, dict[str, Any]], baseline: str) -> str:
         ("photo turn, first token (s)", "photo_first_s", "{:.1f}"),
         ("decode (tok/s)", "decode_tps", "{:.1f}"),
         ("text follow-up, first token (s)", "follow_up_first_s", "{:.2f}"),
+        ("long question, first token (s)", "long_first_s", "{:.1f}"),
+        ("decode after the long question (tok/s)", "long_decode_tps", "{:.1f}"),
+        ("prompt tokens of the long question", "long_prompt_tokens", "{:.0f}"),
         ("peak memory of the process (GB)", "peak_gb", "{:.2f}"),
         ("prompt tokens of the photo turn", "photo_prompt_tokens", "{:.0f}"),
     ]
