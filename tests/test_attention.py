@@ -52,6 +52,21 @@ def test_one_new_token_gets_the_numbers_of_its_row_in_a_prefill(heads, kv_heads)
     assert (prefill - expected).norm() / expected.norm() < 0.01
 
 
+@pytest.mark.parametrize("mask_heads", [1, 8])
+def test_one_new_token_with_a_mask_shared_or_per_head(mask_heads):
+    torch.manual_seed(0)
+    query = torch.randn(1, 8, 1, 64)
+    key, value = (torch.randn(1, 2, 40, 64).to(torch.bfloat16) for _ in range(2))
+    mask = torch.rand(1, mask_heads, 1, 40) > 0.3
+    module = SimpleNamespace(num_key_value_groups=4)
+    got, _ = bfloat16_kv_attention(module, query, key, value, mask, scaling=0.125)
+    expected = F.scaled_dot_product_attention(
+        query, key.float(), value.float(), attn_mask=mask, scale=0.125, enable_gqa=True
+    ).transpose(1, 2)
+    assert got.shape == expected.shape
+    assert (got - expected).norm() / expected.norm() < 0.01
+
+
 def test_float32_keys_go_to_plain_sdpa_unchanged():
     torch.manual_seed(0)
     query, key, value = (torch.randn(1, 2, 5, 16) for _ in range(3))
