@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from app.engines.local import kv
 from app.engines.local.attention import (
     bfloat16_kv_attention,
-    kv_bytes_per_value,
+    kv_bytes_per_token,
     stored_kv_dtype,
 )
 from testkit.engines import load_engine
@@ -83,7 +83,8 @@ def test_a_reply_read_again_gives_its_keys_bit_for_bit(tiny_checkpoint, family):
     prefill: every attention layer holds the same keys and values, in bfloat16."""
     engine = load_engine(str(tiny_checkpoint(family)))
     model, tokenizer = engine.model, engine.processor.tokenizer
-    assert stored_kv_dtype(model) == torch.bfloat16 and kv_bytes_per_value(model) == 2
+    assert stored_kv_dtype(model) == torch.bfloat16
+    assert kv_bytes_per_token(model) == kv.bytes_per_token(model.config, 2)
 
     def run():
         ids = tokenizer("The quick brown fox jumps over the lazy dog " * 4, return_tensors="pt")

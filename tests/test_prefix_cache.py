@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.local import LocalEngine, kv
-from app.engines.local.attention import kv_bytes_per_value
+from app.engines.local import LocalEngine
+from app.engines.local.attention import kv_bytes_per_token
 from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder, build_tiny_checkpoint
 from testkit.engines import load_engine
 
@@ -170,8 +170,7 @@ def test_two_conversations_interleaved_keep_their_own_entries(engines, media):
 def test_a_tiny_budget_evicts_and_answers_stay_right(engines, tiny_checkpoint, media):
     _, plain = engines("qwen3_vl")
     path = plain.model.name_or_path  # the checkpoint it was loaded from
-    per_token = kv.bytes_per_token(plain.model.config, kv_bytes_per_value(plain.model))
-    one_entry = 120 * per_token  # room for one of these
+    one_entry = 120 * kv_bytes_per_token(plain.model)  # room for one of these
     small = load_engine(path, prefix_cache_bytes=one_entry)
     for name in ("red.jpg", "green.png", "red.jpg"):
         turns = [Turn("user", "Look", _attach(media, name))]
@@ -186,8 +185,7 @@ def test_the_cache_costs_what_the_models_keys_and_values_cost(engines, media):
     cached.prefix_cache.clear()
     _ask(cached, [Turn("user", "Look", _attach(media, "red.jpg"))])
     [entry] = cached.prefix_cache._entries.values()
-    per_token = kv.bytes_per_token(cached.model.config, kv_bytes_per_value(cached.model))
-    assert entry.nbytes == len(entry.ids) * per_token
+    assert entry.nbytes == len(entry.ids) * kv_bytes_per_token(cached.model)
 
 
 def test_out_of_memory_drops_the_cache_and_retries_once(engines, media):

@@ -97,6 +97,9 @@ def stored_kv_dtype(model: Any) -> Any:
     return None
 
 
-def kv_bytes_per_value(model: Any) -> int:
-    """Bytes of one key or value element in `model`'s caches."""
-    return int((stored_kv_dtype(model) or model.dtype).itemsize)
+def kv_bytes_per_token(model: Any) -> int:
+    """What one token's keys and values cost in `model`'s caches."""
+    from app.engines.local import kv
+
+    size = (stored_kv_dtype(model) or model.dtype).itemsize
+    return kv.bytes_per_token(model.config, int(size))

@@ -55,11 +55,10 @@ class MemoryDefaults:
 
 def memory_defaults(model: Any) -> MemoryDefaults:
     """The prompt bound and the prefix cache's size for `model`, from the memory free now."""
-    from app.engines.local import kv
-    from app.engines.local.attention import kv_bytes_per_value
+    from app.engines.local.attention import kv_bytes_per_token
 
     free = available_bytes(model.device.type == "cuda")
-    per_token = kv.bytes_per_token(model.config, kv_bytes_per_value(model))
+    per_token = kv_bytes_per_token(model)
     context = model.config.get_text_config().max_position_embeddings
     return MemoryDefaults(
         default_max_prompt_tokens(context, free, per_token), default_prefix_cache_bytes(free)
