@@ -122,9 +122,11 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (
         ("--dtype",),
         {
-            "choices": ["auto", "int8", "bfloat16", "float16", "float32"],
-            "help": "weights' dtype (auto: int8 linear layers on a CPU, the fast path; "
-            "bfloat16 on a GPU; float32 is the exact CPU path)",
+            "choices": ["auto", "int4", "int8", "bfloat16", "float16", "float32"],
+            "help": "weights' dtype (auto: the fast path on a CPU, int4 where ONNX Runtime "
+            "runs, else int8; bfloat16 on a GPU. int4: the language model's linear layers "
+            "in 4 bits, the vision encoder's in int8; int8: all in int8; float32: the exact "
+            "CPU path)",
         },
     ),
     (("--max-new-tokens",), {"type": int, "help": "default and upper bound of a reply's length"}),

@@ -127,9 +127,9 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
         # On a CPU the image budget is the one measured for CPUs, and the page says so.
         on_cpu = "Running on the CPU: images are read at up to 0.4 megapixels" in config
         assert on_cpu == (not _has_cuda())
-        # On a CPU the default path is int8 weights: the page and the start-up line say so.
-        int8_note = "Running on the CPU with int8 weights, the fast path" in config
-        assert int8_note == on_cpu
+        # On a CPU the default path is 4-bit weights: the page and the start-up line say so.
+        fast_note = "Running on the CPU with the language model in 4-bit weights" in config
+        assert fast_note == on_cpu
         reply = Client(url, verbose=False).predict(
             {"text": "hi", "files": []}, max_new_tokens=4, api_name="/chat"
         )
@@ -139,7 +139,7 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
         process.wait(timeout=20)
     loaded = [line for line in process.stdout.read().splitlines() if " loaded " in line]
     if on_cpu:
-        said = "(cpu, int8, sdpa, keys and values in bfloat16; --dtype float32 for the exact"
+        said = "(cpu, int4, sdpa, keys and values in bfloat16; --dtype float32 for the exact"
         assert said in loaded[0]
 
 

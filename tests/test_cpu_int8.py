@@ -1,6 +1,7 @@
-"""The CPU's int8 path (app/engines/local/cpu_int8.py): the default on a CPU, every family, exact in
-how it splits a prompt (so the prefix cache changes nothing: tests/test_prefix_cache.py runs on
-it), and close to float32."""
+"""The CPU's quantized paths (app/engines/local/cpu_int8.py; the language model in 4 bits by
+default, cpu_int4.py, tested alone in tests/test_cpu_int4.py): every family, exact in how they
+split a prompt (so the prefix cache changes nothing: tests/test_prefix_cache.py runs on the
+default), and close to float32."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def test_the_int8_kernels_are_there_and_fast_on_this_cpu():
     assert int8_kernels_available()
 
 
-def _int8_modules(model) -> set[str]:
-    return {type(m).__name__ for m in model.modules()} & {"Int8Linear", "Int8Embedding"}
+def _quantized_modules(model) -> set[str]:
+    kinds = {"Int4Linear", "Int8Linear", "Int8Embedding"}
+    return {type(m).__name__ for m in model.modules()} & kinds
 
 
 def _stream(engine: LocalEngine, request: ChatRequest, cancel=None):
@@ -102,22 +104,31 @@ def test_a_tied_embedding_and_output_layer_are_quantized_once():
 
 
 @pytest.mark.parametrize("family", TRIAL_FAMILIES)
-def test_every_family_loads_int8_by_default_on_the_cpu_and_float32_when_asked(
+def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when_asked(
     tiny_checkpoint, family
 ):
     path = str(tiny_checkpoint(family))
     fast = load_engine(path)
-    assert fast.weights == "int8" and _int8_modules(fast.model) == {"Int8Linear", "Int8Embedding"}
+    assert fast.weights == "int4"
+    assert _quantized_modules(fast.model) == {"Int4Linear", "Int8Linear", "Int8Embedding"}
+    # The vision encoder stays int8; the language model and the output layer are 4-bit.
+    kinds = {n: type(m).__name__ for n, m in fast.model.named_modules()}
+    assert {k for n, k in kinds.items() if n.startswith("model.visual.")} >= {"Int8Linear"}
+    assert "Int4Linear" not in {k for n, k in kinds.items() if n.startswith("model.visual.")}
+    assert kinds["lm_head"] == "Int4Linear"
+    int8 = load_engine(path, LoadOptions(dtype="int8"))
+    assert int8.weights == "int8"
+    assert _quantized_modules(int8.model) == {"Int8Linear", "Int8Embedding"}
     exact = load_engine(path, LoadOptions(dtype="float32"))
-    assert exact.weights == "float32" and not _int8_modules(exact.model)
+    assert exact.weights == "float32" and not _quantized_modules(exact.model)
     request = ChatRequest((Turn("user", "Hello there"),), GREEDY)
-    for engine in (fast, exact):
+    for engine in (fast, int8, exact):
         deltas = _stream(engine, request)
         assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens >= 1
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
-def test_the_int8_path_reads_an_image_and_a_video(tiny_checkpoint, media, family):
+def test_the_default_cpu_path_reads_an_image_and_a_video(tiny_checkpoint, media, family):
     engine = load_engine(str(tiny_checkpoint(family)))
     files = (
         Attachment(str(media / "red.jpg"), "red.jpg"),
@@ -128,7 +139,7 @@ def test_the_int8_path_reads_an_image_and_a_video(tiny_checkpoint, media, family
     assert usage is not None and usage.visual_tokens > 0 and usage.completion_tokens >= 1
 
 
-def test_stop_ends_an_int8_reply(tiny_checkpoint):
+def test_stop_ends_a_reply_on_the_default_cpu_path(tiny_checkpoint):
     engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
     cancel = threading.Event()
     params = GenerationParams(max_new_tokens=400, temperature=0, enable_thinking=False)
@@ -140,23 +151,23 @@ def test_stop_ends_an_int8_reply(tiny_checkpoint):
     assert 3 <= len(texts) < 50
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
-def test_the_int8_weights_are_saved_once_and_read_back_the_same(
-    tiny_checkpoint, media, tmp_path, caplog, family
+@pytest.mark.parametrize(("family", "dtype"), [("qwen3_vl", "auto"), ("qwen3_5", "int8")])
+def test_the_quantized_weights_are_saved_once_and_read_back_the_same(
+    tiny_checkpoint, media, tmp_path, caplog, family, dtype
 ):
     path = str(tiny_checkpoint(family))
-    options = LoadOptions(int8_store=tmp_path / "int8")
+    options = LoadOptions(int8_store=tmp_path / "int8", dtype=dtype)
     files = (Attachment(str(media / "red.jpg"), "red.jpg"),)
     request = ChatRequest((Turn("user", "What is it?", files),), GREEDY)
     replies = []
     with caplog.at_level("INFO", logger="app.engines.local.int8_store"):
         for _ in range(2):
             engine = load_engine(path, options)
-            assert engine.weights == "int8"
+            assert engine.weights == ("int4" if dtype == "auto" else dtype)
             replies.append("".join(d.text for d in _stream(engine, request)))
     said = [r.getMessage() for r in caplog.records]
     assert any("saved in" in m for m in said) and any("read from" in m for m in said)
-    fresh = load_engine(path)  # quantized afresh, nothing saved
+    fresh = load_engine(path, LoadOptions(dtype=dtype))  # quantized afresh, nothing saved
     assert replies[0] == replies[1] == "".join(d.text for d in _stream(fresh, request))
     assert replies[0]
 
@@ -168,9 +179,10 @@ def test_a_changed_checkpoint_gets_new_int8_weights_and_the_old_ones_go(tmp_path
     path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
     root = tmp_path / "int8"
     load_engine(str(path), LoadOptions(int8_store=root))
-    first = store_folder(root, path)
+    first = store_folder(root, path, "int4")
     assert first.is_dir()
     config = path / "config.json"
     config.write_text(config.read_text() + "\n")  # the checkpoint changed
     load_engine(str(path), LoadOptions(int8_store=root))
-    assert [p.name for p in root.iterdir()] == [store_folder(root, path).name] != [first.name]
+    assert [p.name for p in root.iterdir()] == [store_folder(root, path, "int4").name]
+    assert first.name != store_folder(root, path, "int4").name

@@ -70,7 +70,7 @@ def test_the_engine_works_loaded_with_a_device_map_on_the_cpu(tiny_checkpoint, c
         engine = load_engine(str(tiny_checkpoint("qwen3_vl")), options)
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
     # placed by transformers' device map
-    assert "(auto, int8, sdpa, keys and values in bfloat16; --dtype float32" in loaded[0]
+    assert "(auto, int4, sdpa, keys and values in bfloat16; --dtype float32" in loaded[0]
     assert any(r.getMessage().startswith("placed ") for r in caplog.records)
     params = GenerationParams(max_new_tokens=6, temperature=0)
     first = ChatRequest((Turn("user", "Hello there"),), params, owner="me")

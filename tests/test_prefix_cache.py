@@ -3,8 +3,9 @@
 Each case runs the same conversation on two engines over the same checkpoint, one with the
 cache and one without, greedy, and compares the replies token for token (as text of the same
 ids). Checkpoints are tiny, with weights spread wide enough that greedy replies vary. On a CPU
-the engines load as users get them there, with int8 weights (app/engines/local/cpu_int8.py): the
-cache must change nothing on that path too.
+the engines load as users get them there, the language model in 4-bit weights and the vision
+encoder in int8 (app/engines/local/cpu_int4.py, cpu_int8.py): the cache must change nothing on
+that path too.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def engines(tmp_path_factory):
                 load_engine(str(path), prefix_cache_bytes=0),
             )
             cpu = not torch.cuda.is_available()
-            assert not cpu or built[family][0].weights == built[family][1].weights == "int8"
+            assert not cpu or built[family][0].weights == built[family][1].weights == "int4"
         return built[family]
 
     return get

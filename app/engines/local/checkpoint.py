@@ -14,12 +14,19 @@ from typing import Any
 
 from app.engines.base import EngineError
 from app.engines.local.attention import use_bfloat16_kv
-from app.engines.local.cpu_int8 import INT8, int8_kernels_available, to_cpu_int8
+from app.engines.local.cpu_int4 import INT4, int4_kernels_available
+from app.engines.local.cpu_int8 import INT8, FourBit, int8_kernels_available, to_cpu_int8
 from app.engines.local.int8_store import Int8Store, store_folder
 from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.placement import Placement, describe, place
 
 log = logging.getLogger(__name__)
+
+# Where the vision encoder's layers are named in every family: it stays int8 on the CPU (its
+# products are a prefill's, where int8 is the faster kernel).
+VISION_ENCODER = "model.visual."
+# Whether the CPU's default (--dtype auto) puts the language model in 4 bits (cpu_int4.py).
+FOUR_BIT_BY_DEFAULT = True
 
 
 class CheckpointNotFound(EngineError):
@@ -90,18 +97,34 @@ def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
 
 
 def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
-    """The int8 CPU path (app/engines/local/cpu_int8.py): the default on a CPU, unless a dtype or
-    4-bit is asked for, or this PyTorch lacks the int8 kernels (then float32, said in the log)."""
+    """The int8 CPU path (app/engines/local/cpu_int8.py; with --dtype int4 the language model's
+    layers in 4 bits): the default on a CPU, unless a dtype or 4-bit is asked for, or this
+    PyTorch lacks the int8 kernels (then float32, said in the log)."""
     if on_cuda:
-        if options.dtype == INT8:
-            raise EngineError("--dtype int8 is the CPU path; on a GPU use --load-in-4bit")
+        if options.dtype in (INT8, INT4):
+            raise EngineError(
+                f"--dtype {options.dtype} is the CPU path; on a GPU use --load-in-4bit"
+            )
         return False
-    if options.load_in_4bit or options.dtype not in ("auto", INT8):
+    if options.load_in_4bit or options.dtype not in ("auto", INT8, INT4):
         return False
     if not int8_kernels_available():
         log.warning("this PyTorch has no x86 int8 kernels: the CPU computes in float32")
         return False
     return True
+
+
+def language_model_in_4_bits(options: LoadOptions) -> FourBit | None:
+    """On the int8 CPU path: which linear layers go 4-bit (app/engines/local/cpu_int4.py), by
+    name: every one outside the vision encoder (`visual`), where --dtype int4 asks, or by
+    default where ONNX Runtime's kernel works here. None: all int8."""
+    wanted = options.dtype == INT4 or (options.dtype == "auto" and FOUR_BIT_BY_DEFAULT)
+    if not wanted:
+        return None
+    if not int4_kernels_available():
+        log.warning("ONNX Runtime's 4-bit kernel is not available here: int8 weights instead")
+        return None
+    return lambda name: not name.startswith(VISION_ENCODER)
 
 
 def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:
@@ -110,7 +133,7 @@ def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:
 
     if cpu_int8:
         return torch.bfloat16
-    if name not in ("auto", INT8):
+    if name not in ("auto", INT8, INT4):
         return getattr(torch, name)
     if on_cuda:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -211,8 +234,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
             bnb_4bit_use_double_quant=True,
         )
     processor = AutoProcessor.from_pretrained(path)
+    four_bit = language_model_in_4_bits(options) if cpu_int8 else None
     store = (
-        Int8Store(store_folder(options.int8_store, Path(path)))
+        Int8Store(store_folder(options.int8_store, Path(path), INT4 if four_bit else INT8))
         if cpu_int8 and options.int8_store
         else None
     )
@@ -223,9 +247,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         model.eval()
         if store is not None:
-            model = store.quantize_and_save(model)
+            model = store.quantize_and_save(model, four_bit)
         elif cpu_int8:
-            model = to_cpu_int8(model)
+            model = to_cpu_int8(model, four_bit=four_bit)
     if cpu_int8:
         use_bfloat16_kv(model)
     log.info(
@@ -246,6 +270,8 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
 def weights_kind(model: Any) -> str:
     """What the loaded weights are, as the page and the start-up line name them."""
     names = {type(module).__name__ for module in model.modules()}
+    if "Int4Linear" in names:
+        return INT4
     if "Int8Linear" in names:
         return INT8
     if "Linear4bit" in names:

@@ -249,17 +249,24 @@ def _shared_module_classes() -> tuple[type, type]:
 
 # What is kept of a quantized layer (and saved by app/engines/local/int8_store.py): its int8 rows,
 # their scales, and a linear layer's bias or an embedding's padding index.
+# A layer that `four_bit` names is kept in 4 bits instead (app/engines/local/cpu_int4.py).
 Int8Layer = dict[str, Any]
 Keep = Callable[[str, Int8Layer], None]
+FourBit = Callable[[str], bool]
 
 
-def quantize(model: Any, keep: Keep | None = None) -> tuple[int, int]:
-    """Replace, in place, every `nn.Linear` and `nn.Embedding` of `model` by its int8 form;
-    (linears, embeddings) replaced. A layer's weight is made float32 only while it is
-    quantized; a table shared by the input embedding and the output layer (tied weights, as in
-    Qwen3-VL-2B) is quantized once. `keep(name, layer)` is given each layer's int8 form."""
+def quantize(
+    model: Any, keep: Keep | None = None, four_bit: FourBit | None = None
+) -> tuple[int, int]:
+    """Replace, in place, every `nn.Linear` and `nn.Embedding` of `model` by its int8 form (the
+    linear layers that `four_bit(name)` names: 4-bit); (linears, embeddings) replaced. A
+    layer's weight is made float32 only while it is quantized; a table shared by the input
+    embedding and the output layer (tied weights, as in Qwen3-VL-2B) is quantized once (in
+    int8). `keep(name, layer)` is given each layer's quantized form."""
     import torch
     from torch import nn
+
+    from app.engines.local.cpu_int4 import quantize_blocks
 
     kinds = (nn.Linear, nn.Embedding)
     # Names, not modules: a float layer is freed as soon as its int8 form replaces it.
@@ -276,27 +283,44 @@ def quantize(model: Any, keep: Keep | None = None) -> tuple[int, int]:
     with torch.no_grad():
         for full_name, parent, name in places:
             child = getattr(parent, name)
-            key = id(child.weight)
-            qweight, scale = shared.get(key) or _quantize_rows(child.weight)
-            if uses[key] > 1:
-                shared[key] = (qweight, scale)
-            layer: Int8Layer = {"qweight": qweight, "scale": scale}
-            if type(child) is nn.Linear:
-                layer["bias"] = None if child.bias is None else child.bias.detach().float()
-                counts[0] += 1
+            is_linear = type(child) is nn.Linear
+            if is_linear and four_bit is not None and four_bit(full_name):
+                layer = quantize_blocks(child.weight, child.bias)
             else:
-                layer["padding_idx"] = child.padding_idx
-                counts[1] += 1
+                layer = _int8_layer(child, shared, uses[id(child.weight)] > 1)
+            counts[0 if is_linear else 1] += 1
             if keep is not None:
                 keep(full_name, layer)
             placer.put(parent, name, layer)
-            del child, qweight, layer
+            del child, layer
         placer.finish()
     return counts[0], counts[1]
 
 
+def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> Int8Layer:
+    """A linear layer's or embedding table's int8 form; a `tied` weight's rows are made once
+    and kept in `shared` for the other layer that uses them."""
+    from torch import nn
+
+    key = id(child.weight)
+    qweight, scale = shared.get(key) or _quantize_rows(child.weight)
+    if tied:
+        shared[key] = (qweight, scale)
+    layer: Int8Layer = {"qweight": qweight, "scale": scale}
+    if type(child) is nn.Linear:
+        layer["bias"] = None if child.bias is None else child.bias.detach().float()
+    else:
+        layer["padding_idx"] = child.padding_idx
+    return layer
+
+
 def int8_module(layer: Int8Layer) -> Any:
-    """The int8 module of a layer kept by `quantize` (a linear one where it has "bias")."""
+    """The module of a layer kept by `quantize` (a linear one where it has "bias"; 4-bit where
+    it has packed weights)."""
+    from app.engines.local.cpu_int4 import int4_module, is_int4
+
+    if is_int4(layer):
+        return int4_module(layer)
     int8_linear, int8_embedding = _int8_module_classes()
     if "bias" in layer:
         return int8_linear(layer["qweight"], layer["scale"], layer["bias"])
@@ -336,16 +360,30 @@ class Int8Placer:
 
 
 def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
-    import torch
+    from app.engines.local.cpu_int4 import concatenated, is_int4
 
     layers = [layer for _, layer in named]
-    if len({layer["qweight"].shape[1] for layer in layers}) > 1:
+    widths = {x["in_features"] if is_int4(x) else x["qweight"].shape[1] for x in layers}
+    if len(widths) > 1 or len({is_int4(x) for x in layers}) > 1:
         for name, layer in named:
             setattr(parent, name, int8_module(layer))
         return
-    int8_linear, _ = _int8_module_classes()
+    if is_int4(layers[0]):
+        sizes = [layer["packed"].shape[0] for layer in layers]
+        linear = int8_module(concatenated(layers))
+    else:
+        sizes = [layer["qweight"].shape[0] for layer in layers]
+        linear = _concatenated_int8(layers, sizes)
     int8_shared, int8_part = _shared_module_classes()
-    sizes = [layer["qweight"].shape[0] for layer in layers]
+    shared = int8_shared(linear, sizes)
+    for index, (name, _) in enumerate(named):
+        setattr(parent, name, int8_part(shared, index))
+
+
+def _concatenated_int8(layers: list[Int8Layer], sizes: list[int]) -> Any:
+    import torch
+
+    int8_linear, _ = _int8_module_classes()
     biases = [layer["bias"] for layer in layers]
     bias = None
     if any(b is not None for b in biases):
@@ -353,9 +391,7 @@ def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
         bias = torch.cat([torch.zeros(n) if b is None else b for n, b in pairs])
     qweight = torch.cat([layer["qweight"] for layer in layers])
     scale = torch.cat([layer["scale"] for layer in layers])
-    shared = int8_shared(int8_linear(qweight, scale, bias), sizes)
-    for index, (name, _) in enumerate(named):
-        setattr(parent, name, int8_part(shared, index))
+    return int8_linear(qweight, scale, bias)
 
 
 def return_freed_memory() -> None:
@@ -369,16 +405,18 @@ def return_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def to_cpu_int8(model: Any, keep: Keep | None = None) -> Any:
-    """`model` (loaded in bfloat16 on the CPU) in int8 where it counts, float32 elsewhere."""
-    linears, embeddings = quantize(model, keep)
+def to_cpu_int8(model: Any, keep: Keep | None = None, four_bit: FourBit | None = None) -> Any:
+    """`model` (loaded in bfloat16 on the CPU) in int8 where it counts (the layers `four_bit`
+    names in 4 bits), float32 elsewhere."""
+    linears, embeddings = quantize(model, keep, four_bit)
     # `.float()` casts parameters and floating buffers; the int8 buffers stay int8.
     model.float()
     return_freed_memory()
     log.info(
-        "weights: %d linear layers and %d embedding tables in int8, the rest float32 "
+        "weights: %d linear layers and %d embedding tables in int8%s, the rest float32 "
         "(--dtype float32: exact, slower)",
         linears,
         embeddings,
+        " (the language model's linear layers in 4 bits)" if four_bit else "",
     )
     return model

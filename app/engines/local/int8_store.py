@@ -18,7 +18,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.engines.local.cpu_int8 import Int8Layer, Int8Placer, return_freed_memory, to_cpu_int8
+from app.engines.local.cpu_int8 import (
+    FourBit,
+    Int8Layer,
+    Int8Placer,
+    return_freed_memory,
+    to_cpu_int8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +33,16 @@ REST = "rest.pt"
 DONE = "layers.json"  # written last: a folder without it is unfinished
 
 
-def store_folder(root: Path, checkpoint: Path) -> Path:
-    """The folder for `checkpoint`'s int8 weights: one per checkpoint path and files' state."""
+def store_folder(root: Path, checkpoint: Path, kind: str) -> Path:
+    """The folder for `checkpoint`'s quantized weights of `kind` (int8; int4: the language
+    model's layers in 4 bits): one per checkpoint path, kind and files' state."""
     import torch
 
     files = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".json"))
     state = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     where = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
     what = hashlib.sha256(json.dumps([state, FORMAT, torch.__version__]).encode()).hexdigest()
-    return root / f"{checkpoint.name}-{where}-{what[:12]}"
+    return root / f"{checkpoint.name}-{kind}-{where}-{what[:12]}"
 
 
 class Int8Store:
@@ -47,8 +54,9 @@ class Int8Store:
     def exists(self) -> bool:
         return (self.folder / DONE).is_file()
 
-    def quantize_and_save(self, model: Any) -> Any:
-        """`model` (bfloat16) made int8 by `to_cpu_int8`, each layer saved as it is made."""
+    def quantize_and_save(self, model: Any, four_bit: FourBit | None = None) -> Any:
+        """`model` (bfloat16) made int8 (or 4-bit) by `to_cpu_int8`, each layer saved as it is
+        made."""
         import torch
 
         partial = self.folder.with_name(self.folder.name + ".partial")
@@ -65,7 +73,7 @@ class Int8Store:
                     failed.append(err)
             names.append(name)
 
-        model = to_cpu_int8(model, keep)
+        model = to_cpu_int8(model, keep, four_bit)
         int8 = tuple(f"{name}." for name in names)
         rest = {k: v for k, v in model.state_dict().items() if not k.startswith(int8)}
         try:
