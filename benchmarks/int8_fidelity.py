@@ -1,16 +1,20 @@
-"""What the CPU's int8 path costs in fidelity, measured against float32 where it can be.
+"""What the CPU's quantized paths cost in fidelity, measured against float32 where it can be.
+
+Both paths: the default (the language model's linear layers in 4 bits, app/engines/local/
+cpu_int4.py; the vision encoder in int8) and `--dtype int8` (all in int8).
 
 Random weights make answers meaningless, so this measures numbers:
 
 - on Qwen3-VL-2B's real shapes (all 28 layers), the logits of fixed prompts (two with a photo at
-  the CPU budget, one of text) from the int8 model against the float32 one: cosine similarity
-  and relative error of the logits at every position, how often the top token agrees, the
-  overlap of the top fives, and the KL divergence of int8's next-token distribution from fp32's;
-- on the tiny checkpoints of every family, the greedy tokens of int8 against float32 (how many
+  the CPU budget, one of text) from each quantized model against the float32 one: cosine
+  similarity and relative error of the logits at every position, how often the top token
+  agrees, the overlap of the top fives, and the KL divergence of the quantized next-token
+  distribution from fp32's;
+- on the tiny checkpoints of every family, the greedy tokens of each path against float32 (how many
   of the first 16 agree). Tiny random models have near-flat distributions, so this is a
   pessimistic view; the real shapes' top-token agreement is the figure that matters.
 
-    python -m benchmarks.int8_fidelity        # ~6 min on 2 cores, about 12 GB of memory
+    python -m benchmarks.int8_fidelity        # ~10 min on 2 cores, about 12 GB of memory
 
 Not in CI.
 """
@@ -29,6 +33,8 @@ PROMPTS = (
     ("Write a short poem about the sea.", None),
 )
 GREEDY_TOKENS = 16
+# The quantized paths, by --dtype: the CPU's default (4-bit language model) and int8.
+PATHS = ("auto", "int8")
 
 
 def _logits(engine: Any, text: str, photo: Path | None) -> Any:
@@ -77,21 +83,23 @@ def real_shapes() -> list[str]:
     exact = load_engine(checkpoint, LoadOptions(cpu_only=True, dtype="float32"))
     reference = [_logits(exact, text, photo) for text, photo in PROMPTS]
     del exact
-    fast = load_engine(checkpoint, LoadOptions(cpu_only=True))
     rows = [
-        "| prompt | positions | cosine (mean / min) | relative error | top-1 agrees "
+        "| weights | prompt | positions | cosine (mean / min) | relative error | top-1 agrees "
         "| top-5 overlap | KL (nats) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (text, photo), expected in zip(PROMPTS, reference, strict=True):
-        r = compare(expected, _logits(fast, text, photo))
-        label = text + (" + photo" if photo else "")
-        rows.append(
-            f"| {label} | {r['positions']:.0f} | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} "
-            f"| {r['relative_error']:.3f} | {r['top1_agree']:.1%} | {r['top5_overlap']:.1%} "
-            f"| {r['kl_mean']:.4f} |"
-        )
-        print(rows[-1], flush=True)
+    for dtype in PATHS:
+        fast = load_engine(checkpoint, LoadOptions(cpu_only=True, dtype=dtype))
+        for (text, photo), expected in zip(PROMPTS, reference, strict=True):
+            r = compare(expected, _logits(fast, text, photo))
+            label = text + (" + photo" if photo else "")
+            rows.append(
+                f"| {fast.weights} | {label} | {r['positions']:.0f} "
+                f"| {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['relative_error']:.3f} "
+                f"| {r['top1_agree']:.1%} | {r['top5_overlap']:.1%} | {r['kl_mean']:.4f} |"
+            )
+            print(rows[-1], flush=True)
+        del fast
     return rows
 
 
@@ -120,22 +128,28 @@ def tiny_families() -> list[str]:
     from testkit.engines import load_engine
 
     rows = [
-        f"| family | leading greedy tokens equal to float32's (of {GREEDY_TOKENS}) |",
+        f"| family | leading greedy tokens equal to float32's (of {GREEDY_TOKENS}): "
+        + ", ".join(PATHS)
+        + " |",
         "| --- | --- |",
     ]
     for family in TRIAL_FAMILIES:
         path = str(build_tiny_checkpoint(tempfile.mkdtemp(), family, suppress_eos=True))
         exact = _greedy(load_engine(path, LoadOptions(cpu_only=True, dtype="float32")))
-        fast = _greedy(load_engine(path, LoadOptions(cpu_only=True)))
-        same = next(
-            (i for i, (a, b) in enumerate(zip(exact, fast, strict=False)) if a != b), len(exact)
-        )
-        rows.append(f"| {family} | {same} |")
+        same = []
+        for dtype in PATHS:
+            fast = _greedy(load_engine(path, LoadOptions(cpu_only=True, dtype=dtype)))
+            pairs = enumerate(zip(exact, fast, strict=False))
+            same.append(next((i for i, (a, b) in pairs if a != b), len(exact)))
+        rows.append(f"| {family} | " + ", ".join(map(str, same)) + " |")
         print(rows[-1], flush=True)
     return rows
 
 
 def main() -> None:
+    from app.engines.local.cpu_int4 import quiet_openmp
+
+    quiet_openmp()  # as the app's entry point does, before torch is imported
     rows = [*tiny_families(), "", *real_shapes()]
     print("\n" + "\n".join(rows))
 

@@ -120,6 +120,9 @@ class PeakRss:
 
 def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
     """Load the engine as the app does on a CPU, then answer commands from stdin."""
+    from app.engines.local.cpu_int4 import quiet_openmp
+
+    quiet_openmp()  # as the app's entry point does, before torch is imported
     import torch
 
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
@@ -338,21 +341,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--no-float32", action="store_true", help="skip the 'before' column")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,int8,auto",
+        help="the app's columns, by --dtype (auto: its CPU default, 4-bit; int8: the default "
+        "before it; float32: the exact path)",
+    )
     args = parser.parse_args()
     checkpoint = build(FULL_LAYERS)
     model, mmproj = gguf_files(checkpoint, args.llama_cpp)
     photo = photo_at_cpu_budget(OFFICE, checkpoint.parent / "office-at-cpu-budget.png")
     engines: dict[str, Any] = {}
-    dtypes = ["int8"] if args.no_float32 else ["float32", "int8"]
-    # The app keeps its int8 weights once made (app/engines/local/int8_store.py): its first start
-    # quantizes the checkpoint, later ones read them. Both are measured; the comparison runs on
-    # a later start, as users run it every day.
+    dtypes = args.dtypes.split(",")
+    # The app keeps its quantized weights once made (app/engines/local/int8_store.py): its first
+    # start quantizes the checkpoint, later ones read them. Both are measured for its default;
+    # the comparison runs on a later start, as users run it every day.
     store = checkpoint.parent / f"{checkpoint.name}-int8-store"
     shutil.rmtree(store, ignore_errors=True)
-    first = AppProcess(checkpoint, "int8", args.threads, store)
-    first_start = f"app int8, first start: load {first.loaded['load_s']:.0f} s, "
-    first_start += f"peak memory {first.close():.2f} GB"
+    first = AppProcess(checkpoint, "auto", args.threads, store)
+    first_start = f"app {first.loaded['weights']} (auto), first start: "
+    first_start += f"load {first.loaded['load_s']:.0f} s, peak memory {first.close():.2f} GB"
     for dtype in dtypes:
         engines[f"app {dtype}"] = AppProcess(checkpoint, dtype, args.threads, store)
     engines[LLAMA] = LlamaServer(args.llama_cpp, model, mmproj, args.threads, args.port)

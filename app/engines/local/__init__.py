@@ -15,6 +15,7 @@ streamer.py        token ids -> text as each token decodes
 checkpoint.py      finding and loading a checkpoint (device, dtype, attention, 4-bit, int8)
 placement.py       where the weights go (one device, several GPUs, the CPU)
 cpu_int8.py        the CPU's int8 path; int8_store.py saves its weights once
+cpu_int4.py        the language model's 4-bit layers on the CPU (ONNX Runtime's kernel)
 attention.py       the CPU path's attention: keys and values in bfloat16, exact per token
 memory.py          free memory -> the defaults of the bounds; out-of-memory handling
 model_thread.py    the model's one long-lived thread (OpenMP keeps a pool per thread)
