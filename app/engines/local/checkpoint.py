@@ -17,14 +17,12 @@ from app.engines.local.attention import use_bfloat16_kv
 from app.engines.local.cpu_int4 import INT4, int4_kernels_available
 from app.engines.local.cpu_int8 import INT8, FourBit, int8_kernels_available, to_cpu_int8
 from app.engines.local.int8_store import Int8Store, store_folder
+from app.engines.local.internals import outside_vision_encoder
 from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.placement import Placement, describe, place
 
 log = logging.getLogger(__name__)
 
-# Where the vision encoder's layers are named in every family: it stays int8 on the CPU (its
-# products are a prefill's, where int8 is the faster kernel).
-VISION_ENCODER = "model.visual."
 # Whether the CPU's default (--dtype auto) puts the language model in 4 bits (cpu_int4.py).
 FOUR_BIT_BY_DEFAULT = True
 
@@ -116,15 +114,16 @@ def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
 
 def language_model_in_4_bits(options: LoadOptions) -> FourBit | None:
     """On the int8 CPU path: which linear layers go 4-bit (app/engines/local/cpu_int4.py), by
-    name: every one outside the vision encoder (`visual`), where --dtype int4 asks, or by
-    default where ONNX Runtime's kernel works here. None: all int8."""
+    name: every one outside the vision encoder (which stays int8: its products are a prefill's,
+    where int8 is the faster kernel), where --dtype int4 asks, or by default where ONNX
+    Runtime's kernel works here. None: all int8."""
     wanted = options.dtype == INT4 or (options.dtype == "auto" and FOUR_BIT_BY_DEFAULT)
     if not wanted:
         return None
     if not int4_kernels_available():
         log.warning("ONNX Runtime's 4-bit kernel is not available here: int8 weights instead")
         return None
-    return lambda name: not name.startswith(VISION_ENCODER)
+    return outside_vision_encoder
 
 
 def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:

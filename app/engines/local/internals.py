@@ -29,6 +29,15 @@ PIXEL_INPUTS = tuple(pixels for _, pixels, _ in ENCODERS.values())
 TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
+# Where every family names its vision encoder's layers (`named_modules`).
+VISION_ENCODER = "model.visual."
+
+
+def outside_vision_encoder(layer_name: str) -> bool:
+    """Whether a layer, by its name in the model, is not part of the vision encoder."""
+    return not layer_name.startswith(VISION_ENCODER)
+
+
 class ModelInternals:
     """The internal parts of one Qwen-VL model that the engine uses, found once."""
 
