@@ -81,9 +81,9 @@ def int4_kernels_available() -> bool:
 
 def quantize_blocks(weight: Any, bias: Any | None) -> Int4Layer:
     """A linear layer's weight [out, in] in 4 bits: each run of BLOCK weights of a row gets a
-    float32 scale mapping its largest magnitude to 7, values -8..7 stored as 0..15 (two a
-    byte, the first in the low half), as `MatMulNBits` reads them with its default zero
-    point of 8. A row whose length is not a multiple of BLOCK is padded with zeros."""
+    float32 scale mapping its largest magnitude to 7, values -7..7 stored plus 8 (two a byte,
+    the first in the low half), as `MatMulNBits` reads them with its default zero point of 8.
+    A row whose length is not a multiple of BLOCK is padded with zeros."""
     import torch
 
     out_features, in_features = weight.shape
