@@ -146,10 +146,12 @@ def cpu_weights_note(engine: Engine) -> Said | None:
     if engine.weights == "int4":
         return say(
             "Running on the CPU with the language model in 4-bit weights (the vision encoder "
-            "in int8), the fast path (answers differ a little from float32's); start with "
-            "--dtype int8 for closer answers, or --dtype float32 for the exact, slower path.",
-            "在 CPU 上运行，语言模型使用 4 位权重（视觉编码器为 int8），这是快速路径"
-            "（回答与 float32 略有不同）；要更接近的回答请以 --dtype int8 启动，"
+            "in int8), the fast path, as llama.cpp's usual 4-bit models (answers differ from "
+            "float32's more than with int8); start with --dtype int8 for closer answers, about "
+            "half as fast, or --dtype float32 for the exact, slower path.",
+            "在 CPU 上运行，语言模型使用 4 位权重（视觉编码器为 int8），这是快速路径，"
+            "与 llama.cpp 常用的 4 位模型相当（回答与 float32 的差异比 int8 更大）；"
+            "要更接近的回答请以 --dtype int8 启动（速度约为一半），"
             "要精确但较慢的路径请以 --dtype float32 启动。",
         )
     if engine.weights == "int8":
