@@ -1,10 +1,10 @@
 """The app's local engine beside llama.cpp's `llama-server`, on Qwen3-VL-2B's real shapes.
 
 Both run the same random-weight model (all 28 layers, built from assets/realcfg): the app from
-its safetensors with its CPU defaults (int8 weights, `--dtype float32` as "before"), llama.cpp
-from a Q4_K_M GGUF and an f16 projector made from the same checkpoint by its own converter.
-Each engine runs in its own process with the same threads; requests alternate between them
-(interleaved rounds, medians of three):
+its safetensors, one column per `--dtypes` entry (its CPU default, the language model in 4 bits;
+`int8`; `float32`), llama.cpp from a Q4_K_M GGUF and an f16 projector made from the same
+checkpoint by its own converter. Each engine runs in its own process with the same threads;
+requests alternate between them (interleaved rounds, medians of three):
 
 - a photo turn in a new chat (office.jpg scaled to the app's CPU budget and given to both as
   the same PNG, so both read the same pixels): time to the first token, then the decode rate

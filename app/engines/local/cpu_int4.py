@@ -98,23 +98,6 @@ def quantize_blocks(weight: Any, bias: Any | None) -> Int4Layer:
     return {"packed": packed, "scales": scales, "bias": bias, "in_features": in_features}
 
 
-def concatenated(layers: list[Int4Layer]) -> Int4Layer:
-    """Layers of one input as one (their outputs side by side; biases zero where absent)."""
-    import torch
-
-    sizes = [layer["packed"].shape[0] for layer in layers]
-    bias = None
-    if any(layer["bias"] is not None for layer in layers):
-        pairs = zip(sizes, layers, strict=True)
-        bias = torch.cat([torch.zeros(n) if x["bias"] is None else x["bias"] for n, x in pairs])
-    return {
-        "packed": torch.cat([layer["packed"] for layer in layers]),
-        "scales": torch.cat([layer["scales"] for layer in layers]),
-        "bias": bias,
-        "in_features": layers[0]["in_features"],
-    }
-
-
 def _session(packed: Any, scales: Any, in_features: int) -> Any:
     """An ONNX Runtime session of one `MatMulNBits` node holding the layer's weights."""
     from onnx import TensorProto, helper, numpy_helper

@@ -360,38 +360,48 @@ class Int8Placer:
 
 
 def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
-    from app.engines.local.cpu_int4 import concatenated, is_int4
+    from app.engines.local.cpu_int4 import is_int4
 
     layers = [layer for _, layer in named]
-    widths = {x["in_features"] if is_int4(x) else x["qweight"].shape[1] for x in layers}
+    widths = {_shape(x)[1] for x in layers}
     if len(widths) > 1 or len({is_int4(x) for x in layers}) > 1:
         for name, layer in named:
             setattr(parent, name, int8_module(layer))
         return
-    if is_int4(layers[0]):
-        sizes = [layer["packed"].shape[0] for layer in layers]
-        linear = int8_module(concatenated(layers))
-    else:
-        sizes = [layer["qweight"].shape[0] for layer in layers]
-        linear = _concatenated_int8(layers, sizes)
+    sizes = [_shape(x)[0] for x in layers]
     int8_shared, int8_part = _shared_module_classes()
-    shared = int8_shared(linear, sizes)
+    shared = int8_shared(int8_module(_concatenated(layers, sizes)), sizes)
     for index, (name, _) in enumerate(named):
         setattr(parent, name, int8_part(shared, index))
 
 
-def _concatenated_int8(layers: list[Int8Layer], sizes: list[int]) -> Any:
+def _shape(layer: Int8Layer) -> tuple[int, int]:
+    """(out, in) features of a linear layer kept by `quantize`, int8 or 4-bit."""
+    from app.engines.local.cpu_int4 import is_int4
+
+    if is_int4(layer):
+        return layer["packed"].shape[0], layer["in_features"]
+    out_features, in_features = layer["qweight"].shape
+    return out_features, in_features
+
+
+def _concatenated(layers: list[Int8Layer], sizes: list[int]) -> Int8Layer:
+    """Linear layers of one input and one kind as one: their weights' rows and scales stacked
+    (int8 or 4-bit alike), their biases joined (zeros where one has none)."""
     import torch
 
-    int8_linear, _ = _int8_module_classes()
+    first = layers[0]
+    joined = {
+        key: torch.cat([layer[key] for layer in layers]) if torch.is_tensor(value) else value
+        for key, value in first.items()
+        if key != "bias"
+    }
     biases = [layer["bias"] for layer in layers]
-    bias = None
+    joined["bias"] = None
     if any(b is not None for b in biases):
         pairs = zip(sizes, biases, strict=True)
-        bias = torch.cat([torch.zeros(n) if b is None else b for n, b in pairs])
-    qweight = torch.cat([layer["qweight"] for layer in layers])
-    scale = torch.cat([layer["scale"] for layer in layers])
-    return int8_linear(qweight, scale, bias)
+        joined["bias"] = torch.cat([torch.zeros(n) if b is None else b for n, b in pairs])
+    return joined
 
 
 def return_freed_memory() -> None:
