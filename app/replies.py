@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from app.engines.base import PROGRESS_TICK_S, ChatRequest, Engine, EngineError, Usage
+from app.engines.base import PROGRESS_TICK_S, ChatRequest, Delta, Engine, EngineError, Usage
 from app.engines.pump import pump
 from app.fair_queue import FairQueue
 from app.files import Folder
@@ -217,6 +217,8 @@ class RequestRunner:
             if delta.usage is not None:
                 reply.usage = delta.usage
                 reply.stats = format_stats(delta.usage)
+            if delta == Delta():
+                yield  # the engine waits: a point at which gradio can drop the request
 
 
 def _log_request(

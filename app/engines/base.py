@@ -155,7 +155,9 @@ class Progress:
 @dataclass(frozen=True)
 class Delta:
     """One piece of a reply: prompt facts (first), progress before the first token, raw
-    generated text, or the final usage."""
+    generated text, or the final usage. An empty one says the engine is waiting: the caller
+    gets a point at which to drop a request whose user has gone (gradio ends a request
+    only between two of its updates)."""
 
     text: str = ""
     prompt: PromptInfo | None = None

@@ -14,7 +14,9 @@ image), so servers with prefix caching (vLLM, SGLang) reuse earlier turns of a c
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import logging
 import threading
 import time
@@ -35,6 +37,14 @@ from app.engines.base import (
     family_of_model_name,
 )
 from app.engines.pump import Emit, pump
+from app.engines.remote_stream import (
+    HEADERS,
+    Deadlines,
+    RemoteStream,
+    ServerRefused,
+    StreamFailure,
+    StreamWatch,
+)
 from app.grounding import model_input_size
 from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
 from app.media.worker import DecodePool, DecodeStopped
@@ -144,20 +154,24 @@ class OpenAIEngine:
         media_cache: MediaCache | None = None,
         max_new_tokens: int = 1024,
         video_mode: Literal["frames", "url"] = "frames",
-        timeout_s: float = 60.0,
+        deadlines: Deadlines | None = None,
         decoder: DecodePool | None = None,
     ) -> None:
-        from openai import OpenAI, Timeout
+        import httpx
 
         self.api_base = api_base.rstrip("/")
         if not self.api_base.endswith("/v1"):
             self.api_base += "/v1"
-        self._client = OpenAI(
-            base_url=self.api_base,
-            api_key=api_key or "none",
-            timeout=Timeout(timeout_s, connect=10.0),
-            max_retries=1,
+        self.deadlines = deadlines or Deadlines()
+        d = self.deadlines
+        # The socket's own timeout is only a backstop: StreamWatch keeps the deadlines.
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(
+                max(d.headers_s, d.first_token_s, d.silence_s), connect=d.connect_s
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.budget = budget or Budget()
         self.media_cache = media_cache or MediaCache()
         # Files decoded in worker processes that Stop and a time budget end (None: here).
@@ -185,7 +199,10 @@ class OpenAIEngine:
 
     def _served_model(self) -> str:
         try:
-            models = self._client.models.list().data
+            response = self._http.get(f"{self.api_base}/models", headers=self._headers)
+            if response.status_code >= 400:
+                raise ServerRefused(response.status_code, _json_or_text(response.text))
+            models = response.json().get("data") or []
         except Exception as err:
             raise EngineError(self._error_message(err, starting=True)) from err
         if not models:
@@ -195,20 +212,25 @@ class OpenAIEngine:
                     f"{self.api_base} 上的服务器没有提供任何模型（/v1/models 为空）",
                 )
             )
-        return str(models[0].id)
+        return str(models[0]["id"])
 
-    def _error_message(self, err: BaseException, starting: bool = False) -> Said:
+    def _error_message(self, err: BaseException, starting: bool = False, tokens: int = 0) -> Said:
         """Words for a failed call to the server; `starting`: the app's start-up asked (advice
-        for the command line, not for the page)."""
-        import openai
+        for the command line, not for the page); `tokens`: how many had arrived."""
+        import httpx
 
         base = self.api_base
-        if isinstance(err, openai.APITimeoutError):
+        if isinstance(err, StreamFailure):
+            return err.said
+        if isinstance(err, ServerRefused):
+            said = server_message(err.body)
+            if err.status == 200:
+                return say(f"The model server reported: {said}", f"模型服务器报告：{said}")
             return say(
-                f"The model server at {base} did not answer in time.",
-                f"{base} 上的模型服务器没有及时回应。",
+                f"The model server answered {err.status}: {said}",
+                f"模型服务器返回 {err.status}：{said}",
             )
-        if isinstance(err, openai.APIConnectionError):
+        if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout):
             if starting:
                 then = say(
                     "Start it first, or give its URL with --api-base.",
@@ -222,15 +244,17 @@ class OpenAIEngine:
                 f"无法连接 {base} 上的模型服务器（连接被拒绝或没有这个主机）。它在运行吗？"
                 f"{then.chinese}",
             )
-        if isinstance(err, openai.APIStatusError):
-            said = server_message(err.body, err.message)
+        if isinstance(err, httpx.TimeoutException):
             return say(
-                f"The model server answered {err.status_code}: {said}",
-                f"模型服务器返回 {err.status_code}：{said}",
+                f"The model server at {base} did not answer in time.",
+                f"{base} 上的模型服务器没有及时回应。",
             )
-        if isinstance(err, openai.APIError):
-            said = server_message(err.body, err.message)
-            return say(f"The model server reported: {said}", f"模型服务器报告：{said}")
+        if isinstance(err, httpx.TransportError) and tokens:
+            return say(
+                f"The connection to the model server at {base} was cut after {tokens} tokens; "
+                "the reply so far is kept.",
+                f"与 {base} 上的模型服务器的连接在 {tokens} 个 token 后中断；已收到的回答保留。",
+            )
         what = f"{type(err).__name__}: {err}"
         return say(
             f"The connection to the model server failed: {what}", f"与模型服务器的连接失败：{what}"
@@ -366,11 +390,11 @@ class OpenAIEngine:
                 log.warning("%s does not take %s; sending without", self.api_base, rejected.fields)
                 with self._fields_lock:
                     self.unsupported_fields = self.unsupported_fields | rejected.fields
-        usage = measured.usage
+        usage = measured.usage if isinstance(measured.usage, dict) else {}
         yield Delta(
             usage=Usage(
-                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                completion_tokens=int(getattr(usage, "completion_tokens", 0) or measured.chunks),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or measured.chunks),
                 visual_tokens=None,
                 first_token_s=measured.first,
                 total_s=time.perf_counter() - measured.started,
@@ -380,26 +404,19 @@ class OpenAIEngine:
     def _stream_once(
         self, payload: dict[str, Any], cancel: threading.Event, measured: _Progress
     ) -> Iterator[Delta]:
-        holder: dict[str, Any] = {}
-        fields = {k: v for k, v in payload.items() if k not in EXTENSION_FIELDS}
-        extra = {k: v for k, v in payload.items() if k in EXTENSION_FIELDS}
+        url = f"{self.api_base}/chat/completions"
+        remote = RemoteStream(self._http, url, payload, self._headers)
+        watch = StreamWatch(self.deadlines, self.api_base, payload["max_tokens"])
 
         def work(emit: Emit) -> None:
             try:
-                stream = self._client.chat.completions.create(**fields, extra_body=extra or None)
-                holder["stream"] = stream
-                for chunk in stream:
+                for event in remote.events():
                     if cancel.is_set():
                         break
-                    emit(chunk)
+                    emit(event)
             except Exception:
-                if not cancel.is_set():  # closed by Stop: an ending, not a failure
+                if not cancel.is_set():  # cut by Stop or a deadline: an ending, not a failure
                     raise
-
-        def interrupt() -> None:
-            stream = holder.get("stream")
-            if stream is not None:
-                stream.close()  # closing the response closes the connection
 
         joiner = ReasoningJoiner()
         waiting = Progress(
@@ -408,43 +425,67 @@ class OpenAIEngine:
                 f"正在等待模型服务器 {self.api_base}",
             )
         )
+        batches = pump(
+            work, cancel, name="openai-stream", interrupt=remote.interrupt, idle_s=PROGRESS_TICK_S
+        )
         try:
-            for batch in pump(
-                work, cancel, name="openai-stream", interrupt=interrupt, idle_s=PROGRESS_TICK_S
-            ):
-                text = "".join(self._read_chunk(chunk, joiner, measured) for chunk in batch)
-                if text:
-                    if measured.first is None:
-                        measured.first = time.perf_counter() - measured.started
-                    yield Delta(text=text)
-                elif measured.first is None:
-                    yield Delta(progress=waiting)
+            with contextlib.closing(batches):
+                for batch in batches:
+                    text = self._read_batch(batch, joiner, measured, watch)
+                    if text:
+                        yield Delta(text=text)
+                    else:  # a quiet second: waiting (shown before the first token)
+                        yield Delta(progress=waiting if measured.first is None else None)
+                    broken = watch.broken()
+                    if broken is not None:
+                        raise StreamFailure(broken)
         except Exception as err:
             rejected = self._rejected_fields(err, payload)
             if rejected and measured.chunks == 0:
                 raise _Rejected(rejected) from err
-            raise EngineError(self._error_message(err)) from err
+            raise EngineError(self._error_message(err, tokens=watch.tokens)) from err
         closing = joiner.close()
         if closing:
             yield Delta(text=closing)
 
+    def _read_batch(
+        self, batch: list[Any], joiner: ReasoningJoiner, measured: _Progress, watch: StreamWatch
+    ) -> str:
+        text = ""
+        for event in batch:
+            if event is HEADERS:
+                watch.answered()
+                continue
+            piece = self._read_chunk(event, joiner, measured)
+            if piece and watch.token(piece):
+                text += piece
+        if text and measured.first is None:
+            measured.first = time.perf_counter() - measured.started
+        return text
+
     @staticmethod
     def _read_chunk(chunk: Any, joiner: ReasoningJoiner, measured: _Progress) -> str:
         measured.chunks += 1
-        measured.usage = chunk.usage or measured.usage
+        if not isinstance(chunk, dict):
+            return ""
+        measured.usage = chunk.get("usage") or measured.usage
         text = ""
-        for choice in chunk.choices or []:
-            delta = choice.delta
-            fields = dict(delta.model_extra or {})
-            fields["content"] = delta.content
-            text += joiner.feed(fields)
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                text += joiner.feed(delta)
         return text
 
     def _rejected_fields(self, error: BaseException, payload: dict[str, Any]) -> set[str]:
         """The extension fields a 400/422 answer names as the problem (empty if it names none)."""
-        import openai
-
-        if not isinstance(error, openai.APIStatusError) or error.status_code not in (400, 422):
+        if not isinstance(error, ServerRefused) or error.status not in (400, 422):
             return set()
-        message = server_message(error.body, error.message)
+        message = server_message(error.body)
         return {f for f in EXTENSION_FIELDS if f in payload and f in message}
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +43,7 @@ def pump(
     idle_s: float | None = None,
     poll_s: float = 0.05,
     runner: Executor | None = None,
-) -> Iterator[list[Any]]:
+) -> Generator[list[Any], None, None]:
     """Run `work(emit)` on `runner` (else on a new thread called `name`); yield what it emits,
     in batches."""
     items: queue.Queue[Any] = queue.Queue()
