@@ -21,7 +21,13 @@ from app.engines.local.cpu_int4 import (
     BlockFormat,
     int4_kernels_available,
 )
-from app.engines.local.cpu_int8 import INT8, BlockFormats, int8_kernels_available, to_cpu_int8
+from app.engines.local.cpu_int8 import (
+    INT8,
+    BlockFormats,
+    give_large_buffers_their_own_pages,
+    int8_kernels_available,
+    to_cpu_int8,
+)
 from app.engines.local.int8_store import Int8Store, store_folder
 from app.engines.local.internals import (
     OUTPUT_LAYER,
@@ -124,6 +130,7 @@ def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
             "the CPU computes in float32"
         )
         return False
+    give_large_buffers_their_own_pages()  # the quantized path's memory (cpu_int8.py)
     return True
 
 

@@ -18,10 +18,12 @@ too) oneDNN computes signed-by-signed products with its reference code: 194 ms a
 that layer against float32's 2.9. Unsigned inputs take its VNNI kernel there: 1.0 ms a token
 and 18 ms for 400 (float32: 4.0 and 83), and with AVX2 alone 1.8 and 32 (float32 3.8 and 67).
 Lest another CPU meet another slow path, `int8_kernels_available` also times one product
-against float32's before the path is taken (on an AMD EPYC with AVX2 but no VNNI: 0.45 ms against
-float32's 0.25, fast enough). Where it is slow, the linear layers that would be int8 go to ONNX
-Runtime's 8-bit blocks instead (app/engines/local/cpu_int4.py); the embedding table stays int8
-(a lookup).
+against float32's, and checks a product whose 16-bit partial sums would overflow, before the
+path is taken: on a CPU with AVX2 but no VNNI (an AMD EPYC here) oneDNN's unsigned-by-signed
+kernel saturates them, and its layers were 26% off float32's. Where it is slow or wrong, the
+linear layers that would be int8 go to ONNX Runtime's 8-bit blocks instead
+(app/engines/local/cpu_int4.py, exact at the extremes); the embedding table stays int8 (a
+lookup).
 
 PyTorch's dynamic int8 linear quantizes the activations with one scale for the whole call: a
 prompt read in two chunks then gives other numbers than the same prompt read at once, and the
@@ -52,20 +54,24 @@ INT8 = "int8"
 
 
 # An int8 product slower than this many float32 ones is oneDNN's reference code (50 to 200 times
-# float32's time where measured), not a kernel made for this CPU (two to four times faster).
-SLOWEST_INT8 = 3.0
+# float32's time where measured), not a kernel made for this CPU (with VNNI 0.3-1.3 times; a
+# bound of 3 once flipped between runs on a CPU where it took 1.8-3.5 times, one whose sums were
+# wrong anyway: `_exact_at_the_extremes`).
+SLOWEST_INT8 = 10.0
 
 
 @functools.cache
 def int8_kernels_available() -> bool:
-    """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do), exact, and
-    fast here (timed once against float32's product)."""
+    """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do), exact (at the
+    extremes too), and fast here (timed once against float32's product)."""
     import torch
 
     try:
-        rows = torch.ones((2, 8), dtype=torch.int8)
-        out = _int8_matmul(torch, _unsigned(rows.float()), *_packed(torch, rows, torch.ones(2)))
-        if not bool(out.eq(8).all().item()):
+        if not _exact_at_the_extremes(torch):
+            log.warning(
+                "oneDNN's int8 product is wrong on this CPU (its sums saturate): its int8 layers "
+                "go to ONNX Runtime's 8 bits (or float32, where that is missing)"
+            )
             return False
         int8_ms, float_ms = _product_times(torch)
     except (AttributeError, RuntimeError, NotImplementedError):
@@ -73,11 +79,26 @@ def int8_kernels_available() -> bool:
     if int8_ms > SLOWEST_INT8 * float_ms:
         log.warning(
             "oneDNN's int8 product takes %.1f ms on this CPU against float32's %.1f ms: "
-            "the CPU computes in float32",
+            "its int8 layers go to ONNX Runtime's 8 bits (or float32, where that is missing)",
             int8_ms,
             float_ms,
         )
         return False
+    return True
+
+
+def _exact_at_the_extremes(torch: Any) -> bool:
+    """Whether the int8 product is exact where its 16-bit partial sums would overflow: on a CPU
+    with AVX2 but no VNNI, oneDNN multiplies unsigned by signed bytes in pairs summed in 16 bits
+    with saturation (255 x 127 x 2 > 32767), and rows of 64 times weights of 127 over 64 columns
+    gave 8,160 instead of 520,192 (layers 26% off float32's)."""
+    weight = torch.full((2, 64), 127, dtype=torch.int8)
+    packed = _packed(torch, weight, torch.ones(2))
+    for value in (1.0, 64.0, 127.0, -127.0):
+        rows = torch.full((2, 64), value)
+        out = _int8_matmul(torch, _unsigned(rows.clone()), *packed)
+        if not bool(out.eq(value * 127 * 64).all().item()):
+            return False
     return True
 
 
@@ -416,6 +437,27 @@ def _concatenated(layers: list[Int8Layer], sizes: list[int]) -> Int8Layer:
         pairs = zip(sizes, biases, strict=True)
         joined["bias"] = torch.cat([torch.zeros(n) if b is None else b for n, b in pairs])
     return joined
+
+
+# glibc's M_MMAP_THRESHOLD (malloc.h), and the size from which a buffer gets pages of its own.
+_M_MMAP_THRESHOLD = -3
+OWN_PAGES_FROM = 1 << 20
+
+
+def give_large_buffers_their_own_pages() -> None:
+    """Buffers of a MiB or more in pages of their own, given back when freed. glibc otherwise
+    raises that bound each time such a buffer is freed (up to 32 MiB), and later ones come from
+    its heap, which keeps every page it ever held: on the CPU path, where ONNX Runtime and
+    PyTorch allocate a prompt's activations afresh in every layer, a photo turn and a long
+    question took the process from 5.0 GB to 8.9 GB (5.5 GB with this; prompts read about a
+    tenth slower, from the fresh pages)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, OWN_PAGES_FROM)
 
 
 def return_freed_memory() -> None:
