@@ -42,7 +42,13 @@ def build_decoder(settings: Settings) -> Any:
 
 def build_openai_engine(settings: Settings) -> Engine:
     from app.engines.openai import OpenAIEngine
+    from app.engines.remote_stream import Deadlines
 
+    deadlines = Deadlines(
+        first_token_s=settings.server_first_token_s,
+        silence_s=settings.server_silence_s,
+        total_s=settings.server_reply_s,
+    )
     return OpenAIEngine(
         settings.api_base or "",
         api_key=settings.api_key,
@@ -52,6 +58,8 @@ def build_openai_engine(settings: Settings) -> Engine:
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         video_mode="url" if settings.video_as == "url" else "frames",
+        deadlines=deadlines,
+        max_concurrent=settings.max_concurrent,
         decoder=build_decoder(settings),
     )
 
@@ -145,13 +153,13 @@ def cpu_weights_note(engine: Engine) -> Said | None:
         return None
     if engine.weights == "int4":
         return say(
-            "Running on the CPU with the language model in 4-bit weights (the vision encoder "
-            "in int8), the fast path, as llama.cpp's usual 4-bit models (answers differ from "
-            "float32's more than with int8); start with --dtype int8 for closer answers, about "
-            "half as fast, or --dtype float32 for the exact, slower path.",
-            "在 CPU 上运行，语言模型使用 4 位权重（视觉编码器为 int8），这是快速路径，"
-            "与 llama.cpp 常用的 4 位模型相当（回答与 float32 的差异比 int8 更大）；"
-            "要更接近的回答请以 --dtype int8 启动（速度约为一半），"
+            "Running on the CPU with the language model in 4-bit weights, 8-bit where they "
+            "matter most (the vision encoder in int8): the fast path, measured closer to float32 "
+            "than llama.cpp's usual Q4_K_M models; start with --dtype int8 for closer answers "
+            "still, or --dtype float32 for the exact, slower path.",
+            "在 CPU 上运行，语言模型使用 4 位权重，最关键的层使用 8 位（视觉编码器为 int8）："
+            "这是快速路径，经测量比 llama.cpp 常用的 Q4_K_M 模型更接近 float32；"
+            "要更接近的回答请以 --dtype int8 启动，"
             "要精确但较慢的路径请以 --dtype float32 启动。",
         )
     if engine.weights == "int8":
@@ -161,9 +169,11 @@ def cpu_weights_note(engine: Engine) -> Said | None:
             "在 CPU 上以 int8 权重运行，这是快速路径（回答与 float32 略有不同）；"
             "要用精确但较慢的路径，请以 --dtype float32 启动。",
         )
+    from app.engines.local.cpu_int4 import int4_kernels_available
     from app.engines.local.cpu_int8 import int8_kernels_available
 
-    if engine.weights == "float32" and int8_kernels_available():
+    fast_path = int8_kernels_available() or int4_kernels_available()
+    if engine.weights == "float32" and fast_path:
         return say(
             "Running on the CPU in float32, the exact path; the default (without --dtype) is "
             "4-bit and int8 weights, several times as fast.",
@@ -232,7 +242,8 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     options = page_options(settings, engine, secret)
     keep_s = options.keep_files_s
     cancels = SessionCancels()
-    requests = RequestRunner(engine, cancels, FairQueue(), Folder.new("qwen-chat-", keep_s))
+    turns = FairQueue(capacity=engine.max_concurrent, max_in_line=settings.queue_size)
+    requests = RequestRunner(engine, cancels, turns, Folder.new("qwen-chat-", keep_s))
     handlers = ChatHandlers(requests, cancels, options.panel, trusted_networks(settings))
     saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
     demo = ChatPage(handlers, saved, options).build()
@@ -246,9 +257,12 @@ def launch_kwargs(settings: Settings) -> dict:
     from starlette.middleware import Middleware
 
     from app.http_limits import RequestLimits
+    from app.login_throttle import LoginThrottle
     from app.settings import logins
+    from app.ui.layout import migration_script
     from app.ui.page_code import CSS, PAGE_JS
     from app.ui.safety import PAGE_HEAD
+    from app.ui.sealed import browser_layer_secret
     from app.ui.words import page_i18n
 
     limits = Middleware(
@@ -265,14 +279,15 @@ def launch_kwargs(settings: Settings) -> dict:
         "inbrowser": settings.inbrowser,
         "auth": logins(settings) or None,
         "max_file_size": f"{settings.max_upload_mb}mb",
-        "head": PAGE_HEAD,
+        "head": PAGE_HEAD + migration_script(browser_layer_secret(state_secret(settings))),
         "css": CSS,
         "js": PAGE_JS,
         "i18n": page_i18n(),
         # Without gradio's own "Settings" link: the page has one Settings, the app's.
         "footer_links": ["api", "gradio"],
         "mcp_server": settings.mcp,
-        "app_kwargs": {"middleware": [limits]},
+        # Outermost first: a login's wrong passwords are slowed before its body is read again.
+        "app_kwargs": {"middleware": [Middleware(LoginThrottle), limits]},
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.engines.base import PROGRESS_TICK_S, ChatRequest, Delta, Engine, EngineError, Usage
 from app.engines.pump import pump
-from app.fair_queue import FairQueue
+from app.fair_queue import FairQueue, TooManyWaiting
 from app.files import Folder
 from app.grounding import draw_marks, parse_marks
 from app.media.worker import DecodeStopped
@@ -133,6 +133,8 @@ class RequestRunner:
             reply.annotated = self.annotate(reply)
         except EngineError as err:
             outcome, reply.error = "error", message(err)
+        except TooManyWaiting as err:
+            outcome, reply.error = "refused", err.said
         except Exception as err:  # a bug or an input nobody foresaw: still a message
             log.exception("request failed unexpectedly")
             outcome = "error"

@@ -62,6 +62,12 @@ class Settings:
     model: str | None = None
     video_as: str = "frames"
     family: str | None = None
+    # Requests sent to that server at once (more wait their turn, by user), and the seconds it
+    # may take: to its first token, between two tokens, for a whole reply.
+    max_concurrent: int = 32
+    server_first_token_s: float = 300.0
+    server_silence_s: float = 60.0
+    server_reply_s: float = 1800.0
     # The local engine's bounds: prompt length, and memory for the prefix cache (None: from the
     # model's context and the free memory; a prefix cache of 0 GB is off).
     max_prompt_tokens: int | None = None
@@ -147,7 +153,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ((flag_of(name),), {"type": type(default), "help": f"{knob.help} (default {default})"})
         for name, (knob, default) in knobs().items()
     ),
-    (("--queue-size",), {"type": int, "help": "requests that may wait; more are told to retry"}),
+    (
+        ("--queue-size",),
+        {
+            "type": int,
+            "help": "requests that may be in line at once, waiting or answered, half of them "
+            "from one user at most; more are told to retry (default 64)",
+        },
+    ),
     (
         ("--backend",),
         {
@@ -173,6 +186,33 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
             "help": "the served model's family for --backend openai (default: read from its "
             "name); says how its boxes are scaled",
         },
+    ),
+    (
+        ("--max-concurrent",),
+        {
+            "type": int,
+            "help": "requests sent to the --backend openai server at once (default 32); more "
+            "wait their turn, user by user",
+        },
+    ),
+    (
+        ("--server-first-token-s",),
+        {
+            "type": float,
+            "help": "seconds the server may take to its first token (default 300)",
+        },
+    ),
+    (
+        ("--server-silence-s",),
+        {
+            "type": float,
+            "help": "seconds the server may go without a token once it has sent one; keep-alive "
+            "comments do not count (default 60)",
+        },
+    ),
+    (
+        ("--server-reply-s",),
+        {"type": float, "help": "seconds one reply from the server may take (default 1800)"},
     ),
     (
         ("--max-prompt-tokens",),
@@ -322,6 +362,17 @@ def validate(settings: Settings) -> None:
     logins(settings)  # a malformed login stops the app here, not at the first visit
     if settings.queue_size < 1:
         raise SettingsError("--queue-size must be at least 1")
+    if settings.max_concurrent < 1:
+        raise SettingsError("--max-concurrent must be at least 1")
+    server_times = (
+        settings.server_first_token_s,
+        settings.server_silence_s,
+        settings.server_reply_s,
+    )
+    if min(server_times) <= 0:
+        raise SettingsError(
+            "--server-first-token-s, --server-silence-s, --server-reply-s must be positive"
+        )
     if settings.backend == "openai" and not settings.api_base:
         raise SettingsError("--backend openai needs --api-base (the server's URL)")
     if settings.max_prompt_tokens is not None and settings.max_prompt_tokens < 16:

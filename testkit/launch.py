@@ -17,12 +17,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def launched_app(settings: Settings, engine: Any) -> Iterator[str]:
-    """Yield the URL of the app serving `engine`; close the server afterwards."""
+def launched_app(settings: Settings, engine: Any, port: int | None = None) -> Iterator[str]:
+    """Yield the URL of the app serving `engine` (on `port`, else a free one); close the server
+    afterwards."""
     from app.main import build_app, launch_kwargs
 
     demo = build_app(settings, engine)
-    port = free_port()
+    port = port or free_port()
     # The app's own launch settings (login, upload limit), on a free loopback port.
     kwargs = launch_kwargs(settings) | {
         "server_name": "127.0.0.1",

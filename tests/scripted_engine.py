@@ -45,6 +45,7 @@ class ScriptedEngine:
     notice: str | None = None
     budget: Budget = field(default_factory=Budget)
     runs_on_cpu: bool = True
+    max_concurrent: int = 1
     weights: str | None = None
     media_cache: MediaCache = field(default_factory=MediaCache)
     requests: list[ChatRequest] = field(default_factory=list)  # what it was asked, in order

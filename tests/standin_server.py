@@ -3,7 +3,8 @@
 The last user message names what the server does with the request (`BEHAVIOURS`), so one server
 and one launched app cover every case. It streams over HTTP/1.1 with chunked encoding, as vLLM
 and SGLang do, so a connection cut mid-body is a cut and not an ending. It counts the requests
-it is answering at once (`most_at_once`), for the tests of several users.
+it answers at once (`most_slow_at_once`, of its `slow` replies), for the tests of several
+users.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ def _chunk(index: int, text: str) -> bytes:
 
 
 class StandIn:
-    """The server: `url` for the app; `most_at_once` and `requests` for the tests."""
+    """The server: `url` for the app; what it saw, for the tests."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.at_once = 0
-        self.most_at_once = 0
+        self.at_once = 0  # requests being answered now, of any behaviour
+        self.slow_at_once = 0
+        self.most_slow_at_once = 0  # the most `slow` requests answered at once
         self.requests = 0
         self.finished: list[str] = []  # the behaviours whose handler ran to its end
         self.hung_up_at: float | None = None  # when a `quiet` request's client went
@@ -58,10 +60,14 @@ class StandIn:
                 size = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(size))
                 behaviour = _last_user_text(payload).strip().split()[0]
+                slow = behaviour == "slow"
                 with stand_in.lock:
                     stand_in.requests += 1
                     stand_in.at_once += 1
-                    stand_in.most_at_once = max(stand_in.most_at_once, stand_in.at_once)
+                    stand_in.slow_at_once += slow
+                    stand_in.most_slow_at_once = max(
+                        stand_in.most_slow_at_once, stand_in.slow_at_once
+                    )
                 try:
                     getattr(self, f"_{behaviour}")(payload)
                     stand_in.finished.append(behaviour)
@@ -70,6 +76,7 @@ class StandIn:
                 finally:
                     with stand_in.lock:
                         stand_in.at_once -= 1
+                        stand_in.slow_at_once -= slow
 
             # --- what the server can do ----------------------------------------------------
 

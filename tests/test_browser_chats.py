@@ -495,3 +495,41 @@ def _ask_in(page, text: str, stats: str, send: str) -> None:
     page.wait_for_selector(f"#chatbot [data-testid='user'] :text('{text}')", timeout=15000)
     _wait_idle(page, send=send)
     page.locator("#chatbot", has_text=stats).wait_for(timeout=15000)
+
+
+def test_a_run_with_another_key_leaves_the_saved_chats_of_the_first(
+    tiny_checkpoint, browser_and_url
+):
+    # Before, a run with another --state-secret (a container started once without its volume)
+    # wrote an empty store over every visitor's saved chats. The same origin (host and port)
+    # for all three runs, as a browser sees one server restarted.
+    from testkit.launch import free_port
+
+    browser, _ = browser_and_url
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=8)
+    port = free_port()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+
+    def run(secret: str):
+        settings = load_settings(["--max-new-tokens", "8", "--state-secret", secret], environ={})
+        return launched_app(settings, engine, port=port)
+
+    def visit(url: str) -> None:
+        page.goto(url)
+        page.wait_for_selector("#input textarea")
+        page.wait_for_timeout(1500)  # the saved chats restored
+
+    with run("first key") as url:
+        visit(url)
+        _ask(page, "Kept question")
+    with run("another key") as url:
+        visit(url)
+        assert _users(page) == [] and _saved_titles(page) == []
+        _ask(page, "Question under another key")
+    with run("first key") as url:
+        visit(url)
+        page.wait_for_selector("#chatbot [data-testid='user'] :text('Kept question')")
+        assert "Kept question" in _saved_titles(page)
+        _shot(page, "27-chats-kept-across-keys")
+    context.close()

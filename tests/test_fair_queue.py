@@ -87,3 +87,31 @@ def test_through_the_app_a_second_user_is_served_between_a_floods_requests(tiny_
             thread.join(timeout=120)
     # Bob's one question went in after Alice's first, not after all three.
     assert finished.index("b1") < finished.index("a3"), finished
+
+
+def test_a_flood_past_what_gradio_lets_in_at_once_still_takes_turns(tiny_checkpoint):
+    # Before, 16 requests went in at once and the rest waited first come, first served in
+    # gradio's queue: a question sent after twenty of a flood's waited for five of them.
+    settings = load_settings(["--max-new-tokens", "300", "--auth", "alice:a,bob:b"], environ={})
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=300)
+    with launched_app(settings, engine) as url:
+        alice = Client(url, auth=("alice", "a"), verbose=False)
+        bob = Client(url, auth=("bob", "b"), verbose=False)
+        flood = [alice.submit({"text": f"a{i}", "files": []}, api_name="/chat") for i in range(20)]
+        time.sleep(0.5)
+        asked = time.monotonic()
+        question = bob.submit({"text": "b1", "files": []}, api_name="/chat")
+        done_at: dict[int, float] = {}
+        deadline = time.monotonic() + 300
+        while not question.done() and time.monotonic() < deadline:
+            for i, job in enumerate(flood):
+                if job.done():
+                    done_at.setdefault(i, time.monotonic())
+            time.sleep(0.02)
+        answered = time.monotonic()
+        for job in flood:
+            job.cancel()
+    # Alice's requests that ended while Bob waited: the one holding the model when he asked,
+    # and at most the one the turn had just gone to.
+    while_waiting = [i for i, t in done_at.items() if asked < t <= answered]
+    assert question.done() and len(while_waiting) <= 2, while_waiting

@@ -127,6 +127,18 @@ def test_a_store_sealed_for_one_login_does_not_open_for_another(login_url):
     assert _shown(theirs) == [] and "Alice" not in json.dumps(theirs["data"][1])
 
 
+def test_a_store_another_login_cannot_open_is_never_written_over(login_url):
+    # Before, Bob's first change wrote a fresh empty store over Alice's in the same browser.
+    alice, bob = logged_in(login_url, "alice"), logged_in(login_url, "bob")
+    history = [{"role": "user", "content": [{"type": "text", "text": "Alice's own question"}]}]
+    sealed = run_event(login_url, "persist", [history, ""], alice)["data"][0]
+    bobs = [{"role": "user", "content": [{"type": "text", "text": "Bob's question"}]}]
+    kept = run_event(login_url, "persist", [bobs, sealed], bob)["data"][0]
+    assert kept == sealed
+    mine = run_event(login_url, "restore", [kept], alice)
+    assert _shown(mine)[0]["content"][0]["text"] == "Alice's own question"
+
+
 def _cached_tokens(history: list) -> int:
     titles = [(m.get("metadata") or {}).get("title") or "" for m in history]
     stats = [t for t in titles if "prompt tokens cached" in t][-1]  # the last reply's

@@ -138,3 +138,42 @@ def test_stop_ends_a_request_waiting_between_keep_alives_at_once(standin):
     # Before: Stop acted only at the server's next byte (15 s later here). Now the app shuts
     # the connection at once (about 0.1 s here; 5 s is the bound for a loaded machine).
     assert standin.hung_up_at is not None and standin.hung_up_at - stopped < 5
+
+
+def _ask_at_once(url: str, users: int) -> float:
+    """`users` questions sent together; the seconds until the last answer."""
+    answers: list[str] = []
+    started = time.perf_counter()
+    threads = [
+        threading.Thread(target=lambda: answers.append(_ask(url, "slow")[0])) for _ in range(users)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == users and all(a.count("word") == 10 for a in answers), answers
+    return time.perf_counter() - started
+
+
+def test_requests_pass_through_to_the_server_together(standin):
+    settings = load_settings(["--backend", "openai", "--api-base", standin.url], environ={})
+    engine = OpenAIEngine(standin.url, max_new_tokens=64, deadlines=DEADLINES)
+    with launched_app(settings, engine) as url:
+        standin.most_slow_at_once = 0
+        took = _ask_at_once(url, 6)
+    # Before: the server saw one request at a time and the last of six 3-second replies ended
+    # after 18.6 s. Now all six reach it together (about 3.5 s here; 15 s bounds a loaded
+    # machine and still fails one at a time).
+    assert standin.most_slow_at_once == 6
+    assert took < 15
+
+
+def test_past_max_concurrent_requests_wait_their_turn(standin):
+    settings = load_settings(
+        ["--backend", "openai", "--api-base", standin.url, "--max-concurrent", "2"], environ={}
+    )
+    engine = OpenAIEngine(standin.url, max_new_tokens=64, deadlines=DEADLINES, max_concurrent=2)
+    with launched_app(settings, engine) as url:
+        standin.most_slow_at_once = 0
+        _ask_at_once(url, 4)
+    assert standin.most_slow_at_once == 2

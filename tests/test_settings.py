@@ -53,6 +53,8 @@ def test_environment_variables_and_flag_precedence():
         ([], {"QWEN_DEMO_LOAD_IN_4BIT": "maybe"}),
         ([], {"QWEN_DEMO_SERVER_PORT": "eighty"}),
         (["--video-min-frames", "9", "--video-max-frames", "4"], {}),
+        (["--max-concurrent", "0"], {}),
+        (["--server-silence-s", "0"], {}),
     ],
 )
 def test_invalid_values_are_refused_with_a_message(argv, env):
@@ -133,3 +135,21 @@ def test_the_panel_offers_exactly_the_budget_fields_whose_knob_says_so():
     assert request_settings({}, options).budget == launch
     asked = request_settings({"video_fps": 100, "video_max_frames": 1}, options).budget
     assert asked.video_fps == 8.0 and asked.video_max_frames == launch.video_min_frames
+
+
+def test_the_serving_engines_bounds_reach_the_engine():
+    from app.main import build_openai_engine
+
+    settings = load_settings(
+        [
+            "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--model", "qwen",
+            "--max-concurrent", "5", "--server-first-token-s", "30", "--server-silence-s", "7",
+            "--server-reply-s", "90",
+        ],
+        environ={"QWEN_DEMO_SERVER_SILENCE_S": "8"},
+    )  # fmt: skip
+    engine = build_openai_engine(settings)  # a model name given: nothing asked of the server
+    assert engine.max_concurrent == 5
+    d = engine.deadlines
+    assert (d.first_token_s, d.silence_s, d.total_s) == (30, 7, 90)
+    assert load_settings([], environ={}).max_concurrent == 32

@@ -180,6 +180,7 @@ class Engine(Protocol):
     notice: str | None  # a line the page shows about this model (the offline trial's banner)
     budget: Budget  # the media budget requests get unless they ask for another
     runs_on_cpu: bool  # the model computes on this machine's CPU
+    max_concurrent: int  # requests it serves at once (more wait their turn: app/fair_queue.py)
     # What the weights are where this app computes ("int8", "float32", "bfloat16",
     # "4-bit nf4"); None where a server computes them.
     weights: str | None

@@ -155,6 +155,7 @@ class OpenAIEngine:
         max_new_tokens: int = 1024,
         video_mode: Literal["frames", "url"] = "frames",
         deadlines: Deadlines | None = None,
+        max_concurrent: int = 32,
         decoder: DecodePool | None = None,
     ) -> None:
         import httpx
@@ -163,6 +164,8 @@ class OpenAIEngine:
         if not self.api_base.endswith("/v1"):
             self.api_base += "/v1"
         self.deadlines = deadlines or Deadlines()
+        # The server batches requests (vLLM, SGLang): they go to it together.
+        self.max_concurrent = max_concurrent
         d = self.deadlines
         # The socket's own timeout is only a backstop: StreamWatch keeps the deadlines.
         self._http = httpx.Client(

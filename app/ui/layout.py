@@ -9,7 +9,9 @@ fields.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +29,14 @@ from app.ui.saved import SavedChats
 from app.ui.words import language_of, word
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
-STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage
+STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage (below)
 SETTINGS_KEY = "qwen-vl-chat-settings"  # the settings panel's, kept like the chats
 GENERATE = "generate"  # one concurrency group: every event that runs the model
-# Requests of that group let in at once: they take turns on the model by user (app/fair_queue.py);
-# more wait in gradio's queue. Fewer than gradio's 40 worker threads, so that Stop, Clear and
-# Undo always find one.
-IN_ROTATION = 16
-GENERATING = MappingProxyType({"concurrency_limit": IN_ROTATION, "concurrency_id": GENERATE})
+# Every request of that group goes in at once, to take its turn by user (app/fair_queue.py, which
+# also bounds how many wait): a limit here would make the ones past it wait first come, first
+# served in gradio's queue, in front of the fair order. A waiting request holds one of gradio's
+# worker threads for at most a second at a time, so Stop, Clear and Undo still find one.
+GENERATING = MappingProxyType({"concurrency_limit": None, "concurrency_id": GENERATE})
 # Events that answer at once, outside the queue, and are no API of the app.
 QUIET: Mapping[str, Any] = MappingProxyType({"queue": False, "api_visibility": "private"})
 # The saved chats' events a person starts: in the queue, so that a failure's words reach the
@@ -55,6 +57,30 @@ EXAMPLE_PROMPTS = [
     ("Outline every item on the receipt with a box.", "receipt.png"),
     ("What happens in this clip, and when?", "ball.mp4"),
 ]
+
+
+def saved_chats_key(browser_secret: str | None) -> str:
+    """The saved chats' key in the browser's storage: one per server key. A store sealed with
+    another key cannot be opened, and gradio then starts from an empty one that the next change
+    writes back; under one key for all, a single run with another key (a container started
+    once without its volume) erased every visitor's saved chats. Each key's own place leaves
+    the others untouched. The stores saved before under STORAGE_KEY are copied to it once by
+    the page (`migration_script`)."""
+    if not browser_secret:
+        return STORAGE_KEY
+    return f"{STORAGE_KEY}-{hashlib.sha256(browser_secret.encode()).hexdigest()[:12]}"
+
+
+def migration_script(browser_secret: str | None) -> str:
+    """A script for the page's head (it runs before gradio reads the storage): the store saved
+    under the one key of earlier versions, copied to this server key's place if that is empty
+    (a store of another key is then not opened there, and the original stays as it was)."""
+    key = saved_chats_key(browser_secret)
+    if key == STORAGE_KEY:
+        return ""
+    old, new = json.dumps(STORAGE_KEY), json.dumps(key)
+    copy = f"const s=localStorage,o=s.getItem({old});if(o!==null&&s.getItem({new})===null)"
+    return f"<script>try{{{copy}s.setItem({new},o)}}catch(e){{}}</script>"
 
 
 @dataclass(frozen=True)
@@ -126,7 +152,9 @@ class ChatPage:
     def _render_sidebar(self) -> None:
         """Saved chats, kept in this browser only: the list, new, rename, delete, export, import."""
         self.store = gr.BrowserState(
-            "", storage_key=STORAGE_KEY, secret=self.options.browser_secret
+            "",
+            storage_key=saved_chats_key(self.options.browser_secret),
+            secret=self.options.browser_secret,
         )
         with gr.Sidebar(label=word("chats"), open=False, elem_id="chats"):
             self.new_btn = gr.Button(

@@ -94,49 +94,54 @@ class SavedChats:
         if store is None:
             if warn and sealed:
                 unopened = say(
-                    "The chats saved in this browser could not be opened (saved by another "
-                    "server or login, or changed outside this app); starting a new list.",
-                    "无法打开此浏览器中保存的对话（由另一个服务器或登录保存，或在本应用之外被改动）；"
-                    "将开始一个新的列表。",
+                    "The chats saved in this browser could not be opened (saved for another "
+                    "login, or changed outside this app). They are left as they are; the chats "
+                    "of this visit will not be saved in this browser.",
+                    "无法打开此浏览器中保存的对话（为另一个登录保存，或在本应用之外被改动）。"
+                    "它们保持原样；本次访问的对话不会保存在此浏览器中。",
                 )
                 gr.Warning(in_language(unopened, language_of(request)))
             return chats.empty_store()
         return store
 
-    def _sealed(self, store: chats.Store, request: gr.Request | None) -> str:
+    def _sealed(self, store: chats.Store, request: gr.Request | None, held: Any) -> str:
+        """`store` sealed for the browser; where the browser `held` a store this server cannot
+        open (another login's), that one, untouched: nothing a person saved is written over."""
+        if held and self.seal.open(held, login_of(request)) is None:
+            return str(held)
         return self.seal.seal(store, login_of(request))
 
     def restore(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         """On page load: the chat last open, and the list."""
         store = self._open(sealed, request, warn=True)
-        return self._sealed(store, request), _list(store, request), _chat(store, request)
+        return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
 
     def persist(self, history: list | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         """After every change of the chat: keep it in the browser's list."""
         store = chats.save(self._open(sealed, request), list(history or []))
-        return self._sealed(store, request), _list(store, request)
+        return self._sealed(store, request, sealed), _list(store, request)
 
     @worded(say("Starting a new chat", "开始新对话"), 3)
     def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.start_new(self._open(sealed, request))
-        return self._sealed(store, request), _list(store, request), _chat(store, request)
+        return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
 
     @worded(say("Opening that chat", "打开那个对话"), 2)
     def open(self, chat_id: str | None, sealed: Any, request: gr.Request) -> tuple[str, Any]:
         store, _ = chats.select(self._open(sealed, request), chat_id)
-        return self._sealed(store, request), _chat(store, request)
+        return self._sealed(store, request, sealed), _chat(store, request)
 
     @worded(say("Renaming the chat", "重命名对话"), 3)
     def rename(
         self, name: str, history: list | None, sealed: Any, request: gr.Request
     ) -> tuple[str, Any, str]:
         store = chats.save(self._open(sealed, request), list(history or []), renamed=name)
-        return self._sealed(store, request), _list(store, request), ""
+        return self._sealed(store, request, sealed), _list(store, request), ""
 
     @worded(say("Deleting the chat", "删除对话"), 3)
     def delete(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.delete_current(self._open(sealed, request))
-        return self._sealed(store, request), _list(store, request), _chat(store, request)
+        return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
 
     def _own_folder(self) -> Path:
         """A folder of its own for one export: files are named after their chat's title, and
@@ -157,7 +162,7 @@ class SavedChats:
         )
         index = like.index[0] if isinstance(like.index, list | tuple) else int(like.index)
         store = chats.set_feedback(self._open(sealed, request), list(history or []), index, value)
-        return self._sealed(store, request)
+        return self._sealed(store, request, sealed)
 
     def _current(self, sealed: Any, request: gr.Request | None) -> dict[str, Any]:
         """The chat open in the browser's store (empty where none is)."""
@@ -205,7 +210,7 @@ class SavedChats:
         imported = chats.imported_title(title, language_of(request))
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         store = chats.with_feedback(store, feedback)
-        return self._sealed(store, request), _list(store, request), _chat(store, request)
+        return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
 
 
 def _not_an_export(path: Path, why: str) -> Said:

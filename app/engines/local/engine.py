@@ -88,6 +88,7 @@ class LocalEngine:
         self.runner = runner
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
+        self.max_concurrent = 1  # one model thread, one reply at a time
         self.weights: str | None = weights_kind(model)
         config = model.generation_config
         self.sampling_defaults = SamplingDefaults(

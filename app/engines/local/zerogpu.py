@@ -40,6 +40,7 @@ class ZeroGPUEngine:
         self.weights = inner.weights
         self.budget = inner.budget
         self.runs_on_cpu = False
+        self.max_concurrent = inner.max_concurrent
 
         # The GPU task gets the request alone (a cancel event cannot cross into ZeroGPU's
         # worker); Stop closes the generator in `stream`, which ends the task.
