@@ -1,9 +1,11 @@
 """Any OpenAI-compatible server (vLLM, SGLang, LMDeploy, transformers serve) as the engine.
 
 The UI process stays light: it decodes and budgets media itself (the same `app.media` path as
-the local engine), sends images as base64 data URLs, and streams the reply through the `openai`
-client (the client vLLM's and SGLang's own docs use: streaming, errors, retries). The stream runs
-in the shared pump, so Stop closes the connection at once and the server stops generating.
+the local engine), sends images as base64 data URLs, and reads the streamed reply itself, within
+deadlines and bounds (app/engines/remote_stream.py: the `openai` client passed on keep-alives,
+endless streams and gzip bombs). The stream runs in the shared pump, so Stop shuts the
+connection at once and the server stops generating. Up to `max_concurrent` requests go to the
+server together (the fair queue orders the rest).
 Reasoning deltas (`reasoning_content` or `reasoning`, from vLLM's and SGLang's reasoning parsers)
 are wrapped in <think> tags so the UI shows them as it does for the local engine.
 
