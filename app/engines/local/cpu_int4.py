@@ -1,4 +1,4 @@
-"""The language model's linear layers in 4-bit on the CPU, multiplied by ONNX Runtime's kernel.
+"""The language model's linear layers in 4 and 8 bits on the CPU, by ONNX Runtime's kernel.
 
 Decoding on a CPU reads every weight once a token, so its speed is the weights' bytes. The
 int8 path (app/engines/local/cpu_int8.py) reads 1.7 GB a token for Qwen3-VL-2B's language
@@ -14,9 +14,14 @@ layers' shapes, weights cycled from memory:
 | PyTorch `_weight_int4pack_mm_for_cpu`, groups of 128 | 39 ms | 6.6 s |
 | ONNX Runtime `MatMulNBits`, 4-bit, blocks of 32 / 64 / 128 | 36 / 30 / 28 ms | 4.2 / 3.9 / 2.9 s |
 
-Blocks of 128 weights share a float32 scale (0.53 bytes a weight); each row of the input is
-quantized on its own, so a token's output does not depend on the other rows of the call: a
-prompt read in parts gives the same bits as read at once, which the prefix cache rests on.
+The formats (`BlockFormat`) were chosen for fidelity first, measured with llama.cpp's own KL
+measure beside its formats (benchmarks/fidelity.py): 4 bits in blocks of 32, each block with a
+float32 scale searched for the least squared error and an integer zero point (5.1 bits a
+weight), and 8 bits in blocks of 128 where an error costs the most (checkpoint.block_plan). The
+old format (blocks of 128 scaled by their largest value, 4.25 bits) was 2.7x Q4_K_M's
+divergence; these are 0.72x. Each row of the input is quantized on its own, so a token's output
+does not depend on the other rows of the call: a prompt read in parts gives the same bits as
+read at once, which the prefix cache rests on.
 
 Threads: ONNX Runtime keeps its own pool (one, for every layer, as many threads as PyTorch's),
 told not to spin between calls. PyTorch's OpenMP threads must not spin either, or the two pools
