@@ -24,7 +24,6 @@ from app.engines.local.cpu_int4 import (
 from app.engines.local.cpu_int8 import (
     INT8,
     BlockFormats,
-    give_large_buffers_their_own_pages,
     int8_kernels_available,
     to_cpu_int8,
 )
@@ -130,7 +129,6 @@ def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
             "the CPU computes in float32"
         )
         return False
-    give_large_buffers_their_own_pages()  # the quantized path's memory (cpu_int8.py)
     return True
 
 

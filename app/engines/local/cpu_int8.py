@@ -441,16 +441,17 @@ def _concatenated(layers: list[Int8Layer], sizes: list[int]) -> Int8Layer:
 
 # glibc's M_MMAP_THRESHOLD (malloc.h), and the size from which a buffer gets pages of its own.
 _M_MMAP_THRESHOLD = -3
-OWN_PAGES_FROM = 1 << 20
+OWN_PAGES_FROM = 4 << 20
 
 
 def give_large_buffers_their_own_pages() -> None:
-    """Buffers of a MiB or more in pages of their own, given back when freed. glibc otherwise
-    raises that bound each time such a buffer is freed (up to 32 MiB), and later ones come from
-    its heap, which keeps every page it ever held: on the CPU path, where ONNX Runtime and
-    PyTorch allocate a prompt's activations afresh in every layer, a photo turn and a long
-    question took the process from 5.0 GB to 8.9 GB (5.5 GB with this; prompts read about a
-    tenth slower, from the fresh pages)."""
+    """Buffers of OWN_PAGES_FROM or more in pages of their own, given back when freed. glibc
+    otherwise raises that bound each time such a buffer is freed (up to 32 MiB), and later ones
+    come from its heap, which keeps every page it ever held: on the CPU path, where ONNX Runtime
+    and PyTorch allocate a prompt's activations afresh in every layer, a photo turn and a long
+    question took the process from 5.0 GB to 8.9 GB (5.5 GB with a bound of 1 MiB; prompts read
+    about a tenth slower, from the fresh pages). Set once the model is built: with it during
+    quantizing, the first start took 315 s instead of 103."""
     import ctypes
     import ctypes.util
 
@@ -478,6 +479,7 @@ def to_cpu_int8(model: Any, keep: Keep | None = None, formats: BlockFormats | No
     # `.float()` casts parameters and floating buffers; the int8 buffers stay int8.
     model.float()
     return_freed_memory()
+    give_large_buffers_their_own_pages()
     log.info(
         "weights: %d linear layers and %d embedding tables in int8%s, the rest float32 "
         "(--dtype float32: exact, slower)",

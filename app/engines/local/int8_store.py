@@ -22,6 +22,7 @@ from app.engines.local.cpu_int8 import (
     BlockFormats,
     Int8Layer,
     Int8Placer,
+    give_large_buffers_their_own_pages,
     int8_kernels_available,
     return_freed_memory,
     to_cpu_int8,
@@ -132,5 +133,6 @@ class Int8Store:
             model.generation_config = GenerationConfig.from_pretrained(checkpoint)
         model.eval()
         return_freed_memory()
+        give_large_buffers_their_own_pages()
         log.info("weights: %d int8 layers read from %s", len(names), self.folder)
         return model
