@@ -6,6 +6,7 @@ only wires them together (as transformers' `build_server` does). Nothing is modu
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -224,7 +225,16 @@ def state_secret(settings: Settings) -> str:
         return path.read_text().strip()
     except OSError as err:
         log.warning("saved chats will not survive a restart: %s", err)
-        return secrets.token_urlsafe(24)
+        return _secret_of_this_run()
+
+
+@functools.cache
+def _secret_of_this_run() -> str:
+    """One key for the whole run where none can be kept: the page and its head script (the
+    saved chats' storage key, app/ui/layout.py) ask for it apart, and must get the same."""
+    import secrets
+
+    return secrets.token_urlsafe(24)
 
 
 def build_app(settings: Settings, engine: Engine) -> Any:

@@ -122,20 +122,27 @@ def int4_kernels_available() -> bool:
 
 def dequantized(layer: Int4Layer) -> Any:
     """The float32 weights [out, in] a layer in a block format stands for."""
-    import torch
 
-    packed = layer["packed"]
-    levels = (
-        torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
-        if layer["bits"] == 4
-        else packed
-    )
-    zeros = layer["zero_points"]
-    if layer["bits"] == 4:
-        zeros = torch.stack([zeros & 15, zeros >> 4], dim=-1).flatten(-2)
+    levels = _unpacked(layer["packed"], layer["bits"])
+    zeros = _unpacked(layer["zero_points"], layer["bits"])
     blocks = levels.shape[1]
     weight = (levels.float() - zeros[:, :blocks, None].float()) * layer["scales"][..., None]
     return weight.flatten(1)[:, : layer["in_features"]]
+
+
+def _two_a_byte(values: Any) -> Any:
+    """4-bit values (in bytes) packed two a byte along the last axis, the first in the low half,
+    as `MatMulNBits` reads its levels and zero points."""
+    return values[..., 0::2] | (values[..., 1::2] << 4)
+
+
+def _unpacked(packed: Any, bits: int) -> Any:
+    """`_two_a_byte` undone (8-bit values are kept a byte each)."""
+    import torch
+
+    if bits == 8:
+        return packed
+    return torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
 
 
 # The scales tried for each block, as a multiple of the step that maps its range (smallest value
@@ -166,7 +173,7 @@ def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS)
         scale, zero = _best_scales(grouped, fmt.levels)
         scales[part], zeros[part] = scale, zero.to(torch.uint8)
         levels[part] = _levels(grouped, scale, zero, fmt.levels).to(torch.uint8)
-    packed = levels[..., 0::2] | (levels[..., 1::2] << 4) if fmt.bits == 4 else levels
+    packed = _two_a_byte(levels) if fmt.bits == 4 else levels
     bias = None if bias is None else bias.detach().float()
     return {
         "packed": packed,
@@ -219,7 +226,7 @@ def _packed_zero_points(zeros: Any, fmt: BlockFormat) -> Any:
         return zeros
     if zeros.shape[1] % 2:
         zeros = torch.cat([zeros, torch.zeros_like(zeros[:, :1])], dim=1)
-    return zeros[:, 0::2] | (zeros[:, 1::2] << 4)
+    return _two_a_byte(zeros)
 
 
 def _session(layer: Int4Layer) -> Any:

@@ -318,7 +318,7 @@ def quantize(
             is_linear = type(child) is nn.Linear
             fmt = formats(full_name) if is_linear and formats is not None else None
             if is_linear and fmt is None and not int8_kernels_available():
-                fmt = EIGHT_BITS  # oneDNN's int8 is slow on this CPU: ONNX Runtime's 8 bits
+                fmt = EIGHT_BITS  # oneDNN's int8 is slow or wrong here: ONNX Runtime's 8 bits
             if fmt is not None:
                 layer = quantize_blocks(child.weight, child.bias, fmt)
             else:
