@@ -8,6 +8,7 @@ cancel events of each session's running requests, so Stop, Clear and a closed ta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -112,8 +113,9 @@ class RequestRunner:
     def __call__(
         self, request: ChatRequest, session: str, user: str | None = None
     ) -> Iterator[Reply]:
-        """The reply to `request` as it grows; `user` says whose turn it takes (by default,
-        the session's)."""
+        """The reply to `request` as it grows; `user` says whose turns it takes, on the file
+        decoders and the model (by default, the session's)."""
+        request = dataclasses.replace(request, asker=user or session)
         reply = Reply()
         cancel = self.cancels.start(session)
         started = time.perf_counter()
@@ -121,7 +123,7 @@ class RequestRunner:
         outcome = "ok"
         try:
             yield from self._read_media(request, reply, cancel, started)
-            with self.turns.turn(user or session) as ticket:
+            with self.turns.turn(request.asker) as ticket:
                 yield from self._wait_for_turn(ticket, reply, cancel, started)
                 for _ in self._follow(request, reply, cancel, started):
                     yield reply
@@ -155,9 +157,10 @@ class RequestRunner:
     def _read_media(
         self, request: ChatRequest, reply: Reply, cancel: Cancel, started: float
     ) -> Iterator[Reply]:
-        """Read the request's files before it takes its turn (no one waits for another's
-        decoding), showing how long it takes each second: a point, too, at which gradio can
-        drop a request whose user has gone, and the decode with it."""
+        """Read the request's files before it takes its turn on the model (the decoders take
+        files in turns by user: no one waits long for another's files), showing how long it
+        takes each second: a point, too, at which gradio can drop a request whose user has
+        gone, and the decode with it."""
         names = list(dict.fromkeys(a.name for t in request.turns for a in t.attachments))
         if not names:
             return

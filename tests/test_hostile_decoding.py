@@ -154,3 +154,35 @@ def test_a_closed_request_ends_the_decode_of_its_file(tiny_checkpoint, tmp_path)
             assert time.perf_counter() - cancelled < REFUSED_WITHIN_S
     finally:
         pool.close()
+
+
+def test_one_users_many_slow_files_hold_anothers_photo_for_one_file_at_most(tmp_path):
+    """Files take the decoders in turns by user: a flood of one user's slow-but-legitimate files
+    holds another user's photo for the file being read, not for the whole flood (before: the
+    free worker went to whichever file polled first, so the photo waited behind several)."""
+    pool = DecodePool(workers=1, timeout_s=120.0)
+    slow = mf.make_nested_form_pdf(tmp_path / "forms.pdf", depth=18)  # ~2 s to draw here
+    photo = mf.make_image(tmp_path / "photo.jpg", size=(96, 64))
+    flood_stop = threading.Event()
+    finished: list[str] = []
+
+    def flood_file() -> None:
+        try:
+            pool.decode(slow, Budget(), "forms.pdf", flood_stop, asker="address:flood")
+            finished.append("flood")
+        except DecodeStopped:
+            pass
+
+    flood = [threading.Thread(target=flood_file) for _ in range(8)]
+    try:
+        for thread in flood:
+            thread.start()
+            time.sleep(0.05)  # in line in order, the first one decoding
+        pool.decode(photo, Budget(), "photo.jpg", asker="address:other")
+        finished.append("photo")
+    finally:
+        flood_stop.set()
+        for thread in flood:
+            thread.join(timeout=60)
+        pool.close()
+    assert finished.index("photo") <= 1, finished  # at most the file that was being read

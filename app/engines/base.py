@@ -99,6 +99,9 @@ class ChatRequest:
     # Whose requests may share model state with this one (the prefix cache): the login, else
     # the browser session. One user's prompts never change what another's cost or return.
     owner: str = ""
+    # Whose turn the request takes, on the file decoders and on the model: the login, else the
+    # address (set by app/replies.py's RequestRunner); "" where no one else asks.
+    asker: str = ""
 
 
 @dataclass(frozen=True)

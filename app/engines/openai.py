@@ -296,7 +296,7 @@ class OpenAIEngine:
 
     def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
         budget = request.budget or self.budget
-        decode = self.decoder.for_request(cancel) if self.decoder else None
+        decode = self.decoder.for_request(cancel, request.asker) if self.decoder else None
         for attachment in {a for turn in request.turns for a in turn.attachments}:
             try:
                 read_attachment(attachment.path, budget, self.media_cache, attachment.name, decode)
@@ -307,7 +307,7 @@ class OpenAIEngine:
         self, request: ChatRequest, cancel: threading.Event | None = None
     ) -> tuple[list[dict], PromptInfo]:
         budget = request.budget or self.budget
-        decode = self.decoder.for_request(cancel) if self.decoder else None
+        decode = self.decoder.for_request(cancel, request.asker) if self.decoder else None
         messages: list[dict] = []
         refs: list[ImageRef] = []
         for turn in request.turns:

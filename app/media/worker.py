@@ -10,7 +10,9 @@ with a MemoryError (a message naming the file) rather than taking the machine's 
 
 Workers start on first use (fresh interpreters: no copy of the server's threads or model) and
 are reused; one ended (stopped, out of time, crashed) is replaced by a fresh one on the next
-request.
+request. Files take the workers in fair turns by who asks (app/fair_queue.py), one file a
+turn: one user's eight slow videos hold another user's photo for one file's decode at most,
+not eight.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.fair_queue import FairQueue
 from app.media.limits import Budget, MediaError
 from app.media.words import too_large_for_memory
 from app.said import message, say
@@ -106,28 +109,34 @@ class DecodePool:
         self.timeout_s = timeout_s
         self.memory_bytes = memory_bytes
         self._idle: list[_Worker] = []
-        self._slots = threading.Semaphore(workers)
+        # Files only reach this line through requests the app took, each bounded in its files:
+        # the line's own bounds are not the guard here.
+        self._turns = FairQueue(workers, max_in_line=1 << 30, per_user=1 << 30)
         self._lock = threading.Lock()
         self.ended = 0  # workers ended for a stop, a timeout or a crash (for tests and logs)
 
-    def for_request(self, cancel: threading.Event | None) -> Decode:
-        """The decode function of one request: stopped when `cancel` is set."""
+    def for_request(self, cancel: threading.Event | None, asker: str = "") -> Decode:
+        """The decode function of one request of `asker`: stopped when `cancel` is set."""
 
         def decode(path: str | Path, budget: Budget, label: str) -> Decoded:
-            return self.decode(path, budget, label, cancel)
+            return self.decode(path, budget, label, cancel, asker)
 
         return decode
 
     def decode(
-        self, path: str | Path, budget: Budget, label: str, cancel: threading.Event | None = None
+        self,
+        path: str | Path,
+        budget: Budget,
+        label: str,
+        cancel: threading.Event | None = None,
+        asker: str = "",
     ) -> Decoded:
-        while not self._slots.acquire(timeout=POLL_S):  # all workers busy with other files
-            if cancel is not None and cancel.is_set():
-                raise DecodeStopped
-        try:
+        stop = cancel or threading.Event()
+        with self._turns.turn(asker) as ticket:
+            while not self._turns.wait(ticket, stop, POLL_S):  # workers busy with other files
+                if stop.is_set():
+                    raise DecodeStopped
             return self._on_worker(path, budget, label, cancel)
-        finally:
-            self._slots.release()
 
     def _take(self) -> _Worker:
         with self._lock:

@@ -112,8 +112,8 @@ class LocalEngine:
     def max_prompt_tokens(self) -> int:
         return self.bound.max_tokens
 
-    def _decoder_for(self, cancel: threading.Event) -> Decode | None:
-        return self.decoder.for_request(cancel) if self.decoder else None
+    def _decoder_for(self, request: ChatRequest, cancel: threading.Event) -> Decode | None:
+        return self.decoder.for_request(cancel, request.asker) if self.decoder else None
 
     def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
         self.bound.check_text(request.turns)
@@ -121,7 +121,7 @@ class LocalEngine:
         budget = request.budget or self.budget
         try:
             read_attachments(
-                request.turns, budget, self.media_cache, self._decoder_for(cancel), visual
+                request.turns, budget, self.media_cache, self._decoder_for(request, cancel), visual
             )
         except MediaError as err:
             raise EngineError(message(err)) from err
@@ -139,7 +139,7 @@ class LocalEngine:
                 request,
                 request.budget or self.budget,
                 self.media_cache,
-                self._decoder_for(cancel),
+                self._decoder_for(request, cancel),
                 self.max_prompt_tokens,
             ).result()
         except DecodeStopped:
