@@ -180,3 +180,26 @@ def user_messages_to_box(messages: Sequence[Message]) -> dict:
     if not turn:
         return {"text": "", "files": []}
     return {"text": turn[0].text, "files": [a.path for a in turn[0].attachments]}
+
+
+# What each event that asks the model puts in the chat before the reply: the history the reply
+# follows. One place for the handlers that answer and for saving the question before its reply.
+
+
+def asked_by_send(box: Mapping[str, Any] | None, history: Sequence[Message]) -> list[Message]:
+    """The history with the box's text and files as the new question; [] where the box is empty."""
+    new = box_to_user_messages(box)
+    return [*history, *new] if new else []
+
+
+def asked_by_regenerate(history: Sequence[Message]) -> list[Message]:
+    """The history up to the last question, whose answer is asked again; [] where none is."""
+    before, last_turn = split_last_turn(history)
+    return before + last_turn if last_turn else []
+
+
+def asked_by_edit(history: Sequence[Message], index: Any, value: Any) -> list[Message]:
+    """The history up to the edited question (message `index`), holding `value` now; the turns
+    after it go."""
+    at = index[0] if isinstance(index, list | tuple) else index
+    return [*list(history)[:at], {"role": "user", "content": value}]

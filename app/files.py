@@ -9,6 +9,7 @@ without new files, nothing grows.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import shutil
 import tempfile
@@ -19,6 +20,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DAY_S = 24 * 3600.0
+# Errors that say the disk (or the user's quota) is full.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in NO_SPACE
 
 
 @dataclass(frozen=True)

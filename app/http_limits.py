@@ -23,6 +23,10 @@ Message = dict[str, Any]
 
 # Bodies one address may be sending at once; more are refused until some finish.
 BODIES_PER_ADDRESS = 32
+# JSON objects one body may hold. Parsed and checked, each costs the server ~1 KB: a history of
+# 50,000 messages (2.6 MB of JSON) cost +145 MB before the prompt's bound refused it. A chat of
+# a thousand turns, as the page sends it, holds about 12,000.
+MOST_JSON_OBJECTS = 50_000
 
 
 class _Refused(Exception):
@@ -49,7 +53,7 @@ class RequestLimits:
             return
         address = (scope.get("client") or ("-", 0))[0]
         if self._in_flight[address] >= BODIES_PER_ADDRESS:
-            await _refuse(send, 429, "Too many requests at once from your address; try again.")
+            await refuse(send, 429, "Too many requests at once from your address; try again.")
             return
         self._in_flight[address] += 1
         try:
@@ -64,7 +68,7 @@ class RequestLimits:
         limit = self.upload_max_bytes if upload else self.max_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, 413, _too_large(limit))
+            await refuse(send, 413, _too_large(limit))
             return
         deadline = time.monotonic() + self.timeout_s
         if upload:  # streamed on: gradio counts the files' bytes; the clock is ours
@@ -72,8 +76,9 @@ class RequestLimits:
             return
         try:
             body = await _read_body(self._timed(receive, deadline, limit))
+            _count_objects(body)
         except _Refused as refused:
-            await _refuse(send, refused.status, refused.message)
+            await refuse(send, refused.status, refused.message)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -89,7 +94,7 @@ class RequestLimits:
             await self.app(scope, receive, watched_send)
         except _Refused as refused:
             if not started:
-                await _refuse(send, refused.status, refused.message)
+                await refuse(send, refused.status, refused.message)
 
     def _timed(self, receive: Any, deadline: float, limit: int) -> Any:
         """`receive`, each message within what is left of the deadline, bytes counted."""
@@ -124,6 +129,36 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+class _TooManyObjects(Exception):
+    pass
+
+
+def _count_objects(body: bytes) -> None:
+    """Refuse (413) a JSON body of more than MOST_JSON_OBJECTS objects, counted as it is parsed
+    (the parser stops at the first one too many), before gradio parses and checks it whole."""
+    if not body.lstrip().startswith((b"{", b"[")):
+        return
+    seen = 0
+
+    def count(pairs: list) -> dict:
+        nonlocal seen
+        seen += 1
+        if seen > MOST_JSON_OBJECTS:
+            raise _TooManyObjects
+        return {}  # the parse is for counting only: nothing is kept
+
+    try:
+        json.loads(body, object_pairs_hook=count)
+    except _TooManyObjects:
+        raise _Refused(
+            413,
+            f"The request holds more than {MOST_JSON_OBJECTS:,} items (messages, their parts, "
+            "files); this app takes fewer in one request. Send the recent turns only.",
+        ) from None
+    except ValueError:
+        return  # not JSON after all: gradio says what is wrong with it
+
+
 def _too_large(limit: int) -> str:
     return (
         f"The request is larger than this app takes ({limit >> 20} MB; --max-request-mb for "
@@ -156,7 +191,8 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _refuse(send: Any, status: int, message: str) -> None:
+async def refuse(send: Any, status: int, message: str) -> None:
+    """Answer with `status` and `message` (as gradio's own errors: `detail`), and close."""
     body = json.dumps({"error": message, "detail": message}).encode()
     await send(
         {

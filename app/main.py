@@ -274,6 +274,7 @@ def launch_kwargs(settings: Settings) -> dict:
     from app.ui.safety import PAGE_HEAD
     from app.ui.sealed import browser_layer_secret
     from app.ui.words import page_i18n
+    from app.upload_space import UploadSpace
 
     limits = Middleware(
         RequestLimits,
@@ -281,6 +282,11 @@ def launch_kwargs(settings: Settings) -> dict:
         # One upload may carry several files, each within gradio's own max_file_size.
         upload_max_bytes=(settings.max_upload_mb << 20) * UPLOAD_FILES + (1 << 20),
         timeout_s=settings.body_timeout_s,
+    )
+    space = Middleware(
+        UploadSpace,
+        min_free_bytes=settings.min_free_disk_mb << 20,
+        body_timeout_s=settings.body_timeout_s,
     )
     return {
         "server_name": settings.server_name,
@@ -296,8 +302,9 @@ def launch_kwargs(settings: Settings) -> dict:
         # Without gradio's own "Settings" link: the page has one Settings, the app's.
         "footer_links": ["api", "gradio"],
         "mcp_server": settings.mcp,
-        # Outermost first: a login's wrong passwords are slowed before its body is read again.
-        "app_kwargs": {"middleware": [Middleware(LoginThrottle), limits]},
+        # Outermost first: a login's wrong passwords are slowed before its body is read again;
+        # an upload's partial file is removed once the limits have cut it off.
+        "app_kwargs": {"middleware": [Middleware(LoginThrottle), space, limits]},
     }
 
 

@@ -116,6 +116,11 @@ def seconds(elapsed_s: float) -> Said:
 
 STOPPED = say("stopped", "已停止")
 THINKING = say("Thinking", "思考过程")
+# Saved with a question before its reply (app/ui/saved.py): what a restart mid-reply leaves.
+INTERRUPTED = say(
+    "Interrupted: the app stopped before this reply was finished. Press Regenerate to ask again.",
+    "已中断：应用在回答完成前停止了。按“重新生成”再问一次。",
+)
 
 
 @dataclass
@@ -141,6 +146,12 @@ def _note(title: str, status: str | None = None) -> dict:
     """A display-only message: a title (seen without opening anything) and no content."""
     metadata = {"title": title} | ({"status": status} if status else {})
     return {"role": "assistant", "content": "", "metadata": metadata}
+
+
+def interrupted_note(language: str = ENGLISH) -> dict:
+    """The note that stands for a reply the app did not finish (an error's, so that the
+    question is asked again by Regenerate and left out once another follows)."""
+    return _note(f"{ERROR_MARK} {in_language(INTERRUPTED, language)}")
 
 
 def render_reply(reply: Reply, language: str = ENGLISH) -> list[dict]:

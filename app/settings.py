@@ -88,6 +88,8 @@ class Settings:
     # seconds a request body may take to arrive (a slow upload is cut off after it).
     max_request_mb: int = 32
     body_timeout_s: float = 120.0
+    # Free disk an upload must leave (uploads that would leave less are refused, with words).
+    min_free_disk_mb: int = 256
 
 
 class SettingsError(ValueError):
@@ -281,6 +283,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--body-timeout-s",),
         {"type": float, "help": "seconds a request body may take to arrive (default 120)"},
     ),
+    (
+        ("--min-free-disk-mb",),
+        {
+            "type": int,
+            "help": "free disk, in MB, that an upload must leave in the upload folder; one that "
+            "would leave less is refused with words (default 256)",
+        },
+    ),
 )
 
 
@@ -385,6 +395,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--keep-files-hours must be positive")
     if settings.max_request_mb < 1:
         raise SettingsError("--max-request-mb must be at least 1")
+    if settings.min_free_disk_mb < 0:
+        raise SettingsError("--min-free-disk-mb must be 0 or more")
     trusted_networks(settings)
     if settings.gpus is not None and not re.fullmatch(r"\d+(,\d+)*", settings.gpus.strip()):
         raise SettingsError("--gpus takes GPU numbers separated by commas, e.g. --gpus 0,1")

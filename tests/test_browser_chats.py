@@ -533,3 +533,39 @@ def test_a_run_with_another_key_leaves_the_saved_chats_of_the_first(
         assert "Kept question" in _saved_titles(page)
         _shot(page, "27-chats-kept-across-keys")
     context.close()
+
+
+def test_a_question_asked_when_the_app_stops_is_kept_and_marked_interrupted(
+    tiny_checkpoint, browser_and_url
+):
+    # Before, a chat was saved only once its reply ended: after a restart mid-reply the restored
+    # chat had lost the question being answered. The same origin for both runs, as a browser
+    # sees one server restarted.
+    from testkit.launch import free_port
+    from tests.scripted_engine import ScriptedEngine
+
+    browser, _ = browser_and_url
+    port = free_port()
+    settings = load_settings(["--state-secret", "one key"], environ={})
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    slow = ScriptedEngine(script="word " * 200, delay_s=0.2)  # a reply of 40 s
+    with launched_app(settings, slow, port=port) as url:
+        page.goto(url)
+        page.wait_for_selector("#input textarea")
+        _send(page, "Question in flight")
+        page.wait_for_selector("#chatbot :text('word word')", timeout=15000)
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)), max_new_tokens=8)
+    with launched_app(settings, engine, port=port) as url:
+        page.goto(url)
+        page.wait_for_selector("#chatbot [data-testid='user'] :text('Question in flight')")
+        page.wait_for_selector("#chatbot :text('Interrupted')")
+        assert _saved_titles(page) == ["Question in flight"]
+        _shot(page, "28-question-kept-across-a-restart")
+        # Regenerate asks it again; the answer takes the note's place.
+        page.locator("#regenerate").click()
+        page.wait_for_selector("#chatbot :text('tokens')", timeout=30000)
+        _wait_idle(page)
+        assert page.locator("#chatbot :text('Interrupted')").count() == 0
+        assert _users(page) == ["Question in flight"]
+    context.close()

@@ -307,3 +307,47 @@ def test_uploads_are_removed_after_their_time(engine, tmp_path):
         while path.is_file() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not path.is_file()  # before: kept for good
+
+
+WRONG_SHAPES = {
+    "a string for the message": ("hello", None, "message must be"),
+    "a number for the message": (5, None, "message must be"),
+    "a number for the text": ({"text": 5, "files": []}, None, r"\(text: "),
+    "a string for the files": ({"text": "hi", "files": "x.png"}, None, r"\(files: "),
+    "numbers for files": ({"text": "hi", "files": [1, 2]}, None, r"\(files\.0"),
+    "a string for the history": ({"text": "hi"}, "x", "history must be"),
+    "numbers in the history": ({"text": "hi"}, [1, 2], r"history must be .*\(0: "),
+    "a number for a role": ({"text": "hi"}, [{"role": 5, "content": "x"}], r"\(0\.role"),
+    "a message without content": ({"text": "hi"}, [{"role": "user"}], r"\(0\.content"),
+    "a number for content": ({"text": "hi"}, [{"role": "user", "content": 5}], r"0\.content"),
+    "pairs for the history": ({"text": "hi"}, [["a", "b"]], r"history must be"),
+}
+
+
+def test_chat_with_wrongly_shaped_values_says_what_was_expected(app_url):
+    # Before: each of these failed inside gradio's checks, and a script saw "error: null" (the
+    # upstream app "has not enabled verbose error reporting").
+    client = Client(app_url, verbose=False)
+    for name, (message, history, said) in WRONG_SHAPES.items():
+        with pytest.raises(Exception, match=said) as refused:
+            client.predict(message, history, api_name="/chat")
+        assert "verbose error reporting" not in str(refused.value), name
+    assert isinstance(client.predict({"text": "hi", "files": []}, api_name="/chat"), str)
+
+
+def test_a_huge_history_is_refused_before_the_work(app_url):
+    client = Client(app_url, verbose=False)
+    hello = {"text": "hi", "files": []}
+
+    def history(n: int) -> list[dict]:
+        return [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(n)]
+
+    # Plain-text contents, as any chat API takes them, are a history too.
+    assert isinstance(client.predict(hello, history(4), api_name="/chat"), str)
+    with pytest.raises(Exception, match=r"history has 5,000 messages; .* at most 4,096"):
+        client.predict(hello, history(5000), api_name="/chat")
+    # Before: a 50,000-turn history cost +280 MB of checks before the prompt's bound refused
+    # it; now the body is refused as its objects are counted, before gradio parses it.
+    with PeakRss() as memory, pytest.raises(Exception, match="413"):
+        client.predict(hello, history(50_000), api_name="/chat")
+    assert memory.growth < 100 << 20  # this process is the client too: most of it is theirs

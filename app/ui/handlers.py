@@ -15,6 +15,9 @@ from typing import Any
 import gradio as gr
 
 from app.conversation import (
+    asked_by_edit,
+    asked_by_regenerate,
+    asked_by_send,
     box_to_user_messages,
     build_request,
     split_last_turn,
@@ -123,12 +126,10 @@ class ChatHandlers:
         self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
     ) -> Iterator[tuple[Any, list]]:
         """Send: the box's text and files become the user's turn; the reply streams after it."""
-        history = list(history or [])
-        new = box_to_user_messages(box)
-        if not new:
-            yield gr.skip(), history
+        history = asked_by_send(box, list(history or []))
+        if not history:
+            yield gr.skip(), gr.skip()
             return
-        history += new
         # The box empties only now that its content is safe in the history; Stop replaces Send.
         yield busy_box(value={"text": "", "files": []}), history
         for shown in self._stream_into(history, panel, request):
@@ -138,11 +139,10 @@ class ChatHandlers:
         self, history: list | None, request: gr.Request, **panel: Any
     ) -> Iterator[tuple[list, Any]]:
         """A new answer to the last user turn, in place of the old one."""
-        before, last_turn = split_last_turn(list(history or []))
-        if not last_turn:
+        history = asked_by_regenerate(list(history or []))
+        if not history:
             yield gr.skip(), gr.skip()
             return
-        history = before + last_turn
         # Stop shows once the work starts (not while queued), when pressing it can reach it.
         yield history, busy_box()
         for shown in self._stream_into(history, panel, request):
@@ -152,8 +152,7 @@ class ChatHandlers:
         self, history: list | None, event: gr.EditData, request: gr.Request, **panel: Any
     ) -> Iterator[tuple[list, Any]]:
         """An earlier question edited: the turns after it go, and it is answered again."""
-        index = event.index[0] if isinstance(event.index, list | tuple) else event.index
-        history = [*list(history or [])[:index], {"role": "user", "content": event.value}]
+        history = asked_by_edit(list(history or []), event.index, event.value)
         yield history, busy_box()
         for shown in self._stream_into(history, panel, request):
             yield shown, gr.skip()

@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from app.said import in_language
+from app.ui.api_inputs import worded_api_inputs
 from app.ui.handlers import ChatHandlers
 from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
@@ -118,6 +119,7 @@ class ChatPage:
             self._render_chatbot_area()
             self._render_footer()
             self._render_api()
+            self._setup_question_keeping()
             self._setup_events(demo)
             self._setup_saved_chats(demo)
             self._setup_kept_settings(demo)
@@ -259,6 +261,7 @@ class ChatPage:
         with gr.Column(visible=False):
             self.api_message = gr.MultimodalTextbox(file_count="multiple", label="message")
             self.api_history = gr.Chatbot(value=None, label="history")
+            worded_api_inputs(self.api_message, self.api_history)
             self.api_inputs = {f.name: f.api_component() for f in FIELDS}
             self.api_reply = gr.Textbox(label="reply")
             self.api_trigger = gr.Button(visible=False)
@@ -340,6 +343,17 @@ class ChatPage:
         demo.load(restore, [self.settings_store], widgets, **QUIET)
         for widget in widgets:
             widget.change(keep, widgets, [self.settings_store], **QUIET)
+
+    def _setup_question_keeping(self) -> None:
+        """The question is kept in the browser's list before its reply. The page runs the
+        listeners of one trigger one after another, in the order they were set up (a queued
+        one to its end): these come first, so that each reads the chat before the reply
+        changes it and is done before the reply begins."""
+        s, store, chatbot = self.saved, self.store, self.chatbot
+        kept: dict[str, Any] = {"outputs": [store, self.chat_list], **QUIET}
+        self.box.submit(s.keep_sent, [self.box, chatbot, store], **kept)
+        self.regenerate_btn.click(s.keep_regenerated, [chatbot, store], **kept)
+        chatbot.edit(s.keep_edited, [chatbot, store], **kept)
 
     def _setup_saved_chats(self, demo: gr.Blocks) -> None:
         """Every change of the chat is kept in the browser's list; the list's own events."""

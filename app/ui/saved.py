@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from app import chats
-from app.files import Folder
+from app.conversation import asked_by_edit, asked_by_regenerate, asked_by_send
+from app.files import Folder, is_disk_full
+from app.render import interrupted_note
 from app.said import Said, chinese, in_language, message, say
 from app.ui.sealed import StoreSeal
 from app.ui.words import language_of
@@ -26,6 +28,11 @@ from app.ui.words import language_of
 log = logging.getLogger(__name__)
 # An import larger than this is refused unread (a JSON export carries its files as base64).
 MAX_IMPORT_BYTES = 100 << 20
+DISK_FULL = say(
+    "The server's disk is full, so the file could not be written; nothing was kept and "
+    "nothing was changed. Try again later.",
+    "服务器磁盘已满，无法写入文件；没有留下任何文件，也没有做任何改动。请稍后再试。",
+)
 Event = TypeVar("Event", bound=Callable[..., Any])
 
 
@@ -121,6 +128,33 @@ class SavedChats:
         store = chats.save(self._open(sealed, request), list(history or []))
         return self._sealed(store, request, sealed), _list(store, request)
 
+    # The question in flight, kept before its reply with a note that stands for the reply (the
+    # reply's end writes the chat again): a restart mid-reply loses at most the partial answer.
+    # Each runs beside the event that asks, with the same inputs.
+
+    def keep_sent(
+        self, box: dict | None, history: list | None, sealed: Any, request: gr.Request
+    ) -> tuple[Any, Any]:
+        return self._keep_asked(asked_by_send(box, list(history or [])), sealed, request)
+
+    def keep_regenerated(
+        self, history: list | None, sealed: Any, request: gr.Request
+    ) -> tuple[Any, Any]:
+        return self._keep_asked(asked_by_regenerate(list(history or [])), sealed, request)
+
+    def keep_edited(
+        self, history: list | None, sealed: Any, event: gr.EditData, request: gr.Request
+    ) -> tuple[Any, Any]:
+        asked = asked_by_edit(list(history or []), event.index, event.value)
+        return self._keep_asked(asked, sealed, request)
+
+    def _keep_asked(self, asked: list, sealed: Any, request: gr.Request) -> tuple[Any, Any]:
+        if not asked:
+            return gr.skip(), gr.skip()
+        pending = [*asked, interrupted_note(language_of(request))]
+        store = chats.save(self._open(sealed, request), pending)
+        return self._sealed(store, request, sealed), _list(store, request)
+
     @worded(say("Starting a new chat", "开始新对话"), 3)
     def new_chat(self, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
         store = chats.start_new(self._open(sealed, request))
@@ -178,17 +212,38 @@ class SavedChats:
         chat = self._current(sealed, request)  # opened once: its title and its thumbs
         title = self._title(chat, history)
         feedback = chats.feedback_values(history, chat.get("feedback"))
-        path = self._own_folder() / chats.file_name(title, ".json")
-        path.write_text(chats.to_json(history, title, feedback))
-        return gr.File(value=str(path))
+
+        def write(folder: Path) -> Path:
+            path = folder / chats.file_name(title, ".json")
+            path.write_text(chats.to_json(history, title, feedback))
+            return path
+
+        return self._export(write)
 
     @worded(say("Exporting the chat as Markdown", "把对话导出为 Markdown"), 1)
     def export_markdown(self, history: list | None, sealed: Any, request: gr.Request) -> Any:
         history = list(history or [])
         title = self._title(self._current(sealed, request), history)
-        path = self._own_folder() / chats.file_name(title, ".zip")
-        markdown = chats.to_markdown_zip(history, title, path, language_of(request))
-        return gr.File(value=str(markdown))
+
+        def write(folder: Path) -> Path:
+            path = folder / chats.file_name(title, ".zip")
+            return chats.to_markdown_zip(history, title, path, language_of(request))
+
+        return self._export(write)
+
+    def _export(self, write: Callable[[Path], Path]) -> Any:
+        """The file `write` makes in a folder of its own, for download; where it fails, the
+        folder goes with what was written (a full disk kept no empty file)."""
+        folder: Path | None = None
+        try:
+            folder = self._own_folder()
+            return gr.File(value=str(write(folder)))
+        except BaseException as err:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            if is_disk_full(err):
+                raise Refused(DISK_FULL) from err
+            raise
 
     @worded(say("Importing the file", "导入文件"), 3)
     def import_json(self, upload: Any, sealed: Any, request: gr.Request) -> tuple[str, Any, list]:
@@ -205,6 +260,8 @@ class SavedChats:
             raise Refused(_not_an_export(path, say("nested too deeply", "嵌套太深"))) from err
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
+            if is_disk_full(err):
+                raise Refused(DISK_FULL) from err
             raise Refused(_not_an_export(path, str(err))) from err
         # Beside the original in the list, told apart (once: an import of an import too).
         imported = chats.imported_title(title, language_of(request))
