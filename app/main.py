@@ -266,7 +266,9 @@ def launch_kwargs(settings: Settings) -> dict:
     the page's content policy."""
     from starlette.middleware import Middleware
 
+    from app.file_ranges import FileRanges
     from app.http_limits import RequestLimits
+    from app.login_gate import LoginGate
     from app.login_throttle import LoginThrottle
     from app.settings import logins
     from app.ui.layout import migration_script
@@ -304,7 +306,15 @@ def launch_kwargs(settings: Settings) -> dict:
         "mcp_server": settings.mcp,
         # Outermost first: a login's wrong passwords are slowed before its body is read again;
         # an upload's partial file is removed once the limits have cut it off.
-        "app_kwargs": {"middleware": [Middleware(LoginThrottle), space, limits]},
+        "app_kwargs": {
+            "middleware": [
+                Middleware(LoginThrottle),
+                Middleware(LoginGate),
+                space,
+                limits,
+                Middleware(FileRanges),
+            ]
+        },
     }
 
 

@@ -351,3 +351,33 @@ def test_a_huge_history_is_refused_before_the_work(app_url):
     with PeakRss() as memory, pytest.raises(Exception, match="413"):
         client.predict(hello, history(50_000), api_name="/chat")
     assert memory.growth < 100 << 20  # this process is the client too: most of it is theirs
+
+
+def test_a_files_range_answer_carries_no_request_header_and_several_ranges_are_served_whole(
+    app_url,
+):
+    uploaded = httpx.post(
+        f"{app_url}gradio_api/upload", files={"files": ("digits.txt", b"0123456789" * 100)}
+    ).json()[0]
+    where = f"{app_url}gradio_api/file={uploaded}"
+    sent = {"Set-Cookie": "session=stolen", "X-Probe": "echo?"}
+    piece = httpx.get(where, headers={"Range": "bytes=0-9", **sent})
+    assert piece.status_code == 206 and piece.content == b"0123456789"
+    # Before: every request header came back, the client's Set-Cookie among them.
+    assert "set-cookie" not in piece.headers and "x-probe" not in piece.headers
+    assert piece.headers["content-range"] == "bytes 0-9/1000"
+    several = httpx.get(where, headers={"Range": "bytes=0-9,20-29"})
+    assert several.status_code == 200 and several.content == b"0123456789" * 100  # before: 500
+
+
+def test_without_a_login_the_page_tells_nothing_of_the_api_or_the_model(login_url, engine):
+    # Before: the login page embedded every endpoint's description and the code to call it
+    # (while /gradio_api/info said 401), and /manifest.json named the model.
+    page = httpx.get(login_url, timeout=10)
+    assert page.status_code == 200 and "window.gradio_api_info = {};" in page.text
+    assert "api_name" not in page.text and "/chat" not in page.text
+    assert httpx.get(f"{login_url}manifest.json", timeout=10).status_code == 401
+    with httpx.Client(timeout=10) as alice:
+        alice.post(f"{login_url}login", data={"username": "alice", "password": LOGINS["alice"]})
+        assert '"api_name"' in alice.get(login_url).text  # the page, whole, once logged in
+        assert engine.model_name in alice.get(f"{login_url}manifest.json").text

@@ -126,13 +126,13 @@ class ChatHandlers:
         self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
     ) -> Iterator[tuple[Any, list]]:
         """Send: the box's text and files become the user's turn; the reply streams after it."""
-        history = asked_by_send(box, list(history or []))
-        if not history:
-            yield gr.skip(), gr.skip()
+        asked = asked_by_send(box, list(history or []))
+        if not asked:
+            yield gr.skip(), list(history or [])
             return
         # The box empties only now that its content is safe in the history; Stop replaces Send.
-        yield busy_box(value={"text": "", "files": []}), history
-        for shown in self._stream_into(history, panel, request):
+        yield busy_box(value={"text": "", "files": []}), asked
+        for shown in self._stream_into(asked, panel, request):
             yield gr.skip(), shown
 
     def regenerate(
