@@ -75,12 +75,12 @@ class RequestLimits:
             await self._streamed(scope, self._timed(receive, deadline, limit), send)
             return
         try:
-            body = await _read_body(self._timed(receive, deadline, limit))
+            body = await read_body(self._timed(receive, deadline, limit))
             _count_objects(body)
         except _Refused as refused:
             await refuse(send, refused.status, refused.message)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
     async def _streamed(self, scope: Scope, receive: Any, send: Any) -> None:
         started = False
@@ -166,7 +166,8 @@ def _too_large(limit: int) -> str:
     )
 
 
-async def _read_body(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
+    """The whole body of a request, from its `receive`."""
     chunks = []
     while True:
         message = await receive()
@@ -177,7 +178,7 @@ async def _read_body(receive: Any) -> bytes:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def replay(body: bytes, receive: Any) -> Any:
     """A receive that gives the body read already, then what the connection says next."""
     sent = False
 

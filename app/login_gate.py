@@ -22,17 +22,20 @@ API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = {};</script>"
 
 
-def logged_in(scope: dict[str, Any]) -> bool:
-    """Whether the request carries a login gradio gave (or the app has no logins)."""
+def login_of(scope: dict[str, Any]) -> str | None:
+    """The login gradio gave the request's cookie, where it carries one."""
     app = scope.get("app")
-    if not getattr(app, "auth", None):
-        return True
     cookies = Request(scope).cookies
     cookie_id = getattr(app, "cookie_id", "")
     token = cookies.get(f"access-token-{cookie_id}") or cookies.get(
         f"access-token-unsecure-{cookie_id}"
     )
-    return token is not None and token in getattr(app, "tokens", {})
+    return getattr(app, "tokens", {}).get(token) if token else None
+
+
+def logged_in(scope: dict[str, Any]) -> bool:
+    """Whether the request carries a login gradio gave (or the app has no logins)."""
+    return not getattr(scope.get("app"), "auth", None) or login_of(scope) is not None
 
 
 class LoginGate:

@@ -270,7 +270,8 @@ def launch_kwargs(settings: Settings) -> dict:
     from app.http_limits import RequestLimits
     from app.login_gate import LoginGate
     from app.login_throttle import LoginThrottle
-    from app.settings import logins
+    from app.session_owners import SessionOwners
+    from app.settings import logins, trusted_networks
     from app.ui.layout import migration_script
     from app.ui.page_code import CSS, PAGE_JS
     from app.ui.safety import PAGE_HEAD
@@ -312,6 +313,7 @@ def launch_kwargs(settings: Settings) -> dict:
                 Middleware(LoginGate),
                 space,
                 limits,
+                Middleware(SessionOwners, trusted_proxies=trusted_networks(settings)),
                 Middleware(FileRanges),
             ]
         },

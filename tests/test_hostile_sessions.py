@@ -381,3 +381,56 @@ def test_without_a_login_the_page_tells_nothing_of_the_api_or_the_model(login_ur
         alice.post(f"{login_url}login", data={"username": "alice", "password": LOGINS["alice"]})
         assert '"api_name"' in alice.get(login_url).text  # the page, whole, once logged in
         assert engine.model_name in alice.get(f"{login_url}manifest.json").text
+
+
+def _sessions_events(url: str, session: str, client: httpx.Client) -> dict[str, int]:
+    """The status of each event a script could send into `session`."""
+    return {
+        "cancel": client.post(
+            f"{url}gradio_api/cancel",
+            json={"session_hash": session, "fn_index": 0, "event_id": "x"},
+        ).status_code,
+        "join": client.post(
+            f"{url}gradio_api/queue/join",
+            json={"session_hash": session, "fn_index": 0, "data": [], "trigger_id": None},
+        ).status_code,
+        "data": client.get(
+            f"{url}gradio_api/queue/data", params={"session_hash": session}
+        ).status_code,
+        "heartbeat": client.get(f"{url}gradio_api/heartbeat/{session}").status_code,
+    }
+
+
+def _streaming(job):
+    """`job`, once its reply has begun to stream (its session is in use)."""
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+def test_a_sessions_events_are_refused_to_anyone_but_its_owner():
+    # Before: a known session hash let another login (or, without logins, any address) cancel
+    # the session's reply, read its stream and post events into it.
+    from tests.scripted_engine import ScriptedEngine
+
+    slow = ScriptedEngine(script="word " * 100, delay_s=0.05)
+    auth = ",".join(f"{user}:{password}" for user, password in LOGINS.items())
+    with launched_app(load_settings(["--auth", auth], environ={}), slow) as url:
+        alice = Client(url, auth=("alice", LOGINS["alice"]), verbose=False)
+        job = _streaming(alice.submit({"text": "hi", "files": []}, api_name="/chat"))
+        with httpx.Client(timeout=10) as bob:
+            bob.post(f"{url}login", data={"username": "bob", "password": LOGINS["bob"]})
+            refused = _sessions_events(url, alice.session_hash, bob)
+            assert set(refused.values()) == {403}, refused
+            said = bob.get(f"{url}gradio_api/heartbeat/{alice.session_hash}").json()["detail"]
+            assert "belongs to another login or address" in said
+        assert job.result().startswith("word word")  # alice's reply went on to its end
+    with launched_app(load_settings([], environ={}), slow) as url:
+        mine = Client(url, verbose=False)
+        job = _streaming(mine.submit({"text": "hi", "files": []}, api_name="/chat"))
+        elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")  # another address
+        with httpx.Client(transport=elsewhere, timeout=10) as stranger:
+            refused = _sessions_events(url, mine.session_hash, stranger)
+            assert set(refused.values()) == {403}, refused
+        assert job.result().startswith("word word")
