@@ -8,7 +8,8 @@ failed with a bare 500, and the part already written stayed for as long as gradi
 This ASGI middleware, given to gradio's FastAPI app, wraps its upload route:
 - before the body is read, the free space is checked against what the request declares it
   sends plus a reserve (`min_free_bytes`); short of it, 507 and a sentence;
-- a write that fails for want of space is answered 507 and a sentence too;
+- a write that fails for want of space is answered 507 and a sentence too, and a form gradio's
+  route cannot take (a file part without a name was a bare 500) 400 and a sentence;
 - once an upload ends, however it ended, the top-level temporary files that no upload still
   writes are removed: all of them when no other upload is in flight, else those older than
   the longest an upload's body may take (`body_timeout_s`, app/http_limits.py).
@@ -69,6 +70,10 @@ class UploadSpace:
                 raise
             self._sweep(folder, others=self._in_flight - 1)  # before the answer: space is back
             await refuse(send, 507, in_language(self._full_message(folder), language))
+        except (TypeError, ValueError) as err:  # gradio's route on a form it did not expect
+            if started:
+                raise
+            await refuse(send, 400, in_language(_not_a_file_upload(err), language))
         finally:
             self._in_flight -= 1
             self._sweep(folder, others=self._in_flight)
@@ -101,6 +106,14 @@ class UploadSpace:
             f"服务器磁盘将满（剩余 {have}；本应用保留 {keep}，--min-free-disk-mb），"
             "现在无法接收这个文件。请换一个更小的文件，或稍后再试。",
         )
+
+
+def _not_a_file_upload(err: Exception) -> Said:
+    return say(
+        'The upload is not one this app can take: send each file as a part named "files" '
+        f"with a file name ({err}).",
+        f'无法接收这次上传：每个文件应作为名为 "files" 且带文件名的部分发送（{err}）。',
+    )
 
 
 def remove_partial_uploads(folder: Path, older_than_s: float) -> int:

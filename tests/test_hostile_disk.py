@@ -145,7 +145,7 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_partial_file(app_on_small_d
     assert _partials(uploads) == []  # before: its 2 MB stayed for --keep-files-hours
 
 
-def test_a_hang_up_mid_upload_leaves_nothing_on_an_ordinary_disk(tmp_path, monkeypatch):
+def test_a_hang_up_or_a_nameless_file_leaves_nothing_on_an_ordinary_disk(tmp_path, monkeypatch):
     uploads = tmp_path / "uploads"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
     with launched_app(load_settings([], environ={}), ScriptedEngine()) as url:
@@ -156,6 +156,8 @@ def test_a_hang_up_mid_upload_leaves_nothing_on_an_ordinary_disk(tmp_path, monke
         assert _partials(uploads) == []
         whole = _upload(url, b"w" * 1000, "whole.bin")  # whole uploads are kept
         assert Path(whole.json()[0]).read_bytes() == b"w" * 1000
+        nameless = _upload(url, b"n" * 1000, "")  # before: a bare 500
+        assert nameless.status_code == 400 and "with a file name" in nameless.json()["detail"]
 
 
 def test_exports_and_imports_on_a_full_disk_leave_nothing_and_say_so(small_disk, tmp_path):
