@@ -246,12 +246,16 @@ def to_json(
     return json.dumps(document, indent=1)
 
 
+class NotAnExport(ValueError):
+    """JSON, but not a conversation this app exported."""
+
+
 def from_json(document: str, folder: Path) -> tuple[str, list, list[str | None]]:
     """(title, chatbot messages, feedback per reply) of an exported conversation; files
     written into `folder`."""
     data = json.loads(document)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError("not a conversation exported by this app")
+        raise NotAnExport("not a conversation exported by this app")
     folder.mkdir(parents=True, exist_ok=True)
     messages = []
     for index, message in enumerate(data.get("messages") or []):

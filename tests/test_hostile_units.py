@@ -109,3 +109,22 @@ def test_a_folder_of_made_files_keeps_each_for_its_time(tmp_path):
         os.utime(path, (an_hour_ago, an_hour_ago))
     folder.fresh()  # a new file is about to be made: the old ones go
     assert sorted(p.name for p in folder.path.iterdir()) == ["new.png"]
+
+
+def test_a_file_that_is_no_export_is_told_why_in_words_once(saved, tmp_path):
+    # Before: "bad.json: not a conversation exported by this app (not a conversation exported
+    # by this app)", or Python's parser: "(Expecting value: line 1 column 1 (char 0))".
+    cases = {
+        "bad.json": (b"{not json", "it is not JSON: line 1, column 2"),
+        "empty.json": (b"", "it is not JSON: line 1, column 1"),
+        "photo.json": (b"\x89PNG\r\n\x1a\n\xff\xfe", "it is not a text file"),
+        "other.json": (b'{"messages": []}', "it holds no conversation saved by Export JSON"),
+    }
+    for name, (content, why) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.warns(UserWarning) as said:
+            _import(saved, path)
+        text = str(said[0].message)
+        assert f"{name}: not a conversation exported by this app ({why})" in text
+        assert text.count("not a conversation") == 1 and "Expecting" not in text

@@ -7,7 +7,9 @@ and seals what goes back, so a store the server did not make is never read.
 
 from __future__ import annotations
 
+import binascii
 import functools
+import json
 import logging
 import shutil
 import uuid
@@ -262,12 +264,30 @@ class SavedChats:
             shutil.rmtree(folder, ignore_errors=True)
             if is_disk_full(err):
                 raise Refused(DISK_FULL) from err
-            raise Refused(_not_an_export(path, str(err))) from err
+            raise Refused(_not_an_export(path, _why_not(err))) from err
         # Beside the original in the list, told apart (once: an import of an import too).
         imported = chats.imported_title(title, language_of(request))
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         store = chats.with_feedback(store, feedback)
         return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
+
+
+def _why_not(err: Exception) -> Said:
+    """What is wrong with a file that is no export, in words (not a parser's own)."""
+    if isinstance(err, UnicodeDecodeError):
+        return say("it is not a text file", "它不是文本文件")
+    if isinstance(err, json.JSONDecodeError):
+        return say(
+            f"it is not JSON: line {err.lineno}, column {err.colno}",
+            f"它不是 JSON：第 {err.lineno} 行第 {err.colno} 列",
+        )
+    if isinstance(err, binascii.Error):
+        return say("a file inside it is damaged", "其中的一个文件已损坏")
+    if isinstance(err, chats.NotAnExport):
+        return say("it holds no conversation saved by Export JSON", "其中没有“导出 JSON”保存的对话")
+    if isinstance(err, OSError):
+        return say(f"it cannot be read: {err.strerror}", f"无法读取：{err.strerror}")
+    return say("its contents are not laid out as an export's", "其内容的结构不是导出文件的结构")
 
 
 def _not_an_export(path: Path, why: str) -> Said:
