@@ -174,6 +174,17 @@ def split_last_turn(history: Sequence[Message]) -> tuple[list[Message], list[Mes
     return list(history[:start]), list(history[start:end])
 
 
+def with_draft(undone: dict, draft: Mapping[str, Any] | None) -> dict:
+    """The box after Undo: the question taken back, and what was typed or attached since (a
+    draft is never written over): the question's text first, then the draft's."""
+    typed = str((draft or {}).get("text") or "")
+    attached = list((draft or {}).get("files") or [])
+    if not typed.strip() and not attached:
+        return undone
+    text = "\n\n".join(t for t in (undone["text"], typed) if t.strip())
+    return {"text": text, "files": [*undone["files"], *attached]}
+
+
 def user_messages_to_box(messages: Sequence[Message]) -> dict:
     """The multimodal box value that re-sends `messages` (Undo gives back what was typed)."""
     turn = history_to_turns(messages)

@@ -31,6 +31,7 @@ FAMILIES = [
 # top-k, repetition penalty, seed (-1 random), thinking, max pixels per image, video fps, max
 # video frames.
 PANEL = panel()
+EMPTY_BOX = {"text": "", "files": []}  # what the box holds when Undo is pressed
 
 
 def _settings(**flags):
@@ -200,7 +201,7 @@ def test_undo_gives_back_the_turn_and_regenerate_replaces_the_reply(app_for, med
     assert len(shown(regenerated, "user")) == len(shown(history, "user")) == 3
     assert len(shown(regenerated, "assistant")) == len(shown(history, "assistant")) == 2
     assert _visual_tokens(regenerated) > 0
-    before, box = client.predict(regenerated, api_name="/ui_undo")
+    before, box = client.predict(regenerated, EMPTY_BOX, api_name="/ui_undo")
     assert before[0]["role"] == "user" and before[0]["content"][0]["text"] == "Hi"
     assert box["text"] == "Look" and len(box["files"]) == 1
 
@@ -294,7 +295,7 @@ def test_a_bad_file_in_the_page_keeps_the_turn_and_the_chat_goes_on(app_for, tmp
     assert any("notes.jpg: not an image" in t for t in titles)
     assert history[-1]["role"] == "assistant"  # the user's turn stays; the error follows it
     # Undo gives the turn back to fix it; a good file then works in the same session.
-    history, box = client.predict(history, api_name="/ui_undo")
+    history, box = client.predict(history, EMPTY_BOX, api_name="/ui_undo")
     assert box["text"] == "What is this?" and history == []
     _, history = client.predict(
         {"text": "And this?", "files": [handle_file(str(media / "red.jpg"))]},

@@ -98,3 +98,16 @@ def test_split_last_turn():
     before, last = split_last_turn(HISTORY[:-1])
     assert last == HISTORY[:3] and before == []
     assert split_last_turn([]) == ([], [])
+
+
+def test_undo_keeps_a_draft_after_the_question_it_takes_back():
+    from app.conversation import with_draft
+
+    undone = {"text": "How many chairs?", "files": ["/tmp/office.jpg"]}
+    assert with_draft(undone, None) == undone
+    assert with_draft(undone, {"text": "  ", "files": []}) == undone
+    draft = {"text": "And the lamps?", "files": ["/tmp/lamp.png"]}
+    assert with_draft(undone, draft) == {
+        "text": "How many chairs?\n\nAnd the lamps?",
+        "files": ["/tmp/office.jpg", "/tmp/lamp.png"],
+    }

@@ -22,6 +22,7 @@ from app.conversation import (
     build_request,
     split_last_turn,
     user_messages_to_box,
+    with_draft,
 )
 from app.engines.base import ChatRequest
 from app.render import Reply, render_reply
@@ -161,12 +162,13 @@ class ChatHandlers:
         """The user opens another chat: a reply still running stops, and stays out of view."""
         self.cancels.cancel(session_of(request), detached=True)
 
-    def undo(self, history: list | None) -> tuple[list, Any]:
-        """Remove the last turn; what the user typed and attached comes back into the box."""
+    def undo(self, history: list | None, box: dict | None = None) -> tuple[list, Any]:
+        """Remove the last turn; what the user typed and attached comes back into the box,
+        before whatever the box holds already (a draft is kept)."""
         before, last_turn = split_last_turn(list(history or []))
         if not last_turn:
             return before, gr.skip()
-        return before, user_messages_to_box(last_turn)
+        return before, with_draft(user_messages_to_box(last_turn), box)
 
     def stop(self, request: gr.Request) -> Any:
         self.cancels.cancel(session_of(request))

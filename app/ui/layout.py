@@ -52,12 +52,12 @@ LATEX: list[dict[str, str | bool]] = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
-EXAMPLE_PROMPTS = [
-    ("Which quarter sold the most, and how much?", "chart.png"),
-    ("Read the receipt: what is the total and what was bought?", "receipt.png"),
-    ("Outline every item on the receipt with a box.", "receipt.png"),
-    ("What happens in this clip, and when?", "ball.mp4"),
-]
+EXAMPLE_PROMPTS = (
+    ("Which quarter sold the most, and how much?", EXAMPLES / "chart.png"),
+    ("Read the receipt: what is the total and what was bought?", EXAMPLES / "receipt.png"),
+    ("Outline every item on the receipt with a box.", EXAMPLES / "receipt.png"),
+    ("What happens in this clip, and when?", EXAMPLES / "ball.mp4"),
+)
 
 
 def saved_chats_key(browser_secret: str | None) -> str:
@@ -95,6 +95,8 @@ class PageOptions:
     browser_secret: str | None = None
     # Seconds gradio keeps an uploaded file, or its copy of one the app made (delete_cache).
     keep_files_s: float = 24 * 3600.0
+    # The examples under the box: a question and its file (the trial draws its own).
+    examples: tuple[tuple[str, Path], ...] = EXAMPLE_PROMPTS
 
 
 class ChatPage:
@@ -232,12 +234,10 @@ class ChatPage:
             )
 
     def _render_footer(self) -> None:
-        if EXAMPLES.is_dir():
+        examples = [(text, path) for text, path in self.options.examples if path.is_file()]
+        if examples:
             gr.Examples(
-                examples=[
-                    {"text": text, "files": [str(EXAMPLES / name)]}
-                    for text, name in EXAMPLE_PROMPTS
-                ],
+                examples=[{"text": text, "files": [str(path)]} for text, path in examples],
                 inputs=[self.box],
                 label=word("examples"),
                 examples_per_page=4,
@@ -302,7 +302,12 @@ class ChatPage:
             capture.change(h.add_capture, [capture, self.box], [self.box, capture], **QUIET)
         demo.unload(h.unload)
         undo = self.undo_btn.click(
-            h.undo, *chat_io, api_name="ui_undo", api_visibility="undocumented", queue=False
+            h.undo,
+            [self.chatbot, self.box],
+            chat_io[1],
+            api_name="ui_undo",
+            api_visibility="undocumented",
+            queue=False,
         )
         clear = self.clear_btn.click(h.clear, None, chat_io[1], **QUIET)
         bin_ = self.chatbot.clear(h.clear, None, chat_io[1], **QUIET)  # the chatbot's own bin
