@@ -306,32 +306,40 @@ def _gone(name: str) -> Said:
     return say(f"{name} is no longer on the server", f"服务器上已没有 {name}")
 
 
-def to_markdown_zip(
-    messages: Sequence[Mapping[str, Any]], title: str, path: Path, language: str = ENGLISH
+def to_markdown(
+    messages: Sequence[Mapping[str, Any]], title: str, folder: Path, language: str = ENGLISH
 ) -> Path:
-    """The conversation as Markdown, its files beside it, in one zip at `path`; who speaks
-    named in `language`."""
+    """The conversation as Markdown in `folder`, who speaks named in `language`: a `.md` file
+    where it has no files, else a `.zip` of the text and its files beside it."""
+    files: list[tuple[str, str]] = []  # (the file on the server, its name in the zip)
     lines = [f"# {title}", ""]
     speaker = None
+    for index, message in enumerate(messages):
+        if is_display_only(message) and not any(map(_file_copy, parts_of(message))):
+            continue
+        # One turn is one block: the page keeps a photo and its question as two messages.
+        role = in_language(YOU if message.get("role") == "user" else ASSISTANT, language)
+        if role != speaker:
+            lines += [""] if speaker is not None else []
+            lines.append(f"**{role}:**")
+            speaker = role
+        for part in parts_of(message):
+            text, file = text_of(part), _file_copy(part)
+            if file is not None and Path(str(file["path"])).is_file():
+                name = f"files/{index}-{Path(str(file.get('orig_name') or file['path'])).name}"
+                files.append((str(file["path"]), name))
+                kind = (mimetypes.guess_type(name)[0] or "").split("/")[0]
+                lines.append(f"![{name}]({name})" if kind == "image" else f"[{name}]({name})")
+            elif text:
+                lines.append(text)
+    markdown = "\n".join([*lines, ""])
+    if not files:
+        path = folder / file_name(title, ".md")
+        path.write_text(markdown, encoding="utf-8")
+        return path
+    path = folder / file_name(title, ".zip")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for index, message in enumerate(messages):
-            if is_display_only(message) and not any(map(_file_copy, parts_of(message))):
-                continue
-            # One turn is one block: the page keeps a photo and its question as two messages.
-            role = in_language(YOU if message.get("role") == "user" else ASSISTANT, language)
-            if role != speaker:
-                if speaker is not None:
-                    lines.append("")
-                lines.append(f"**{role}:**")
-                speaker = role
-            for part in parts_of(message):
-                text, file = text_of(part), _file_copy(part)
-                if file is not None and Path(str(file["path"])).is_file():
-                    name = f"files/{index}-{Path(str(file.get('orig_name') or file['path'])).name}"
-                    archive.write(str(file["path"]), name)
-                    kind = (mimetypes.guess_type(name)[0] or "").split("/")[0]
-                    lines.append(f"![{name}]({name})" if kind == "image" else f"[{name}]({name})")
-                elif text:
-                    lines.append(text)
-        archive.writestr("conversation.md", "\n".join([*lines, ""]))
+        for where, name in files:
+            archive.write(where, name)
+        archive.writestr("conversation.md", markdown)
     return path

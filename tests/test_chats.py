@@ -79,7 +79,8 @@ def test_json_export_then_import_gives_the_same_conversation(media, tmp_path):
 
 
 def test_markdown_export_is_a_zip_with_the_files_beside_the_text(media, tmp_path):
-    path = chats.to_markdown_zip(_conversation(media, tmp_path), "My chat", tmp_path / "c.zip")
+    path = chats.to_markdown(_conversation(media, tmp_path), "My chat", tmp_path)
+    assert path.name == "My chat.zip"
     with zipfile.ZipFile(path) as archive:
         text = archive.read("conversation.md").decode()
         assert "![files/0-photo.jpg](files/0-photo.jpg)" in text
@@ -109,3 +110,15 @@ def test_a_thumb_belongs_to_its_reply_and_goes_when_the_reply_changes():
     assert chats.current_feedback(store) == ["Like", None]
     store = chats.set_feedback(store, regenerated, 1, None)  # taken back
     assert chats.current_feedback(store) == [None, None]
+
+
+def test_a_text_only_chat_exports_as_a_markdown_file(tmp_path):
+    # Before: a .zip holding one file, for a chat with no files at all.
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello **there**."},
+    ]
+    path = chats.to_markdown(history, "Greetings", tmp_path)
+    assert path.name == "Greetings.md"
+    text = path.read_text()
+    assert text.startswith("# Greetings") and "Hello **there**." in text

@@ -228,8 +228,7 @@ class SavedChats:
         title = self._title(self._current(sealed, request), history)
 
         def write(folder: Path) -> Path:
-            path = folder / chats.file_name(title, ".zip")
-            return chats.to_markdown_zip(history, title, path, language_of(request))
+            return chats.to_markdown(history, title, folder, language_of(request))
 
         return self._export(write)
 
