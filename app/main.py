@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -100,7 +101,11 @@ def build_local_engine(settings: Settings) -> Engine:
 
 
 def local_checkpoint(settings: Settings) -> str:
-    """The checkpoint to load: the one named, or the offline trial's, built now."""
+    """The checkpoint to load: the one named, the seeing model, or a random one built now."""
+    if settings.trial:
+        from app.seeing.checkpoint import unpacked
+
+        return str(unpacked())
     if settings.tiny_random:
         from app.trial import build_trial_checkpoint
 
@@ -115,9 +120,10 @@ def load_options(settings: Settings) -> Any:
         cpu_only=settings.cpu_only,
         flash_attn2=settings.flash_attn2,
         load_in_4bit=settings.load_in_4bit,
-        dtype=settings.dtype,
+        # The seeing model is tiny: float32 costs nothing, and its answers are the trained ones.
+        dtype="float32" if settings.trial and settings.dtype == "auto" else settings.dtype,
         # A trial checkpoint is made afresh at each start: nothing to keep for the next.
-        int8_store=None if settings.tiny_random else user_cache_folder() / "int8",
+        int8_store=None if settings.tiny_random or settings.trial else user_cache_folder() / "int8",
     )
 
 
@@ -133,7 +139,14 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
     from app.ui.sealed import browser_layer_secret
 
     notes = [engine.notice, cpu_weights_note(engine), cpu_budget_note(settings, engine)]
+    examples = {}
+    if settings.trial:  # questions the seeing model knows, about pictures drawn now
+        from app.files import Folder
+        from app.seeing.pictures import draw_examples
+
+        examples["examples"] = tuple(draw_examples(Folder.new("qwen-chat-trial-").path))
     return PageOptions(
+        **examples,
         title=f"Qwen-VL Chat · {engine.model_name}",
         banner=joined([note for note in notes if note], " ") or None,
         browser_secret=browser_layer_secret(secret),
@@ -324,6 +337,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line for every request
+    # SIGTERM (docker stop, systemd) ends the app as Ctrl+C does: exit handlers run, so the
+    # trial's checkpoint and the app's temporary folders go with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _serve(argv)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)  # Ctrl+C, even while the model loads: one line
+        return 130
+
+
+def _serve(argv: Sequence[str] | None) -> int:
     try:
         settings = load_settings(argv)
     except SettingsError as err:
@@ -342,5 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as err:  # a checkpoint not found, a server not reachable
         print(f"error: {err}", file=sys.stderr)
         return 1
-    build_app(settings, engine).launch(**launch_kwargs(settings))
+    demo = build_app(settings, engine)
+    # gradio's own start-up lines name its own API (`share=True` in `launch()`); these name
+    # the app's flags.
+    demo.launch(**launch_kwargs(settings), quiet=True, prevent_thread_lock=True)
+    print(f"Qwen-VL Chat is at {demo.local_url}", flush=True)
+    if demo.share_url:
+        print(f"and, for a few days, at {demo.share_url}", flush=True)
+    elif not settings.share:
+        print("(--share for a public link; Ctrl+C to stop)", flush=True)
+    demo.block_thread()
     return 0

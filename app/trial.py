@@ -277,10 +277,15 @@ TRIAL_BANNER = say(
 
 def build_trial_checkpoint(family: str) -> Path:
     """A tiny random checkpoint of `family` in a new temporary folder, for `--tiny-random`."""
+    import atexit
     import logging
+    import shutil
     import tempfile
 
     folder = tempfile.mkdtemp(prefix=f"tiny-{family}-")
+    # Gone when the app ends (Ctrl+C and SIGTERM included: app/main.py): each start made a new
+    # one, and every one stayed in the temporary folder.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = build_tiny_checkpoint(folder, family)
     logging.getLogger(__name__).info("offline trial: built a tiny random %s in %s", family, path)
     return path
@@ -298,8 +303,24 @@ def trial_name(path: str | Path) -> str | None:
     return f"{'tiny ' if made.get('tiny') else ''}random-weight {made['source']} shapes"
 
 
+SEEING_NAME = "seeing Qwen3-VL, tiny, trained on drawn pictures"
+SEEING_BANNER = say(
+    "Offline trial: a tiny Qwen3-VL trained here on drawn pictures. Ask it the colour or shape "
+    "of a shape, how many dots there are, which corner a shape is in, the colour a clip starts "
+    "or ends with, the digit on a PDF's second page (the examples below). About anything else "
+    "its answers mean nothing.",
+    "离线试用：一个在这里用绘制的图片训练的微型 Qwen3-VL。可以问它图形的颜色或形状、有几个点、"
+    "图形在哪个角、视频开头或结尾的颜色、PDF 第 2 页上的数字（见下方示例）。"
+    "问别的，它的回答没有意义。",
+)
+
+
 def model_label(checkpoint: str) -> tuple[str, str | None]:
     """The page's name for the model at `checkpoint` (never a server path: the folder's or hub
     id's last part), and the notice to show with it (the offline trial's banner, or none)."""
+    from app.seeing.checkpoint import META
+
+    if (Path(checkpoint) / META).is_file():
+        return SEEING_NAME, SEEING_BANNER
     trial = trial_name(checkpoint)
     return trial or Path(checkpoint).name, TRIAL_BANNER if trial else None

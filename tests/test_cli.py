@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -137,7 +138,14 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
-    loaded = [line for line in process.stdout.read().splitlines() if " loaded " in line]
+    console = process.stdout.read()
+    # One line says where the app is, in the app's words; gradio's advice about its own
+    # `share=True` and a line per HTTP request are not there; SIGTERM left no trial folder.
+    assert f"Qwen-VL Chat is at http://127.0.0.1:{port}" in console
+    assert "share=True" not in console and "HTTP Request:" not in console
+    [built] = re.findall(r"built a tiny random qwen2_5_vl in (\S+)", console)
+    assert not Path(built).exists()
+    loaded = [line for line in console.splitlines() if " loaded " in line]
     if on_cpu:
         said = "(cpu, int4, sdpa, keys and values in bfloat16; --dtype float32 for the exact"
         assert said in loaded[0]
@@ -159,3 +167,26 @@ def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "needs about 37.3 GB" in last and "--load-in-4bit (about 9.3 GB)" in last  # GiB
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line(tmp_path):
+    # Before: a ~50-line traceback.
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "web_demo_mm.py", "--tiny-random", "qwen3_vl"],
+        cwd=ROOT,
+        env=_env(tmp_path, QWEN_DEMO_SERVER_PORT=str(free_port())),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the start-up under way: torch imported, the model built
+        line = process.stdout.readline()
+        if "built a tiny random" in line or not line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 130 and "Traceback" not in rest
+    assert rest.strip().splitlines()[-1] == "stopped"
