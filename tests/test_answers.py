@@ -22,6 +22,7 @@ from tests.panel import panel
 BOXES = 'Here:\n```json\n[{"bbox_2d": [250, 250, 750, 750], "label": "square"}]\n```'
 THOUGHT = "I should look closely.\n</think>\n\nA green picture."
 PANEL = panel(max_new_tokens=64, enable_thinking=True)
+RELEASED = {"real-thinking": "Qwen3-VL-2B-Thinking", "real-instruct": "Qwen3-VL-2B-Instruct"}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def scripted(tmp_path_factory):
 
     def launch(family: str, reply: str):
         folder = tmp_path_factory.mktemp(family)
-        if family == "real-thinking":  # tiny widths, the released Thinking template
-            source = REAL_CONFIGS / "Qwen3-VL-2B-Thinking"
+        if family in RELEASED:  # tiny widths, a released tokenizer and template
+            source = REAL_CONFIGS / RELEASED[family]
             path = build_from_config_folder(source, folder, scripted_reply=reply)
         else:
             path = build_tiny_checkpoint(folder, family, scripted_reply=reply)
@@ -180,3 +181,32 @@ def test_the_same_seed_gives_the_same_sampled_reply(tiny_checkpoint):
 
         assert ask(7) == ask(7)
         assert ask(7) != ask(8)
+
+
+def test_a_reply_never_shows_protocol_tokens_or_broken_characters(scripted):
+    # Before: the trial showed "<|im_start|>" (its tokenizer adds it without the special flag)
+    # and the released tokenizer's added "<|fim_prefix|>" and "<tool_call>" came through.
+    url, _ = scripted("real-instruct", "Café <|fim_prefix|>au<tool_call> lait <|im_start|>naïve.")
+    reply = Client(url, verbose=False).predict(
+        {"text": "Say it", "files": []}, max_new_tokens=64, api_name="/chat"
+    )
+    assert reply.strip() == "Café au lait naïve."
+    assert "\ufffd" not in reply
+
+
+def test_a_character_split_across_tokens_shows_whole_and_a_stray_byte_not_at_all():
+    import torch
+    from transformers import AutoTokenizer
+
+    from app.engines.local.streamer import TokenStreamer
+
+    tokenizer = AutoTokenizer.from_pretrained(REAL_CONFIGS / "Qwen3-VL-2B-Instruct")
+    byte = tokenizer.convert_tokens_to_ids  # byte-level BPE: 0xC3 is "Ã", 0xA9 is "©"
+    shown: list[str] = []
+    streamer = TokenStreamer(tokenizer, shown.append, lambda count: None)
+    streamer.put(torch.tensor([[1, 2]]))  # the prompt, which generate() hands over first
+    stray, e_acute = [byte("Ã")], [byte("Ã"), byte("©")]
+    for ids in (stray, tokenizer.encode(" café"), e_acute[:1], e_acute[1:], stray):
+        streamer.put(torch.tensor(ids))
+    streamer.end()
+    assert "".join(shown) == " caféé" and all("\ufffd" not in s for s in shown)

@@ -63,8 +63,7 @@ class ModelCalls:
         self.hooks = hooks
         self.max_new_tokens = max_new_tokens
         self._tokenizer = processor.tokenizer
-        control = sorted(set(self._tokenizer.all_special_tokens) - GROUNDING_TOKENS, key=len)
-        self._control_tokens = re.compile("|".join(re.escape(t) for t in reversed(control)))
+        self._control_tokens = control_tokens(self._tokenizer)
 
     def encode_media(self, prompt: Prompt, cached: int) -> dict[str, Any] | None:
         """The vision encoder's outputs for the images and videos after the cached part."""
@@ -139,6 +138,19 @@ class ModelCalls:
                 job.emit(text)
 
         return TokenStreamer(self._tokenizer, on_text, on_token)
+
+
+# Tags that split a reply into reasoning and answer (app/render.py): kept, they mean something.
+REASONING_TAGS = frozenset({"<think>", "</think>"})
+
+
+def control_tokens(tokenizer: Any) -> re.Pattern[str]:
+    """The tokens of the chat protocol a reply must never show: the tokenizer's special tokens
+    and every token it added (`<|im_start|>`, `<|fim_prefix|>`, `<tool_call>`: some are added
+    without the special flag), but grounding's and the reasoning tags."""
+    added = {token.content for token in tokenizer.added_tokens_decoder.values()}
+    control = (set(tokenizer.all_special_tokens) | added) - GROUNDING_TOKENS - REASONING_TAGS
+    return re.compile("|".join(re.escape(t) for t in sorted(control, key=len, reverse=True)))
 
 
 def _stop_on_cancel(cancel: threading.Event) -> Any:

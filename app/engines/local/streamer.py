@@ -39,7 +39,7 @@ class TokenStreamer:
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
         if len(text) > len(prefix) and not text.endswith("\ufffd"):
-            self.on_text(text[len(prefix) :])
+            self._hand_over(text[len(prefix) :])
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)
 
@@ -47,5 +47,12 @@ class TokenStreamer:
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
         if len(text) > len(prefix):
-            self.on_text(text[len(prefix) :])
+            self._hand_over(text[len(prefix) :])
         self.prefix_offset = self.read_offset = len(self.ids)
+
+    def _hand_over(self, text: str) -> None:
+        """`text` without the replacement character: bytes that never became a character
+        (a model's stray byte token, the reply cut mid-character) show as nothing, not "�"."""
+        text = text.replace("\ufffd", "")
+        if text:
+            self.on_text(text)
