@@ -51,6 +51,7 @@ class Settings:
     server_port: int = 7860
     server_name: str = "127.0.0.1"
     tiny_random: str | None = None
+    trial: bool = False
     # The media budget's values given by a flag or the environment, as (field, value) pairs;
     # the rest are Budget's defaults (app/media/limits.py declares them and their flags).
     budget_values: tuple[tuple[str, Any], ...] = ()
@@ -142,6 +143,14 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--inbrowser",), _SWITCH | {"help": "open the app in a browser"}),
     (("--server-port",), {"type": int, "help": "port (default 7860)"}),
     (("--server-name",), {"help": "address to listen on (default 127.0.0.1; 0.0.0.0 for all)"}),
+    (
+        ("--trial",),
+        _SWITCH
+        | {
+            "help": "offline trial: a tiny Qwen3-VL trained on drawn pictures (colours, shapes, "
+            "dots, corners, a clip, a PDF) that answers questions about such pictures",
+        },
+    ),
     (
         ("--tiny-random",),
         {
@@ -367,6 +376,8 @@ def validate(settings: Settings) -> None:
     problems = Budget(**dict(settings.budget_values)).problems()
     if problems:
         raise SettingsError("; ".join(problems))
+    if settings.trial and settings.tiny_random:
+        raise SettingsError("--trial and --tiny-random each choose the model: give one")
     if settings.max_upload_mb < 1:
         raise SettingsError("--max-upload-mb must be at least 1")
     logins(settings)  # a malformed login stops the app here, not at the first visit

@@ -18,6 +18,9 @@ the two columns compare formats, not runtimes. Random weights make every distrib
     bash scripts/llama_cpp.sh build                    # once (~10 min)
     python -m benchmarks.fidelity --llama-cpp DIR      # ~25 min on 2 cores, ~14 GB of memory
 
+After the table, the seeing model's share of right answers on each path (benchmarks/seeing.py):
+a tiny model that really sees, far more sensitive to its weights' format than a 2B one.
+
 Not in CI.
 """
 
@@ -167,6 +170,11 @@ def main() -> None:
         *llama,
     ]
     print("\n" + "\n".join(rows))
+    # Beside it, a tripwire on a model that sees: its answers on each path (benchmarks/seeing.py).
+    from benchmarks.seeing import table
+
+    print("\nThe seeing model's right answers on each path (40 fresh questions a task):")
+    print(table(40))
 
 
 if __name__ == "__main__":
