@@ -183,6 +183,8 @@ def test_the_whole_chat_flow(page, media, tmp_path):
     stopped = _bot_text(page)
     _wait_until(lambda: not _generation_threads(), "the generation thread should end")
     assert _bot_text(page) == stopped
+    # The keyboard is back in the box, for the next question (before: it left the box).
+    assert page.evaluate("() => document.activeElement.matches('#input textarea')")
     _shot(page, "03-stopped")
 
     # Settings: a small max new tokens, respected by the next reply (Regenerate).

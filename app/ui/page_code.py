@@ -56,6 +56,11 @@ PAGE_JS = """() => {
       if (save) { e.preventDefault(); save.click(); }
     }
   });
+  // After Stop the keyboard stays in the box (Esc kept it; a click on Stop lost it).
+  document.addEventListener('click', e => {
+    if (!e.target.closest('#input .stop-button')) return;
+    setTimeout(() => document.querySelector('#input textarea')?.focus(), 50);
+  }, true);
   // An edit drops every later turn: say how many before it is saved.
   document.addEventListener('click', e => {
     const edit = e.target.closest(EDIT);
