@@ -425,6 +425,7 @@ def test_the_camera_records_a_short_clip_into_the_box_and_it_is_read(browser_and
             "Delete this chat?",
             {
                 "banner": "Offline trial",
+                "welcome": "Ask about images, videos and PDFs.",
                 "refused": "not an image, video or PDF",
                 "stats": "tokens",
                 "drops": "removes the 1 later turn",
@@ -440,6 +441,7 @@ def test_the_camera_records_a_short_clip_into_the_box_and_it_is_read(browser_and
             "删除此对话？",
             {
                 "banner": "离线试用",
+                "welcome": "就图片、视频和 PDF 提问。",
                 "refused": "不是本应用能读取的图片、视频或 PDF",
                 "stats": "个 token",
                 "drops": "删除后面的 1 轮对话",
@@ -462,6 +464,8 @@ def test_the_page_speaks_the_browsers_language(
     page.locator("#input button", has_text=send).wait_for(timeout=15000)
     assert page.locator("#settings").get_by_text(settings).count() >= 1
     page.locator("#banner summary", has_text=said["banner"]).wait_for(timeout=15000)
+    # The empty chat says what to do (before: a large empty box).
+    page.locator("#chatbot", has_text=said["welcome"]).wait_for(timeout=5000)
     not_media = tmp_path / "notes.jpg"
     not_media.write_text("a shopping list, not a photo")
     _send(page, "What is this?", [not_media])

@@ -188,6 +188,7 @@ class ChatPage:
         self.chatbot = gr.Chatbot(
             label=word("chat"),
             elem_id="chatbot",
+            placeholder=word("welcome"),  # what the empty chat says: what to do, and how
             height=560,
             latex_delimiters=LATEX,
             sanitize_html=True,
