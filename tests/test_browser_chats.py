@@ -311,8 +311,11 @@ def test_thumbs_are_kept_with_the_chat_and_exported_with_it(browser_and_url, tmp
     browser, url = browser_and_url
     context, page = _open(browser, url)
     _ask(page, "Thumbs question")
+    assert page.locator("#chatbot button[aria-label='Like']").get_attribute("aria-pressed") == (
+        "false"
+    )
     page.locator("#chatbot button[aria-label='Like']").first.click()
-    page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
+    page.locator("#chatbot button[aria-label='Liked'][aria-pressed='true']").wait_for(timeout=10000)
     page.wait_for_timeout(1000)  # the like event keeps it in the browser's store
     page.reload()
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Thumbs question')")

@@ -99,6 +99,12 @@ PAGE_JS = """() => {
         b.append(span);
       });
     }
+    // A thumb says whether it is pressed (gradio shows it by its fill and its name only).
+    for (const [name, pressed] of [['Like', false], ['Dislike', false], ['Liked', true],
+                                   ['Disliked', true]]) {
+      document.querySelectorAll(`#chatbot button[aria-label='${name}']`).forEach(
+        b => b.setAttribute('aria-pressed', String(pressed)));
+    }
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(
