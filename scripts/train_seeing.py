@@ -116,6 +116,14 @@ class Vocabulary:
             setattr(small, name, int(self._small[getattr(config, name)]))
         return small
 
+    def small_state(self, full_model: Any) -> dict[str, Any]:
+        """`full_model`'s weights for the small vocabulary: its rows of the used tokens."""
+        state = full_model.state_dict()
+        return {
+            name: weight[self.used] if weight.shape[0] == self.full_size else weight
+            for name, weight in state.items()
+        }
+
     def full_model(self, small_model: Any, config: Any) -> Any:
         """`small_model`'s weights in a model of the full vocabulary (unused rows zero)."""
         import torch
@@ -218,7 +226,14 @@ def _learning_rate(step: int, left: float) -> float:
     return PEAK_LR * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * (1 - math.cos(math.pi * left)) / 2)
 
 
-def train(minutes: float, batch_size: int, out: Path, seed: int) -> dict[str, float]:
+def train(
+    minutes: float,
+    batch_size: int,
+    out: Path,
+    seed: int,
+    resume: Path | None = None,
+    weighted: bool = False,
+) -> dict[str, float]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -231,6 +246,11 @@ def train(minutes: float, batch_size: int, out: Path, seed: int) -> dict[str, fl
         examples = Examples(processor, Path(folder))
         vocab = Vocabulary(used_tokens(processor, examples, rng), config.text_config.vocab_size)
         model = AutoModelForImageTextToText.from_config(vocab.small_config(config))
+        if resume is not None:  # go on from a packed model (its weights, a fresh schedule)
+            earlier = AutoModelForImageTextToText.from_pretrained(
+                checkpoint.unpacked(resume), dtype=torch.float32
+            )
+            model.load_state_dict(vocab.small_state(earlier))
         optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, weight_decay=0.01)
         started, step, scores = time.monotonic(), 0, {}
         deadline = started + minutes * 60
@@ -238,7 +258,10 @@ def train(minutes: float, batch_size: int, out: Path, seed: int) -> dict[str, fl
             left = max(0.0, (deadline - time.monotonic()) / (minutes * 60))
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, left)
-            built = [examples.build(TASKS[rng.choice(list(TASKS))](rng)) for _ in range(batch_size)]
+            # Tasks drawn alike, or (--weighted) as much as is left to learn of each.
+            weights = [1.1 - scores.get(task, 0.0) if weighted else 1.0 for task in TASKS]
+            drawn = rng.choices(list(TASKS), weights, k=batch_size)
+            built = [examples.build(TASKS[task](rng)) for task in drawn]
             batch = collate(built, vocab, pad)
             logits = answer_logits(model, batch, vocab)
             loss = torch.nn.functional.cross_entropy(logits, batch["tokens"])
@@ -255,6 +278,10 @@ def train(minutes: float, batch_size: int, out: Path, seed: int) -> dict[str, fl
         scores = accuracy(model, examples, vocab, pad)
     full = vocab.full_model(model, config)
     meta = {"steps": step, "minutes": minutes, "batch": batch_size, "seed": seed}
+    meta["weighted"] = weighted
+    if resume is not None:
+        earlier = checkpoint.measured(resume)
+        meta |= {"resumed_from": {k: earlier[k] for k in ("steps", "minutes") if k in earlier}}
     checkpoint.save(full, processor, SOURCE, out, meta | {"accuracy": scores})
     return scores
 
@@ -265,8 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=checkpoint.PACKED)
+    parser.add_argument("--resume", type=Path, help="a pack to go on training from")
+    parser.add_argument(
+        "--weighted",
+        action="store_true",
+        help="draw each task as often as is left to learn of it (at the last check)",
+    )
     args = parser.parse_args(argv)
-    scores = train(args.minutes, args.batch, args.out, args.seed)
+    scores = train(args.minutes, args.batch, args.out, args.seed, args.resume, args.weighted)
     print("held-out accuracy:", {t: round(s, 3) for t, s in scores.items()})
     return 0
 

@@ -19,6 +19,7 @@ CSS = """
 #export_file { display: none !important; }
 #keys { font-size: 0.8em; opacity: 0.75; }
 #edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
+#chatbot textarea { width: min(640px, 72vw) !important; min-height: 4.5em; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
