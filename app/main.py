@@ -344,8 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _serve(argv)
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)  # Ctrl+C, even while the model loads: one line
-        return 130
+        print("stopped", file=sys.stderr, flush=True)  # Ctrl+C, even mid-load: one line
+        # Out now, exit handlers run (the trial's folder goes): the interpreter's own teardown
+        # around a model still loading on its thread once ended in an abort (SIGABRT).
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        os._exit(130)
 
 
 def _serve(argv: Sequence[str] | None) -> int:

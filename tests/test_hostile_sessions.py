@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -56,7 +57,8 @@ def run_event(url: str, api_name: str, data: list, cookies: httpx.Cookies | None
     """One of the page's own events (those off the API page too), as a script can call it."""
     config = httpx.get(f"{url}config", cookies=cookies, timeout=10).json()
     [index] = [i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == api_name]
-    body = {"data": data, "fn_index": index, "session_hash": "probe"}
+    # A session of its own, as each browser has: a session belongs to whoever first used it.
+    body = {"data": data, "fn_index": index, "session_hash": uuid.uuid4().hex}
     response = httpx.post(f"{url}gradio_api/run/predict", json=body, cookies=cookies, timeout=30)
     return {"status": response.status_code, **response.json()}
 
