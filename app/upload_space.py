@@ -46,10 +46,11 @@ class UploadSpace:
         self._in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not _is_upload(scope):
-            await self.app(scope, receive, send)
+        uploads = getattr(scope.get("app"), "uploaded_file_dir", None)
+        if scope["type"] != "http" or not _is_upload(scope) or not uploads:
+            await self.app(scope, receive, send)  # (no folder known: nothing to sweep)
             return
-        folder = Path(getattr(scope.get("app"), "uploaded_file_dir", "") or ".")
+        folder = Path(uploads)
         language = language_of_header(_header(scope, b"accept-language"))
         short = self._short_of_space(folder, _declared(scope))
         if short is not None:
