@@ -64,9 +64,9 @@ class RequestLimits:
                 del self._in_flight[address]
 
     async def _limited(self, scope: Scope, receive: Any, send: Any) -> None:
-        upload = scope.get("path", "").rstrip("/").endswith("/upload")
+        upload = is_upload(scope)
         limit = self.upload_max_bytes if upload else self.max_bytes
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
             await refuse(send, 413, _too_large(limit))
             return
@@ -119,14 +119,25 @@ class RequestLimits:
         return timed
 
 
-def _content_length(scope: Scope) -> int | None:
+def header(scope: Scope, wanted: bytes) -> str | None:
+    """The request's header `wanted` (lower case), or None."""
     for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+        if name == wanted:
+            return bytes(value).decode("latin-1")
     return None
+
+
+def content_length(scope: Scope) -> int | None:
+    """The body's size the request declares, or None (none, or not a number)."""
+    try:
+        return int(header(scope, b"content-length") or "")
+    except ValueError:
+        return None
+
+
+def is_upload(scope: Scope) -> bool:
+    """A request to gradio's upload route (its files, streamed)."""
+    return scope.get("path", "").rstrip("/").endswith("/upload")
 
 
 class _TooManyObjects(Exception):

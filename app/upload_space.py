@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.files import is_disk_full
-from app.http_limits import refuse
+from app.http_limits import content_length, header, is_upload, refuse
 from app.said import Said, in_language, language_of_header, say
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,13 @@ class UploadSpace:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         uploads = getattr(scope.get("app"), "uploaded_file_dir", None)
-        if scope["type"] != "http" or not _is_upload(scope) or not uploads:
+        posted = scope.get("method") == "POST" and is_upload(scope)
+        if scope["type"] != "http" or not posted or not uploads:
             await self.app(scope, receive, send)  # (no folder known: nothing to sweep)
             return
         folder = Path(uploads)
-        language = language_of_header(_header(scope, b"accept-language"))
-        short = self._short_of_space(folder, _declared(scope))
+        language = language_of_header(header(scope, b"accept-language"))
+        short = self._short_of_space(folder, max(content_length(scope) or 0, 0))
         if short is not None:
             await refuse(send, 507, in_language(short, language))
             return
@@ -142,21 +143,3 @@ def remove_partial_uploads(folder: Path, older_than_s: float) -> int:
     if removed:
         log.info("removed %d partial upload(s) from %s", removed, folder)
     return removed
-
-
-def _is_upload(scope: dict[str, Any]) -> bool:
-    return scope.get("method") == "POST" and scope.get("path", "").rstrip("/").endswith("/upload")
-
-
-def _header(scope: dict[str, Any], wanted: bytes) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-def _declared(scope: dict[str, Any]) -> int:
-    try:
-        return max(int(_header(scope, b"content-length") or 0), 0)
-    except ValueError:
-        return 0

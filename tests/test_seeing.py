@@ -53,10 +53,10 @@ def ask(url: str, question: Question, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     files = [handle_file(str(path)) for path in question.make(folder)]
     history: list[dict] = []
-    for text, answer in question.earlier:
-        parts = [*([{"type": "file", "file": f} for f in files] if not history else []), text]
+    for text, answer in question.earlier:  # the files come with the first turn
+        attached = [] if history else [{"type": "file", "file": f} for f in files]
         history += [
-            {"role": "user", "content": [p if isinstance(p, dict) else _text(p) for p in parts]},
+            {"role": "user", "content": [*attached, _text(text)]},
             {"role": "assistant", "content": [_text(answer)]},
         ]
     message = {"text": question.text, "files": [] if history else files}

@@ -64,7 +64,7 @@ TIMING_ROUNDS = 3  # rounds of timing before int8 is judged slow
 @functools.cache
 def int8_kernels_available() -> bool:
     """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do), exact (at the
-    extremes too), and fast here (timed once against float32's product)."""
+    extremes too), and fast here (timed against float32's product, up to TIMING_ROUNDS times)."""
     import torch
 
     try:
