@@ -26,9 +26,9 @@ ENGLISH = MappingProxyType(
         "import_json": "Import JSON",
         "chat": "Chat",
         "box_placeholder": "Ask about your images and videos (drop, paste or upload several)",
-        "welcome": "**Ask about images, videos and PDFs.** Attach one or several (📎, drag "
-        "and drop, or paste), type a question, press Enter: the answer streams here. Or try an "
-        "example below.",
+        "welcome": "**Ask about images, videos and PDFs.** Attach one or several (the paperclip "
+        "in the box, or drag and drop, or paste), type a question, press Enter: the answer "
+        "streams here. Or try an example below.",
         "send": "Send",
         "stop": "Stop",
         "regenerate": "Regenerate",
@@ -81,8 +81,9 @@ CHINESE = MappingProxyType(
         "import_json": "导入 JSON",
         "chat": "对话",
         "box_placeholder": "询问你的图片和视频（可拖放、粘贴或上传多个）",
-        "welcome": "**就图片、视频和 PDF 提问。** 附上一个或多个文件（📎、拖放或粘贴），输入问题，"
-        "按回车：回答会在这里逐字出现。也可以试试下面的示例。",
+        "welcome": "**就图片、视频和 PDF 提问。** 附上一个或多个文件"
+        "（输入框里的回形针、拖放或粘贴），输入问题，按回车：回答会在这里逐字出现。"
+        "也可以试试下面的示例。",
         "send": "发送",
         "stop": "停止",
         "regenerate": "重新生成",
