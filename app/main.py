@@ -96,6 +96,8 @@ def build_local_engine(settings: Settings) -> Engine:
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         decoder=build_decoder(settings),
+        max_batch=settings.max_batch or defaults.max_batch,
+        max_batch_tokens=defaults.max_batch_tokens,
     )
     return for_zero_gpu(engine)
 

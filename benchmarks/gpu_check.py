@@ -12,6 +12,9 @@ run, then prints one table:
 - out of memory: a request made to overflow (the GPU filled but for a little) answered with
   advice, and the next request served;
 - GPU memory after 20 requests against before them (no leak);
+- 8 users at once: their replies decoded in one batch, aggregate tokens/s against one user's,
+  and how many of the 8 greedy replies equal the same reply alone (the CPU's kernels compute
+  each row on its own and all 8 do; a GPU's kernels may sum a batch in another order);
 - how the model was placed (one GPU, or spread over several).
 
     bash scripts/gpu_check.sh              # on a machine with a GPU (see scripts/gpu_check.sh)
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -40,6 +44,7 @@ QUESTION = "Describe this image."
 FOLLOW_UP = "What is the total?"
 DECODE_TOKENS = 64
 REQUESTS_FOR_LEAKS = 20
+USERS_AT_ONCE = 8
 
 
 @dataclass
@@ -72,7 +77,7 @@ def engine_for(path: Path, dry_run: bool, **options: Any) -> Any:
     from testkit.engines import load_engine
 
     load = LoadOptions(cpu_only=dry_run, dtype="float32" if dry_run else "bfloat16", **options)
-    return load_engine(str(path), load, max_new_tokens=DECODE_TOKENS)
+    return load_engine(str(path), load, max_new_tokens=DECODE_TOKENS, max_batch=USERS_AT_ONCE)
 
 
 def ask(engine: Any, turns: tuple, tokens: int = DECODE_TOKENS) -> tuple[str, Any]:
@@ -261,6 +266,41 @@ def check_leaks(engine: Any, dry_run: bool) -> list[Row]:
     ]
 
 
+def check_users_at_once(engine: Any) -> list[Row]:
+    """USERS_AT_ONCE different questions at once (one batch) against each asked alone."""
+    from app.engines.base import Turn
+
+    questions = [
+        (Turn("user", f"Question {i}: tell me about the number {i}."),)
+        for i in range(USERS_AT_ONCE)
+    ]
+    alone = [ask(engine, turns) for turns in questions]
+    one_user = statistics.median(decode_rate(usage) for _, usage in alone)
+    engine.prefix_cache.clear()
+    replies: list[tuple[str, Any]] = [("", None)] * len(questions)
+
+    def run(index: int) -> None:
+        replies[index] = ask(engine, questions[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(questions))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tokens = sum(usage.completion_tokens for _, usage in replies)
+    aggregate = tokens / (time.perf_counter() - started)
+    same = sum(text == solo for (text, _), (solo, _) in zip(replies, alone, strict=True))
+    return [
+        Row(
+            f"{USERS_AT_ONCE} users at once (one batch)",
+            f"{aggregate:.1f} tok/s in all",
+            f"{one_user:.1f} tok/s one user",
+            f"{aggregate / one_user:.2f}x one user; {same} of {len(questions)} replies as alone",
+        )
+    ]
+
+
 def environment(engine: Any) -> str:
     import torch
     import transformers
@@ -292,6 +332,7 @@ def run(dry_run: bool) -> tuple[str, list[Row]]:
     )
     rows = check_photo_turn(engine) + check_prefix_cache(engine, uncached)
     rows += check_out_of_memory(engine, dry_run) + check_leaks(engine, dry_run)
+    rows += check_users_at_once(engine)
     rows += check_attention(path, dry_run) + check_four_bit(path, dry_run)
     header = f"{environment(engine)}; {time.perf_counter() - started:.0f} s in all"
     return header, rows

@@ -28,5 +28,7 @@ def load_engine(
         "notice": notice,
         "max_prompt_tokens": defaults.max_prompt_tokens,
         "prefix_cache_bytes": defaults.prefix_cache_bytes,
+        "max_batch": defaults.max_batch,
+        "max_batch_tokens": defaults.max_batch_tokens,
     }
     return LocalEngine(model, processor, runner=runner, **(kwargs | overrides))

@@ -128,16 +128,24 @@ def test_reasoning_is_shown_apart_and_excluded_from_the_api_reply(scripted, fami
 
 
 def test_settings_reach_generate(scripted):
+    """The page's and the API's settings become the generation config each reply is sampled
+    with (the one `generate` would make of them), and the system prompt leads the prompt."""
     url, engine = scripted("qwen3_vl", "ok")
-    seen: list[dict] = []
-    original = engine.model.generate
+    settings: list[dict] = []
+    prompts: list[dict] = []
+    model = engine.model
+    originals = model._prepare_generation_config, model.generate
 
-    @functools.wraps(original)
-    def record(*args, **kwargs):
-        seen.append(kwargs)
-        return original(*args, **kwargs)
+    def record(into, original):
+        @functools.wraps(original)
+        def recorded(*args, **kwargs):
+            into.append(kwargs)
+            return original(*args, **kwargs)
 
-    engine.model.generate = record
+        return recorded
+
+    model._prepare_generation_config = record(settings, originals[0])
+    model.generate = record(prompts, originals[1])
     try:
         client = Client(url, verbose=False, download_files=False)
         values = panel(
@@ -153,12 +161,13 @@ def test_settings_reach_generate(scripted):
         client.predict({"text": "Hi", "files": []}, [], *values, api_name="/ui_send")
         client.predict({"text": "Hi", "files": []}, temperature=0, top_k=3, api_name="/chat")
     finally:
-        engine.model.generate = original
-    page, api = seen
+        model._prepare_generation_config, model.generate = originals
+    # The prompt's reading (`generate` for one token's logits) asks for its own settings.
+    page, api = [kwargs for kwargs in settings if "output_logits" not in kwargs]
     assert page["max_new_tokens"] == 7 and page["do_sample"] is True
     assert page["temperature"] == 0.3 and page["top_p"] == 0.5 and page["top_k"] == 9
     assert page["repetition_penalty"] == 1.2
-    prompt = engine.processor.tokenizer.decode(page["input_ids"][0])
+    prompt = engine.processor.tokenizer.decode(prompts[0]["input_ids"][0])
     assert prompt.startswith("<|im_start|>system\nAnswer tersely.<|im_end|>")
     assert api["do_sample"] is False  # temperature 0 means greedy
     assert api["max_new_tokens"] == 256  # the server's bound when the request sets none
@@ -195,7 +204,6 @@ def test_a_reply_never_shows_protocol_tokens_or_broken_characters(scripted):
 
 
 def test_a_character_split_across_tokens_shows_whole_and_a_stray_byte_not_at_all():
-    import torch
     from transformers import AutoTokenizer
 
     from app.engines.local.streamer import TokenStreamer
@@ -204,9 +212,9 @@ def test_a_character_split_across_tokens_shows_whole_and_a_stray_byte_not_at_all
     byte = tokenizer.convert_tokens_to_ids  # byte-level BPE: 0xC3 is "Ã", 0xA9 is "©"
     shown: list[str] = []
     streamer = TokenStreamer(tokenizer, shown.append, lambda count: None)
-    streamer.put(torch.tensor([[1, 2]]))  # the prompt, which generate() hands over first
     stray, e_acute = [byte("Ã")], [byte("Ã"), byte("©")]
     for ids in (stray, tokenizer.encode(" café"), e_acute[:1], e_acute[1:], stray):
-        streamer.put(torch.tensor(ids))
+        for token in ids:
+            streamer.put_token(token)
     streamer.end()
     assert "".join(shown) == " caféé" and all("\ufffd" not in s for s in shown)

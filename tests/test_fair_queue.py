@@ -111,7 +111,8 @@ def test_a_flood_past_what_gradio_lets_in_at_once_still_takes_turns(tiny_checkpo
         answered = time.monotonic()
         for job in flood:
             job.cancel()
-    # Alice's requests that ended while Bob waited: the one holding the model when he asked,
-    # and at most the one the turn had just gone to.
+    # Alice's requests that ended while Bob waited: those decoding when he asked (the batch,
+    # `max_concurrent` replies, which go on beside his), and at most the one the turn had just
+    # gone to. First come, first served, all twenty would have gone before him.
     while_waiting = [i for i, t in done_at.items() if asked < t <= answered]
-    assert question.done() and len(while_waiting) <= 2, while_waiting
+    assert question.done() and len(while_waiting) <= engine.max_concurrent + 1, while_waiting

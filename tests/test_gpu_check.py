@@ -30,3 +30,5 @@ def test_the_gpu_check_runs_every_step_on_the_cpu():
         "advice given" in rows["out of memory"] and "next request served" in rows["out of memory"]
     )
     assert "cached" in rows["follow-up, first token"]
+    # On the CPU each row of a batch is computed on its own: every reply as alone.
+    assert "8 of 8 replies as alone" in rows["8 users at once (one batch)"]

@@ -1,8 +1,11 @@
 """The local engine: a transformers model in this process.
 
-engine.py          the Engine: the lock, the streaming pump, the out-of-memory retry, usage
+engine.py          the Engine: the streaming pump, the out-of-memory retry, usage
+scheduler.py       the model thread's loop: prompts read one at a time, replies decoded together
+batch.py           one decode step for every reply in the batch, each with its own cache
+sampling.py        one reply's next token from its logits, as generate would pick it
 reuse.py           the prefix-cache protocol of one request (take, read, put back, Stop)
-calls.py           the model's work for a request: encode media, read a prompt, decode a reply
+calls.py           the model's work for a request: encode media, read a prompt
 internals.py       the only place that touches transformers' and Qwen-VL's internals, checked
                    when the engine is built (kv.py holds the KV cache's side of them)
 generate_kwargs.py a request's sampling settings as generate() keywords (pure)

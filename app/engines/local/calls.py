@@ -14,6 +14,7 @@ from app.engines.local import kv
 from app.engines.local.generate_kwargs import generate_kwargs
 from app.engines.local.internals import ENCODERS, ModelInternals
 from app.engines.local.prompt import Prompt
+from app.engines.local.sampling import RowSampler
 from app.engines.local.streamer import TokenStreamer
 from app.engines.local.watch import WatchHooks
 from app.engines.pump import Emit
@@ -32,7 +33,7 @@ GROUNDING_TOKENS = frozenset(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # one per reply: compared by identity
 class Job:
     """One request on its way through the model: what it asks, where its output goes (`emit`,
     read by the caller through the pump), and what the model thread measures."""
@@ -45,6 +46,13 @@ class Job:
     first_token_s: float | None = None
     cached_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
+    # Set by the model thread when the job is over (its reply whole, stopped, or failed).
+    ended: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.ended.set()
 
 
 class ModelCalls:
@@ -101,28 +109,38 @@ class ModelCalls:
             top_k=None,
         )
 
-    def decode(self, job: Job, cache: Any, features: Any) -> list[int]:
-        """Read the rest of the prompt, then generate the reply; return every id read or made."""
-        from transformers import StoppingCriteriaList
-
+    def prefill(self, job: Job, cache: Any, features: Any) -> Any:
+        """Read the rest of the prompt into `cache`; the logits of the reply's first token
+        (1, vocabulary), float32, as the model gave them."""
         prompt = job.prompt
         tokens = len(prompt.ids) - kv.length(cache)
         self.hooks.set_stage(reading_conversation(tokens), "language", tokens)
-        if job.request.params.seed is not None:
-            from transformers import set_seed
-
-            set_seed(job.request.params.seed)
-        sequences = self.model.generate(
+        out = self.model.generate(
             **self.internals.model_inputs(prompt.inputs),
             **self.internals.encoded(features),
-            **generate_kwargs(job.request.params, self.max_new_tokens),
             cache=cache,
-            streamer=self._streamer(job),
-            stopping_criteria=StoppingCriteriaList([_stop_on_cancel(job.cancel)]),
+            max_new_tokens=1,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
-        return list(sequences[0].tolist())
+        return out.logits[0]
 
-    def _streamer(self, job: Job) -> TokenStreamer:
+    def rope_offset(self) -> int:
+        """The RoPE offset of the prompt just read (each reply keeps its own)."""
+        return int(self.internals.rope_offset())
+
+    def sampler(self, job: Job) -> RowSampler:
+        """How the job's reply picks its tokens: its settings over the checkpoint's."""
+        params = job.request.params
+        kwargs = generate_kwargs(params, self.max_new_tokens)
+        plan = self.internals.sampling_plan(kwargs, len(job.prompt.ids))
+        return RowSampler(plan, list(job.prompt.ids), params.seed)
+
+    def streamer(self, job: Job) -> TokenStreamer:
         """Each token's text to the job (without control tokens); the first token's time."""
         control_tokens = self._control_tokens
 
@@ -151,20 +169,6 @@ def control_tokens(tokenizer: Any) -> re.Pattern[str]:
     added = {token.content for token in tokenizer.added_tokens_decoder.values()}
     control = (set(tokenizer.all_special_tokens) | added) - GROUNDING_TOKENS - REASONING_TAGS
     return re.compile("|".join(re.escape(t) for t in sorted(control, key=len, reverse=True)))
-
-
-def _stop_on_cancel(cancel: threading.Event) -> Any:
-    """A stopping criterion that ends generate() at the next token once `cancel` is set."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class StopOnCancel(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full(
-                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
-            )
-
-    return StopOnCancel()
 
 
 def reading_conversation(tokens: int) -> Said:

@@ -1,11 +1,13 @@
-"""transformers in this process: one model, one request at a time, streamed, stopped, retried.
+"""transformers in this process: one model, several replies decoded together, streamed, stopped.
 
-One `LocalEngine` is built in `main` and shared by every browser session; a lock keeps one
-generation at a time on the model. Each request starts from the longest prefix of its prompt
+One `LocalEngine` is built in `main` and shared by every browser session. Its scheduler
+(scheduler.py) reads one prompt at a time on the model thread and decodes up to `max_batch`
+replies in one batch (batch.py). Each request starts from the longest prefix of its prompt
 that the prefix cache holds (reuse.py): only the images and videos after it are encoded, and
 only the tokens after it are read. Stop (or a closed tab) ends the prefill between two layers
-and the reply at the next token. Errors cross from the model thread as exceptions, not
-timeouts; an out-of-memory with the prefix cache held is retried once without it.
+and the reply at the next token, without touching the others. Errors cross from the model
+thread as exceptions, not timeouts; an out-of-memory with the prefix cache held is retried once
+without it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from app.engines.base import (
 )
 from app.engines.local import kv
 from app.engines.local.attention import stored_kv_dtype
+from app.engines.local.batch import BatchStep, Row
 from app.engines.local.bounds import PromptBound
 from app.engines.local.calls import Job, ModelCalls
 from app.engines.local.checkpoint import weights_kind
@@ -42,7 +45,8 @@ from app.engines.local.prompt import (
     takes_thinking_switch,
 )
 from app.engines.local.reuse import CachedGeneration
-from app.engines.local.watch import Cancelled, Watch, WatchHooks
+from app.engines.local.scheduler import BatchScheduler
+from app.engines.local.watch import Cancelled, WatchHooks
 from app.engines.pump import Emit, pump
 from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
@@ -76,6 +80,8 @@ class LocalEngine:
         media_cache: MediaCache | None = None,
         max_new_tokens: int = 1024,
         decoder: DecodePool | None = None,
+        max_batch: int = 1,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self.model_name = model_name
         self.notice = notice
@@ -88,7 +94,7 @@ class LocalEngine:
         self.runner = runner
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
-        self.max_concurrent = 1  # one model thread, one reply at a time
+        self.max_concurrent = max_batch  # replies decoded together (more wait in the fair queue)
         self.weights: str | None = weights_kind(model)
         config = model.generation_config
         self.sampling_defaults = SamplingDefaults(
@@ -106,7 +112,15 @@ class LocalEngine:
         calls = ModelCalls(model, processor, internals, self._hooks, max_new_tokens)
         answer_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
         self._generation = CachedGeneration(calls, self.prefix_cache, answer_start)
-        self._lock = threading.Lock()
+        self.scheduler = BatchScheduler(
+            runner,
+            self._generation,
+            BatchStep(model, internals),
+            self._hooks,
+            max_batch=max_batch,
+            max_batch_tokens=max_batch_tokens or max_prompt_tokens,
+            prefill=self._prefill,
+        )
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -133,7 +147,7 @@ class LocalEngine:
             # the request's thread give it a second OpenMP pool, and with more pool threads
             # than cores libgomp spins less and wakes slower: a decode step after a photo took
             # 162 ms instead of 122 (2 cores, int8; app/engines/local/model_thread.py).
-            prompt = self.runner.submit(
+            prompt = self.scheduler.submit(
                 build_prompt,
                 self.processor,
                 request,
@@ -158,16 +172,14 @@ class LocalEngine:
         yield Delta(usage=self._usage(job))
 
     def _deltas(self, job: Job) -> Iterator[Delta]:
-        """The job run on the model thread: its text as it comes, its progress until then."""
+        """The job run by the scheduler: its text as it comes, its progress until then."""
 
         def work(emit: Emit) -> None:
             job.emit = emit
-            self._run(job)
+            self.scheduler.run(job)
 
         progress = Progress(say("Starting", "正在开始"))
-        for batch in pump(
-            work, job.cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S, runner=self.runner
-        ):
+        for batch in pump(work, job.cancel, name="qwen-generate", idle_s=PROGRESS_TICK_S):
             news = [item for item in batch if isinstance(item, Progress)]
             progress = news[-1] if news else progress
             text = "".join(item for item in batch if isinstance(item, str))
@@ -187,26 +199,19 @@ class LocalEngine:
             cached_tokens=job.cached_tokens if self.prefix_cache.enabled else None,
         )
 
-    def _run(self, job: Job) -> None:
-        """The model thread: one request on the model, retried once on out-of-memory without
+    def _prefill(self, job: Job) -> Row:
+        """The model thread: a request's prompt read, retried once on out-of-memory without
         the prefix cache (the cache must never be why a request runs out)."""
-        with self._lock:
-            if job.cancel.is_set():
-                return
-            self._hooks.watch = Watch(job.cancel, job.emit)
-            try:
-                try:
-                    self._generation.run(job)
-                except Exception as err:
-                    held = job.cached_tokens or len(self.prefix_cache)
-                    if not is_out_of_memory(err) or job.tokens or not held:
-                        raise
-                    log.warning("out of memory with the prefix cache held; dropped it, retrying")
-                    self.prefix_cache.clear()
-                    free_accelerator_memory()
-                    self._generation.run(job)
-            finally:
-                self._hooks.watch = None
+        try:
+            return self._generation.start(job)
+        except Exception as err:
+            held = job.cached_tokens or len(self.prefix_cache)
+            if not is_out_of_memory(err) or job.tokens or not held:
+                raise
+            log.warning("out of memory with the prefix cache held; dropped it, retrying")
+            self.prefix_cache.clear()
+            free_accelerator_memory()
+            return self._generation.start(job)
 
     def _user_error(self, error: BaseException) -> EngineError:
         if is_out_of_memory(error):

@@ -8,13 +8,22 @@ and each has moved between transformers releases, so it is all here, and `check_
 for every piece when the engine is built: a transformers without them is named at start-up,
 not met as an AttributeError in someone's first question. The KV cache's internals are kv.py's
 (`DynamicCache`'s layers); `check_internals` covers those too.
+
+Decoding several replies in one batch (batch.py) also lives on internals: each reply keeps its
+own cache and its own multimodal RoPE offset, so a batched step gives the model every reply's
+positions itself (`decode_positions`), one cache whose layers hand each row its own keys and
+values (`rows_cache`), and, for that step only, an attention that reads each row against its
+own keys (`rows_attention`). The sampling settings are turned into transformers' own logits
+processors (`sampling_plan`), so a reply sampled here sees exactly what `generate` applied.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from app.engines.base import EngineError
@@ -64,6 +73,59 @@ class ModelInternals:
         self.language_layers: list[Any] = list(inner.language_model.layers)
         # The vision encoder's own device: on a model spread over GPUs, the first one's.
         self.vision_device = next((visual or model).parameters()).device
+        self._text_config = inner.language_model.config
+
+    def rope_offset(self) -> Any:
+        """The multimodal RoPE offset of the prompt just read (one per reply: batched replies
+        each keep their own)."""
+        offset = self.model.model.rope_deltas
+        return 0 if offset is None else int(offset.reshape(-1)[0])
+
+    def decode_positions(self, lengths: list[int], offsets: list[int]) -> Any:
+        """Each row's next token's position ids, (4, rows, 1): its text position (the tokens
+        its cache holds), then the same moved by its RoPE offset for time, height and width,
+        as `generate` steps them after a prompt that ends in text."""
+        import torch
+
+        text = torch.tensor(lengths, dtype=torch.long).view(1, -1, 1)
+        moved = text + torch.tensor(offsets, dtype=torch.long).view(1, -1, 1)
+        return torch.cat([text, moved.expand(3, -1, -1)]).to(self.model.device)
+
+    def rows_cache(self, caches: list[Any]) -> Any:
+        """One cache for a batched step whose layer i hands row r's keys and values to and
+        from `caches[r]`'s layer i (each reply's own cache grows by its own token)."""
+        from transformers import DynamicCache
+
+        combined = DynamicCache(config=self._text_config)
+        combined.layers = [
+            _rows_layer_class()([cache.layers[index] for cache in caches])
+            for index in range(len(caches[0].layers))
+        ]
+        return combined
+
+    @contextmanager
+    def rows_attention(self) -> Iterator[None]:
+        """For one batched step, the language model attends each row to its own keys and values
+        (what `rows_cache` hands it), through the model's own attention for one row."""
+        config = self._text_config
+        own = config._attn_implementation_internal
+        config._attn_implementation_internal = _register_rows_attention(own)
+        try:
+            yield
+        finally:
+            config._attn_implementation_internal = own
+
+    def sampling_plan(self, generate_kwargs: dict[str, Any], prompt_tokens: int) -> SamplingPlan:
+        """What `generate` would do with `generate_kwargs` after the checkpoint's generation
+        config: its logits processors (suppressed tokens, sequence bias, repetition penalty,
+        temperature, top-k, top-p), whether it samples, its end tokens and reply length."""
+        config, _ = self.model._prepare_generation_config(None, **generate_kwargs)
+        processors = self.model._get_logits_processor(
+            config, input_ids_seq_length=prompt_tokens, device=self.model.device, model_kwargs={}
+        )
+        eos = config.eos_token_id
+        ends = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        return SamplingPlan(processors, bool(config.do_sample), ends, int(config.max_new_tokens))
 
     def encode(self, kind: str, pixels: Any, grid: Any) -> Any:
         """The vision encoder's outputs for `pixels` of `kind` ("image" or "video")."""
@@ -90,6 +152,91 @@ class ModelInternals:
     def encoded(features: dict[str, Any] | None) -> dict[str, Any]:
         """`generate`'s keyword for media already encoded (none when there are none)."""
         return {"mm_encoder_outputs": features} if features else {}
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    processors: Any  # transformers' LogitsProcessorList
+    do_sample: bool
+    end_tokens: frozenset[int]
+    max_new_tokens: int
+
+
+class RowsKV:
+    """Each row's keys (or values) in a batched step: rows of different lengths, not padded."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+
+def _rows_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class RowsLayer(DynamicLayer):
+        """Layer i of several replies' caches, as one layer of a batched step's cache."""
+
+        def __init__(self, rows: list[Any]) -> None:
+            super().__init__()
+            self.rows = rows
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+            keys, values = [], []
+            for index, row in enumerate(self.rows):
+                key, value = row.update(
+                    key_states[index : index + 1], value_states[index : index + 1], *args, **kwargs
+                )
+                keys.append(key)
+                values.append(value)
+            return RowsKV(keys), RowsKV(values)
+
+        def get_seq_length(self) -> int:
+            return max(row.get_seq_length() for row in self.rows)
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.get_seq_length() + query_length, 0
+
+    return RowsLayer
+
+
+def _register_rows_attention(own: str | None) -> str:
+    """The name of an attention that reads each row of a `RowsKV` step through `own` (the
+    model's attention), registered with transformers' public interfaces on first use."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = f"rows_of_{own}"  # one per attention the model had
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return name
+
+    def rows_attention(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
+        import torch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        attend = ALL_ATTENTION_FUNCTIONS.get(own or "", sdpa_attention_forward)
+        outputs = []
+        for index, (row_key, row_value) in enumerate(zip(key.rows, value.rows, strict=True)):
+            row_kwargs = {
+                name: _row_of(item, index, len(key.rows)) for name, item in kwargs.items()
+            }
+            row = query[index : index + 1]
+            outputs.append(attend(module, row, row_key, row_value, None, **row_kwargs)[0])
+        return torch.cat(outputs), None
+
+    AttentionInterface.register(name, rows_attention)
+    # A one-token query per row attends to all of its row's keys: no mask is read.
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def _row_of(item: Any, index: int, rows: int) -> Any:
+    """Row `index` of a per-row keyword (position ids), anything else as it is."""
+    import torch
+
+    if isinstance(item, torch.Tensor) and item.dim() and item.shape[0] == rows > 1:
+        return item[index : index + 1]
+    return item
 
 
 def check_internals(model: Any) -> None:
@@ -122,6 +269,12 @@ def _needed(model: Any) -> list[tuple[str, bool]]:
         ("model.language_model.layers", hasattr(getattr(inner, "language_model", None), "layers")),
         ("generate(mm_encoder_outputs=)", _forward_takes(model, "mm_encoder_outputs")),
         ("DynamicCache(config=).layers", "config" in inspect.signature(DynamicCache).parameters),
+        ("generate's _prepare_generation_config", hasattr(model, "_prepare_generation_config")),
+        ("generate's _get_logits_processor", hasattr(model, "_get_logits_processor")),
+        (
+            "config._attn_implementation_internal",
+            hasattr(getattr(model, "config", None), "_attn_implementation_internal"),
+        ),
         *((f"DynamicLayer.{part}", hasattr(probe, part)) for part in layer_parts),
     ]
 

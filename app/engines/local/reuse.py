@@ -1,5 +1,6 @@
 """The prefix-cache protocol of one request: start from the longest cached prefix of its prompt,
-read and generate the rest, and leave what the model read for the next request.
+read the rest (the reply's first token picked from it), and, once the reply is decoded (in a
+batch: batch.py), leave what the model read for the next request.
 
 Attention caches are cut back to any length; a state that cannot be cut (Qwen3.5's linear
 attention) is read in steps, with a copy (a mark) kept where a later prompt may leave this one.
@@ -12,6 +13,7 @@ import logging
 from typing import Any
 
 from app.engines.local import kv
+from app.engines.local.batch import Row
 from app.engines.local.calls import Job, ModelCalls
 from app.engines.local.prefix_cache import PrefixCache, Reuse
 from app.engines.local.prompt import Prompt
@@ -28,25 +30,44 @@ class CachedGeneration:
         self.prefix_cache = prefix_cache
         self._answer_start_id = answer_start_id
 
-    def run(self, job: Job) -> None:
-        import torch
-
+    def start(self, job: Job) -> Row:
+        """Read `job`'s prompt from where the prefix cache leaves it; its reply's row, with the
+        first token picked and handed to its streamer. Call under `torch.inference_mode`."""
         prompt, owner = job.prompt, job.request.owner
         reuse = self.prefix_cache.take(prompt.ids, prompt.media, owner)
         job.cached_tokens = reuse.tokens
         _log_reuse(prompt, reuse)
         marks = dict(reuse.marks)
         try:
-            with torch.inference_mode():
-                features = self.calls.encode_media(prompt, reuse.tokens)
-                if not kv.is_cuttable(reuse.cache):
-                    features = self._read_to_marks(prompt, reuse, features, marks)
-                sequences = self.calls.decode(job, reuse.cache, features)
+            features = self.calls.encode_media(prompt, reuse.tokens)
+            if not kv.is_cuttable(reuse.cache):
+                features = self._read_to_marks(prompt, reuse, features, marks)
+            logits = self.calls.prefill(job, reuse.cache, features)
         except Cancelled:
             self._keep_what_was_read(prompt, reuse, marks, owner)
             raise
-        cached = kv.length(reuse.cache)
-        self.prefix_cache.put(sequences[:cached], prompt.media, reuse.cache, marks, owner)
+        sampler = self.calls.sampler(job)
+        row = Row(
+            job, reuse.cache, marks, sampler, self.calls.streamer(job), self.calls.rope_offset()
+        )
+        row.tokens_held = len(prompt.ids) + sampler.plan.max_new_tokens
+        self.advance(row, logits)
+        return row
+
+    def max_new_tokens(self, job: Job) -> int:
+        return job.request.params.bounded_max_new_tokens(self.calls.max_new_tokens)
+
+    def advance(self, row: Row, logits: Any) -> None:
+        """The row's next token, picked from `logits` and streamed."""
+        row.streamer.put_token(row.sampler.pick(logits))
+
+    def finish(self, row: Row) -> None:
+        """The reply is over: its text flushed, what the model read kept for the next request."""
+        row.streamer.end()
+        job = row.job
+        cached = kv.length(row.cache) if kv.is_cuttable(row.cache) else len(row.sampler.ids) - 1
+        ids = tuple(row.sampler.ids[:cached])
+        self.prefix_cache.put(ids, job.prompt.media, row.cache, row.marks, job.request.owner)
 
     def _read_to_marks(self, prompt: Prompt, reuse: Reuse, features: Any, marks: kv.Marks) -> Any:
         """For a state that cannot be cut back: read up to where a later prompt may leave this

@@ -1,4 +1,4 @@
-"""Token ids to text as soon as each token decodes, for `model.generate(streamer=...)`."""
+"""Token ids to text as soon as each token decodes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 
 class TokenStreamer:
-    """A `generate` streamer that hands over text as soon as each token decodes.
+    """A reply's tokens, handed over as text as soon as each token decodes.
 
     transformers' TextStreamer holds text back to the next space; here a token's text goes out
     at once, except a character split across tokens, held until it is whole. Decoding is
@@ -24,18 +24,13 @@ class TokenStreamer:
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
-        self.prompt_seen = False
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        ids = value.reshape(-1).tolist()
-        self.on_token(len(ids))
-        self.ids.extend(ids)
+    def put_token(self, token: int) -> None:
+        self.on_token(1)
+        self.ids.append(token)
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
         if len(text) > len(prefix) and not text.endswith("\ufffd"):

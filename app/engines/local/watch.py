@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,8 @@ class WatchHooks:
 
     def __init__(self, vision_blocks: list[Any], language_layers: list[Any]) -> None:
         self.watch: Watch | None = None
+        # Called between two layers of a prefill (the scheduler's decode step for the others).
+        self.between_layers: Callable[[], None] = lambda: None
         self.rates = StageRates()
         self._vision_blocks = vision_blocks
         self._language_layers = language_layers
@@ -106,6 +109,7 @@ class WatchHooks:
         watch.total = total
         watch.done = min(total, watch.done + 1)
         self._report(watch)
+        self.between_layers()
 
     def _report(self, watch: Watch, force: bool = False) -> None:
         now = time.perf_counter()

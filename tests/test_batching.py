@@ -1,0 +1,187 @@
+"""Several replies decoded in one batch by the local engine (app/engines/local/scheduler.py).
+
+A reply decoded beside others must be, token for token, the reply decoded alone: each family,
+the CPU's 4-bit (the default), int8 and float32 paths, prompts of different lengths with and
+without a photo, replies joining mid-way, one stopped, a batch held small by memory, and decode
+steps taken between the layers of another's prefill. Replies are greedy and run to their length
+(`suppress_eos`), so that a difference anywhere shows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
+from app.engines.local.checkpoint import LoadOptions
+from testkit.checkpoints import TRIAL_FAMILIES
+from testkit.engines import load_engine
+
+QUESTIONS = (
+    "Hi",
+    "What is the capital of France, and why did it grow so large over the centuries?",
+    "Tell me a story about a lighthouse keeper who finds a bottle on the shore one morning.",
+    "Describe this picture.",
+)
+TOKENS = 40
+
+
+def _request(index: int, media, tokens: int = TOKENS) -> ChatRequest:
+    files = (Attachment(str(media / "red.jpg"), "red.jpg"),) if index == 3 else ()
+    turn = Turn("user", QUESTIONS[index], files)
+    params = GenerationParams(max_new_tokens=tokens, temperature=0)
+    return ChatRequest((turn,), params, owner=f"user{index}")
+
+
+def _reply(engine, request: ChatRequest, cancel: threading.Event | None = None, after=None) -> str:
+    """The reply's text; `after(text so far)` is called at each piece (to stop it, say)."""
+    text = ""
+    for delta in engine.stream(request, cancel or threading.Event()):
+        text += delta.text or ""
+        if after is not None and delta.text:
+            after(text)
+    return text
+
+
+def _together(engine, requests: list[ChatRequest]) -> list[str]:
+    """Each request's reply, all asked at once, their prompts read
+    afresh (not from the prefix cache, which holds them from the replies alone)."""
+    engine.prefix_cache.clear()
+    replies: list[str | None] = [None] * len(requests)
+
+    def ask(index: int) -> None:
+        replies[index] = _reply(engine, requests[index])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return [reply or "" for reply in replies]
+
+
+def _alone(engine, requests: list[ChatRequest]) -> list[str]:
+    return [_reply(engine, request) for request in requests]
+
+
+@pytest.mark.parametrize("family", TRIAL_FAMILIES)
+def test_replies_decoded_together_equal_each_decoded_alone(tiny_checkpoint, media, family):
+    engine = load_engine(tiny_checkpoint(family, suppress_eos=True), max_batch=4)
+    requests = [_request(i, media) for i in range(4)]
+    alone = _alone(engine, requests)
+    assert engine.scheduler.largest_batch == 1
+    together = _together(engine, requests)
+    assert engine.scheduler.largest_batch >= 3  # the four overlapped
+    assert together == alone
+    assert len(set(alone)) == 4 and all(alone)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_the_other_cpu_paths_decode_the_same_in_a_batch(tiny_checkpoint, media, dtype):
+    engine = load_engine(
+        tiny_checkpoint("qwen3_vl", suppress_eos=True), LoadOptions(dtype=dtype), max_batch=4
+    )
+    assert engine.weights == dtype
+    requests = [_request(i, media) for i in range(4)]
+    alone = _alone(engine, requests)
+    assert _together(engine, requests) == alone
+    assert engine.scheduler.largest_batch >= 3
+
+
+def test_a_reply_joining_mid_way_and_one_stopped_leave_the_others_whole(tiny_checkpoint, media):
+    engine = load_engine(tiny_checkpoint("qwen3_vl", suppress_eos=True), max_batch=4)
+    long_one = _request(1, media, tokens=120)
+    others = [_request(0, media), _request(3, media)]
+    stopped = _request(2, media, tokens=120)
+    alone = _alone(engine, [long_one, *others])
+    stopped_alone = _reply(engine, stopped)
+
+    results: dict[str, str] = {}
+    cancel = threading.Event()
+
+    def stop_after_some(text: str) -> None:
+        if len(text) >= 20:
+            cancel.set()
+
+    def run(name: str, request: ChatRequest, **kwargs) -> None:
+        results[name] = _reply(engine, request, **kwargs)
+
+    threads = [
+        threading.Thread(target=run, args=("long", long_one)),
+        threading.Thread(
+            target=run,
+            args=("stopped", stopped),
+            kwargs={"cancel": cancel, "after": stop_after_some},
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    while not cancel.is_set():  # the others join once the long reply is on its way
+        time.sleep(0.01)
+    joined = _together(engine, others)
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [results["long"], *joined] == alone
+    # The stopped reply is a beginning of its whole reply, and shorter.
+    assert stopped_alone.startswith(results["stopped"]) and len(results["stopped"]) < len(
+        stopped_alone
+    )
+    assert engine.scheduler.largest_batch >= 3
+
+
+def test_a_batch_held_small_by_memory_makes_the_others_wait_not_fail(tiny_checkpoint, media):
+    engine = load_engine(tiny_checkpoint("qwen3_vl", suppress_eos=True), max_batch=4)
+    requests = [_request(i, media) for i in range(3)]
+    alone = _alone(engine, requests)
+    # Room for about one reply's tokens: each waits for the one before to end.
+    engine.scheduler.max_batch_tokens = 60
+    assert _together(engine, requests) == alone
+    assert engine.scheduler.largest_batch == 1
+
+
+def test_the_batch_steps_between_the_layers_of_anothers_prefill(tiny_checkpoint, media):
+    engine = load_engine(tiny_checkpoint("qwen3_vl", suppress_eos=True), max_batch=4)
+    streaming = _request(1, media, tokens=1000)
+    joining = [_request(3, media), _request(2, media)]
+    alone = _alone(engine, [streaming, *joining])
+    engine.scheduler.prefill_slice_s = 0.0  # a step at every layer of a prefill
+    results: dict[str, str] = {}
+    on_its_way, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(
+        target=lambda: results.update(
+            long=_reply(engine, streaming, stop, after=lambda text: on_its_way.set())
+        )
+    )
+    thread.start()
+    assert on_its_way.wait(timeout=300)
+    joined = _together(engine, joining)
+    stop.set()  # the long reply was streaming all along: it is stopped once they are done
+    thread.join(timeout=300)
+    assert joined == alone[1:] and alone[0].startswith(results["long"])
+    assert engine.scheduler.steps_during_prefill > 0
+
+
+def test_a_stop_during_one_prefill_leaves_the_batch_decoding(tiny_checkpoint, media):
+    engine = load_engine(tiny_checkpoint("qwen3_vl", suppress_eos=True), max_batch=4)
+    streaming = _request(1, media, tokens=80)
+    photo = _request(3, media)
+    whole = _reply(engine, streaming)
+    engine.scheduler.prefill_slice_s = 0.0
+    results: dict[str, str] = {}
+    thread = threading.Thread(target=lambda: results.update(long=_reply(engine, streaming)))
+    thread.start()
+    time.sleep(0.3)
+    cancel = threading.Event()
+    # The Stop comes while the photo is read: as its vision encoder starts.
+    first_block = engine.model.model.visual.blocks[0]
+    hook = first_block.register_forward_pre_hook(lambda *args: cancel.set())
+    try:
+        deltas = list(engine.stream(photo, cancel))
+    finally:
+        hook.remove()
+    thread.join(timeout=300)
+    assert cancel.is_set() and not any(delta.text for delta in deltas)
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 0
+    assert results["long"] == whole
