@@ -45,9 +45,12 @@ def default_max_prompt_tokens(context: int, available: int, bytes_per_token: int
     return max(1024, min(context, available // 2 // max(1, bytes_per_token)))
 
 
-# Replies decoded together by default. On 2 CPU cores (Qwen3-VL-2B's shapes, 4-bit) four
-# replies gave 2.6x one reply's tokens a second and eight 3.3x, each stream then at 40% of a
-# lone one's speed (benchmarks/batching.py); a GPU reads its weights once for many more rows.
+# Replies decoded together by default. On 2 CPU cores (Qwen3-VL-2B's shapes, the 4-bit default,
+# 48-token replies; benchmarks/batching.py) one reply streams 10.5 tokens/s (its reading
+# included); four at once 24.6 in all (2.3x), each at 6.1, a pace still read comfortably; eight
+# 28.2 (2.7x) but each at 3.5 and the last first token after 4.7 s: four is the CPU's default.
+# A GPU's decode step costs about the same for many more rows; 16 is not measured here (no GPU
+# was lent): its check (benchmarks/gpu_check.py) reports eight users against one.
 DEFAULT_MAX_BATCH_CPU = 4
 DEFAULT_MAX_BATCH_GPU = 16
 
