@@ -12,6 +12,7 @@ without it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -121,6 +122,10 @@ class LocalEngine:
             max_batch_tokens=max_batch_tokens or max_prompt_tokens,
             prefill=self._prefill,
         )
+        # The model, processor and tokenizer are some 470,000 Python objects that live as long
+        # as the app: a full garbage collection walked them all, 235 ms, a pause in every
+        # stream now and then (0.32 s seen). Frozen, collections skip them.
+        gc.freeze()
 
     @property
     def max_prompt_tokens(self) -> int:
