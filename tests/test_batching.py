@@ -185,3 +185,28 @@ def test_a_stop_during_one_prefill_leaves_the_batch_decoding(tiny_checkpoint, me
     assert cancel.is_set() and not any(delta.text for delta in deltas)
     assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 0
     assert results["long"] == whole
+
+
+def test_out_of_memory_in_a_batch_makes_one_reply_wait_not_fail(tiny_checkpoint, media):
+    import torch
+
+    engine = load_engine(tiny_checkpoint("qwen3_vl", suppress_eos=True), max_batch=4)
+    requests = [_request(i, media) for i in range(3)]
+    alone = _alone(engine, requests)
+    failures: list[int] = []
+
+    def run_out_once(module, args, kwargs):
+        """The first step of three replies runs out of memory half-way through the layers."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] == 3 and not failures:
+            failures.append(hidden.shape[0])
+            raise torch.OutOfMemoryError("out of memory (raised by the test)")
+
+    layer = engine.model.model.language_model.layers[1]
+    hook = layer.register_forward_pre_hook(run_out_once, with_kwargs=True)
+    try:
+        together = _together(engine, requests)
+    finally:
+        hook.remove()
+    assert failures == [3]
+    assert together == alone

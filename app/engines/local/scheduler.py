@@ -105,11 +105,6 @@ class BatchScheduler:
         if start:
             self.runner.submit(self._loop)
 
-    @property
-    def active(self) -> int:
-        """Replies being decoded now."""
-        return len(self._rows) + len(self._held)
-
     def _withdraw(self, job: Job) -> bool:
         with self._lock:
             if job in self._waiting:
@@ -130,11 +125,16 @@ class BatchScheduler:
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             jobs = [*self._waiting, *(row.job for row in (*self._rows, *self._held))]
+            futures = [future for *_, future in self._tasks]
             self._waiting.clear()
+            self._tasks.clear()
             self._rows, self._held = [], deque()
             self._running = False
         for job in jobs:
             job.end(error)
+        for future in futures:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
 
     def _serve(self) -> None:
         import torch
@@ -148,8 +148,7 @@ class BatchScheduler:
                         if not self._waiting and not self._tasks:
                             self._running = False
                             return
-                    time.sleep(POLL_S / 5)  # a job waits for a task's answer
-                    continue
+                    continue  # a task came in meanwhile
                 if job is not None:
                     self._start(job)
                 self._decode_step()
@@ -238,8 +237,11 @@ class BatchScheduler:
 
     def _step_failed(self, rows: list[Row], error: Exception) -> None:
         """Out of memory with several replies: the newest waits (the batch shrinks) and the
-        others go on; anything else, or a reply alone, ends each reply with the error."""
-        if is_out_of_memory(error) and len(rows) > 1:
+        others go on; anything else, or a reply alone, ends each reply with the error (as do
+        recurrent states, stepped one by one: those stepped before the failure cannot be
+        taken back)."""
+        cuttable = all(kv.is_cuttable(row.cache) for row in rows)
+        if is_out_of_memory(error) and len(rows) > 1 and cuttable:
             log.warning("out of memory decoding %d replies at once; one waits", len(rows))
             for row in rows:  # the step's token, written into some layers, is read again
                 kv.cut(row.cache, len(row.sampler.ids) - 1, {})
