@@ -197,10 +197,33 @@ def user_messages_to_box(messages: Sequence[Message]) -> dict:
 # follows. One place for the handlers that answer and for saving the question before its reply.
 
 
-def asked_by_send(box: Mapping[str, Any] | None, history: Sequence[Message]) -> list[Message]:
-    """The history with the box's text and files as the new question; [] where the box is empty."""
+def asked_by_send(
+    box: Mapping[str, Any] | None, history: Sequence[Message], editing: int | None = None
+) -> list[Message]:
+    """The history with the box's text and files as the new question; [] where the box is empty.
+    While an earlier question is edited in the box (`editing`: where its turn starts), the box
+    takes its place and the turns after it go."""
     new = box_to_user_messages(box)
-    return [*history, *new] if new else []
+    kept = list(history)[:editing] if editing is not None else list(history)
+    return [*kept, *new] if new else []
+
+
+def user_turn_around(history: Sequence[Message], index: Any) -> tuple[int, int] | None:
+    """(start, end) of the user turn holding message `index`, where that turn has files (those
+    are edited in the box; a turn of text alone, in place); None otherwise."""
+    at = index[0] if isinstance(index, list | tuple) else index
+    if not isinstance(at, int) or not 0 <= at < len(history):
+        return None
+    if history[at].get("role") != "user":
+        return None
+    start, end = at, at + 1
+    while start > 0 and history[start - 1].get("role") == "user":
+        start -= 1
+    while end < len(history) and history[end].get("role") == "user":
+        end += 1
+    turn = history[start:end]
+    has_files = any(_attachment_of(part) for message in turn for part in parts_of(message))
+    return (start, end) if has_files else None
 
 
 def asked_by_regenerate(history: Sequence[Message]) -> list[Message]:

@@ -475,16 +475,18 @@ def test_the_page_speaks_the_browsers_language(
     page.locator("#chatbot", has_text=said["refused"]).wait_for(timeout=15000)
     _wait_idle(page, send=send)
     _ask_in(page, "And this?", said["stats"], send)
+    _ask_in(page, "And that?", said["stats"], send)
     _shot(page, f"36-language-{locale}")
-    # An edit of the first question warns of the turn it drops, its ✓ and ✕ worded.
-    page.locator("#chatbot [data-testid='user']").first.hover()
-    page.locator(EDIT).first.click()
+    # An edit of a question of text alone (in place: the first, with its file, is edited in
+    # the box) warns of the turn it drops, its ✓ and ✕ worded.
+    page.locator("#chatbot [data-testid='user']").nth(1).hover()
+    page.locator(EDIT).nth(1).click()
     page.locator("#edit_warning", has_text=said["drops"]).wait_for(timeout=5000)
     page.locator("#chatbot .edit-word", has_text=said["save"]).wait_for(timeout=5000)
     _shot(page, f"37-edit-{locale}")
     page.locator("#chatbot .edit-word", has_text=said["cancel"]).click()
     page.locator("#edit_warning").wait_for(state="detached", timeout=5000)
-    assert _users(page)[-1] == "And this?"  # cancelled: nothing dropped
+    assert _users(page)[-1] == "And that?"  # cancelled: nothing dropped
     _sidebar(page)
     assert page.locator("#new_chat").inner_text().strip() == new_chat
     asked = []
@@ -575,4 +577,43 @@ def test_a_question_asked_when_the_app_stops_is_kept_and_marked_interrupted(
         _wait_idle(page)
         assert page.locator("#chatbot :text('Interrupted')").count() == 0
         assert _users(page) == ["Question in flight"]
+    context.close()
+
+
+def test_editing_a_question_with_a_photo_keeps_the_photo_and_asks_again(browser_and_url, media):
+    """Edit on a photo turn puts the question and its photo in the box (gradio's own edit sent
+    nothing for a turn with a file); Send answers it again in its place, the later turn gone.
+    Cancel editing leaves the chat as it was."""
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    _ask(page, "How many chairs?", [media / "red.jpg"])
+    _ask(page, "And tables?")
+    edit = page.locator(EDIT).first
+
+    edit.click()  # first: Cancel editing
+    page.locator("#editing").wait_for(state="visible")
+    page.locator("#cancel_edit").click()
+    page.locator("#editing").wait_for(state="hidden")
+    page.fill("#input textarea", "")
+    page.locator("#input button[aria-label^='Remove'], #input .delete-button").first.click()
+    assert _users(page)[-1] == "And tables?"
+
+    edit.click()
+    page.locator("#editing").wait_for(state="visible")
+    assert page.locator("#input textarea").input_value() == "How many chairs?"
+    assert page.locator("#input .thumbnail-item").count() == 1
+    _shot(page, "edit-photo-turn")
+    page.fill("#input textarea", "How many desks?")
+    page.locator("#input textarea").press("Enter")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll(\"#chatbot [data-testid='user']\")]"
+        ".every(u => !u.innerText.includes('tables'))",
+        timeout=30000,
+    )
+    _wait_idle(page)
+    assert [u for u in _users(page) if u] == ["How many desks?"]
+    assert page.locator("#chatbot [data-testid='user'] img").count() == 1
+    # The photo reached the model again: the new reply's stats count its visual tokens.
+    assert "red.jpg" in page.locator("#chatbot [data-testid='bot']").last.inner_text()
+    assert not page.locator("#editing").is_visible()
     context.close()

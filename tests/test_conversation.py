@@ -1,9 +1,11 @@
 from app.conversation import (
+    asked_by_send,
     box_to_user_messages,
     build_request,
     history_to_turns,
     split_last_turn,
     user_messages_to_box,
+    user_turn_around,
 )
 from app.engines.base import Attachment, GenerationParams, Turn
 
@@ -111,3 +113,28 @@ def test_undo_keeps_a_draft_after_the_question_it_takes_back():
         "text": "How many chairs?\n\nAnd the lamps?",
         "files": ["/tmp/office.jpg", "/tmp/lamp.png"],
     }
+
+
+def test_a_question_with_files_is_edited_in_the_box_in_its_place():
+    photo = {"role": "user", "content": {"path": "/up/a.jpg", "orig_name": "a.jpg"}}
+    history = [
+        photo,
+        {"role": "user", "content": "How many chairs?"},
+        {"role": "assistant", "content": "Two."},
+        {"role": "user", "content": "And tables?"},
+        {"role": "assistant", "content": "One."},
+    ]
+    # Either message of the photo's turn gives the turn; a turn of text alone is edited in place.
+    assert user_turn_around(history, 1) == user_turn_around(history, [0]) == (0, 2)
+    assert user_turn_around(history, 3) is None and user_turn_around(history, 2) is None
+    assert user_turn_around(history, 9) is None
+    assert user_messages_to_box(history[0:2]) == {
+        "text": "How many chairs?",
+        "files": ["/up/a.jpg"],
+    }
+    box = {"text": "How many desks?", "files": ["/up/a.jpg"]}
+    assert [m["content"] for m in asked_by_send(box, history, editing=0)] == [
+        {"path": "/up/a.jpg", "orig_name": "a.jpg"},
+        "How many desks?",
+    ]
+    assert asked_by_send(box, history)[: len(history)] == history  # not editing: appended

@@ -45,7 +45,7 @@ def _texts(history, role):
 
 def test_send_moves_the_box_into_the_chat_and_streams_the_reply(handlers, media):
     box = {"text": "What is it?", "files": [str(media / "red.jpg")]}
-    updates = list(handlers.respond(box, [], _session("a"), **_panel(handlers)))
+    updates = list(handlers.respond(box, [], None, _session("a"), **_panel(handlers)))
     first_box, first_history = updates[0]
     assert first_box.value == {"text": "", "files": []}  # emptied once safe in the history
     assert [m["role"] for m in first_history] == ["user", "user"]
@@ -56,13 +56,13 @@ def test_send_moves_the_box_into_the_chat_and_streams_the_reply(handlers, media)
 
 
 def test_an_empty_box_sends_nothing(handlers):
-    [(_, history)] = list(handlers.respond({"text": "  ", "files": []}, [], _session("b")))
+    [(_, history)] = list(handlers.respond({"text": "  ", "files": []}, [], None, _session("b")))
     assert history == []
 
 
 def test_regenerate_replaces_the_last_answer_and_undo_gives_the_turn_back(handlers, media):
     box = {"text": "Hi", "files": [str(media / "green.png")]}
-    *_, (_, history) = handlers.respond(box, [], _session("c"), **_panel(handlers))
+    *_, (_, history) = handlers.respond(box, [], None, _session("c"), **_panel(handlers))
     *_, (again, _) = handlers.regenerate(history, _session("c"), **_panel(handlers, seed=3))
     assert len(_texts(again, "assistant")) == 1 and _texts(again, "user") == _texts(history, "user")
     before, restored = handlers.undo(again)
@@ -83,7 +83,11 @@ def test_the_api_takes_a_history_and_refuses_an_empty_message(handlers, media):
 
 def test_stop_from_another_event_ends_the_reply_as_stopped(handlers):
     replies = handlers.respond(
-        {"text": "Talk", "files": []}, [], _session("e"), **_panel(handlers, max_new_tokens=60)
+        {"text": "Talk", "files": []},
+        [],
+        None,
+        _session("e"),
+        **_panel(handlers, max_new_tokens=60),
     )
     next(replies)  # the box update; the request starts with the next step
     stopper = threading.Timer(0.05, handlers.stop, args=(_session("e"),))
@@ -107,12 +111,12 @@ def test_the_panel_is_declared_once():
 
 def test_an_engine_error_is_a_message_in_the_chat_and_the_question_stays(handlers, media):
     box = {"text": f"Please {FAIL} now", "files": [str(media / "red.jpg")]}
-    *_, (_, history) = handlers.respond(box, [], _session("f"), **_panel(handlers))
+    *_, (_, history) = handlers.respond(box, [], None, _session("f"), **_panel(handlers))
     assert [m["role"] for m in history[:2]] == ["user", "user"]  # the photo and the question
     said = " ".join(str((m.get("metadata") or {}).get("title", "")) for m in history)
     assert "asked to fail" in said
     # (Sent after it in this chat, the failed question stays in the turn, as the user typed it.)
-    *_, (_, again) = handlers.respond({"text": "Fine now?", "files": []}, [], _session("f"))
+    *_, (_, again) = handlers.respond({"text": "Fine now?", "files": []}, [], None, _session("f"))
     assert _texts(again, "assistant")[-1].startswith("word0")  # the next request is answered
 
 
@@ -120,7 +124,7 @@ def test_a_bad_file_is_named_and_the_turn_kept(handlers, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a picture at all")
     *_, (_, history) = handlers.respond(
-        {"text": "What is it?", "files": [str(bad)]}, [], _session("g"), **_panel(handlers)
+        {"text": "What is it?", "files": [str(bad)]}, [], None, _session("g"), **_panel(handlers)
     )
     said = " ".join(str((m.get("metadata") or {}).get("title", "")) for m in history)
     assert "broken.jpg" in said

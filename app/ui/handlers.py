@@ -22,6 +22,7 @@ from app.conversation import (
     build_request,
     split_last_turn,
     user_messages_to_box,
+    user_turn_around,
     with_draft,
 )
 from app.engines.base import ChatRequest
@@ -124,10 +125,16 @@ class ChatHandlers:
                 yield [] if reply.cleared else history + render_reply(reply, language)
 
     def respond(
-        self, box: dict | None, history: list | None, request: gr.Request, **panel: Any
+        self,
+        box: dict | None,
+        history: list | None,
+        editing: int | None,
+        request: gr.Request,
+        **panel: Any,
     ) -> Iterator[tuple[Any, list]]:
-        """Send: the box's text and files become the user's turn; the reply streams after it."""
-        asked = asked_by_send(box, list(history or []))
+        """Send: the box's text and files become the user's turn (in place of the question
+        being edited, if one is); the reply streams after it."""
+        asked = asked_by_send(box, list(history or []), editing)
         if not asked:
             yield gr.skip(), list(history or [])
             return
@@ -157,6 +164,24 @@ class ChatHandlers:
         yield history, busy_box()
         for shown in self._stream_into(history, panel, request):
             yield shown, gr.skip()
+
+    def start_edit(
+        self, history: list | None, box: dict | None, asked: bool, event: gr.SelectData
+    ) -> tuple[Any, Any, Any]:
+        """The Edit of a question with files (gradio's own edit sends none of them: the page's
+        script turns its click into this): the question's text and files go into the box,
+        before any draft there; Send answers it again in its place."""
+        turn = user_turn_around(list(history or []), event.index) if asked else None
+        if turn is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        start, end = turn
+        question = user_messages_to_box(list(history or [])[start:end])
+        return with_draft(question, box), start, gr.update(visible=True)
+
+    @staticmethod
+    def end_edit() -> tuple[None, Any]:
+        """No question is being edited (sent, cancelled, or the chat changed)."""
+        return None, gr.update(visible=False)
 
     def leave(self, request: gr.Request) -> None:
         """The user opens another chat: a reply still running stops, and stays out of view."""

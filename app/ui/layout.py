@@ -23,7 +23,7 @@ import gradio as gr
 from app.said import in_language
 from app.ui.api_inputs import worded_api_inputs
 from app.ui.handlers import ChatHandlers
-from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS
+from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS, EDIT_ASKED_JS
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
@@ -195,6 +195,15 @@ class ChatPage:
             render_markdown=True,
             editable="user",
         )
+        # A question with files is edited in the box (gradio edits text alone in place):
+        # where its turn starts while it is, and the note saying so, with a way out.
+        self.editing = gr.State(None)
+        self.edit_asked = gr.Checkbox(visible=False)  # set by the page's script (start_edit)
+        with gr.Row(visible=False, elem_id="editing", equal_height=True) as self.edit_row:
+            gr.Markdown(word("editing_note"))
+            self.cancel_edit_btn = gr.Button(
+                word("cancel_edit"), elem_id="cancel_edit", size="sm", scale=0, min_width=140
+            )
         self.box = gr.MultimodalTextbox(
             placeholder=word("box_placeholder"),
             file_count="multiple",
@@ -282,13 +291,15 @@ class ChatPage:
             **GENERATING,
         }
         chat_io = ([self.chatbot], [self.chatbot, self.box])
+        self._setup_editing_in_the_box()
         send = self.box.submit(
             h.respond,
-            [self.box, self.chatbot],
+            [self.box, self.chatbot, self.editing],
             [self.box, self.chatbot],
             api_name="ui_send",
             **page,
         )
+        send.then(h.end_edit, None, [self.editing, self.edit_row], **QUIET)
         regenerate = self.regenerate_btn.click(
             h.regenerate, *chat_io, api_name="ui_regenerate", **page
         )
@@ -313,7 +324,24 @@ class ChatPage:
         clear = self.clear_btn.click(h.clear, None, chat_io[1], **QUIET)
         bin_ = self.chatbot.clear(h.clear, None, chat_io[1], **QUIET)  # the chatbot's own bin
         self.changing = (*self.generating, undo, clear, bin_)
+        for changed in (regenerate, edit, undo, clear, bin_):  # an edit in the box is over
+            changed.then(h.end_edit, None, [self.editing, self.edit_row], **QUIET)
         self._setup_api()
+
+    def _setup_editing_in_the_box(self) -> None:
+        """Edit on a question with files puts it in the box (the page's script clicks the
+        question for it: gradio's select); Cancel, or Send, ends that. The note hides as Send
+        is pressed (set up before the reply's own listener, it runs first)."""
+        h = self.handlers
+        self.chatbot.select(
+            h.start_edit,
+            [self.chatbot, self.box, self.edit_asked],
+            [self.box, self.editing, self.edit_row],
+            js=EDIT_ASKED_JS,
+            **QUIET,
+        )
+        self.cancel_edit_btn.click(h.end_edit, None, [self.editing, self.edit_row], **QUIET)
+        self.box.submit(lambda: gr.update(visible=False), None, [self.edit_row], **QUIET)
 
     def _setup_api(self) -> None:
         """/chat for scripts (a message and its history), /ask for agents (MCP)."""
@@ -357,7 +385,7 @@ class ChatPage:
         changes it and is done before the reply begins."""
         s, store, chatbot = self.saved, self.store, self.chatbot
         kept: dict[str, Any] = {"outputs": [store, self.chat_list], **QUIET}
-        self.box.submit(s.keep_sent, [self.box, chatbot, store], **kept)
+        self.box.submit(s.keep_sent, [self.box, chatbot, self.editing, store], **kept)
         self.regenerate_btn.click(s.keep_regenerated, [chatbot, store], **kept)
         chatbot.edit(s.keep_edited, [chatbot, store], **kept)
 

@@ -42,6 +42,7 @@ PAGE_JS = """() => {
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
   const CANCEL = labels(['Cancel', '取消']);
+  const FILES = 'img, video, audio, a[download], .file-preview, [data-testid="file"]';
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
   document.addEventListener('keydown', e => {
@@ -61,6 +62,17 @@ PAGE_JS = """() => {
   document.addEventListener('click', e => {
     if (!e.target.closest('#input .stop-button')) return;
     setTimeout(() => document.querySelector('#input textarea')?.focus(), 50);
+  }, true);
+  // Edit on a question with files: gradio's edit would send nothing (it stops at a file), so
+  // the question is clicked instead, which the app answers by putting it in the box.
+  document.addEventListener('click', e => {
+    // A message's buttons follow its bubbles' row (gradio 6's chatbot).
+    const row = e.target.closest(EDIT)?.closest('.message-buttons')?.previousElementSibling;
+    if (!row?.matches('.message-row') || !row.querySelector(FILES)) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    window.qwenEditAsked = Date.now();
+    row.querySelector("[data-testid='user']")?.click();
   }, true);
   // An edit drops every later turn: say how many before it is saved.
   document.addEventListener('click', e => {
@@ -125,6 +137,11 @@ DOWNLOAD_JS = """async () => {
     await new Promise(r => setTimeout(r, 50));
   }
 }"""
+# A click on one of the chat's messages starts an edit in the box only where it came from an
+# Edit (the page's script marks it, PAGE_JS): a click on a photo to look at it does not.
+EDIT_ASKED_JS = (
+    "(history, box, asked) => [history, box, Date.now() - (window.qwenEditAsked || 0) < 2000]"
+)
 # Before Delete: the answer goes to the event as its first input.
 CONFIRM_DELETE_JS = (
     f"(confirmed, store) => [window.confirm({browser_word('confirm_delete')}), store]"

@@ -135,9 +135,15 @@ class SavedChats:
     # Each runs beside the event that asks, with the same inputs.
 
     def keep_sent(
-        self, box: dict | None, history: list | None, sealed: Any, request: gr.Request
+        self,
+        box: dict | None,
+        history: list | None,
+        editing: int | None,
+        sealed: Any,
+        request: gr.Request,
     ) -> tuple[Any, Any]:
-        return self._keep_asked(asked_by_send(box, list(history or [])), sealed, request)
+        asked = asked_by_send(box, list(history or []), editing)
+        return self._keep_asked(asked, sealed, request)
 
     def keep_regenerated(
         self, history: list | None, sealed: Any, request: gr.Request

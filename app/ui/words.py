@@ -49,6 +49,11 @@ ENGLISH = MappingProxyType(
         ),
         "edit_save": "Save",
         "edit_cancel": "Cancel",
+        "editing_note": (
+            "✎ Editing an earlier question: its text and files are in the box (remove or add "
+            "files there). Send answers it again in its place; the turns after it are removed."
+        ),
+        "cancel_edit": "Cancel editing",
         "camera": "Camera",
         "take_photo": "Take a photo",
         "record_clip": "Record a short clip",
@@ -100,6 +105,11 @@ CHINESE = MappingProxyType(
         ),
         "edit_save": "保存",
         "edit_cancel": "取消",
+        "editing_note": (
+            "✎ 正在编辑之前的问题：它的文字和文件已放回输入框（可在那里删除或添加文件）。"
+            "发送后将在原处重新回答，之后的对话会被删除。"
+        ),
+        "cancel_edit": "取消编辑",
         "camera": "相机",
         "take_photo": "拍照",
         "record_clip": "录制短视频",
