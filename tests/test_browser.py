@@ -265,10 +265,15 @@ def test_esc_stops_a_streaming_reply(page):
         timeout=30000,
     )
     assert page.locator("#input [aria-label='Stop the reply (Esc)']").count() == 1
+    # Regenerate and Undo wait for the reply (before, they misbehaved and lost it).
+    assert page.locator("#regenerate").is_disabled() and page.locator("#undo").is_disabled()
     page.keyboard.press("Escape")
     _wait_until(lambda: not _generation_threads(), "Esc should stop the generation")
     page.wait_for_selector("#chatbot :text('stopped')", timeout=10000)
     _wait_idle(page, 10)
+    page.wait_for_function("() => !document.querySelector('#undo').disabled", timeout=10000)
+    assert page.locator("#regenerate").is_enabled()
+    assert len(_bot_text(page)) > 20  # the partial answer stays
     _shot(page, "13-esc-stopped")
 
 

@@ -179,6 +179,15 @@ class ChatHandlers:
         return with_draft(question, box), start, gr.update(visible=True)
 
     @staticmethod
+    def hold_buttons() -> tuple[Any, Any]:
+        """Regenerate and Undo, off while a reply streams."""
+        return gr.update(interactive=False), gr.update(interactive=False)
+
+    @staticmethod
+    def release_buttons() -> tuple[Any, Any]:
+        return gr.update(interactive=True), gr.update(interactive=True)
+
+    @staticmethod
     def end_edit() -> tuple[None, Any]:
         """No question is being edited (sent, cancelled, or the chat changed)."""
         return None, gr.update(visible=False)

@@ -292,6 +292,12 @@ class ChatPage:
         }
         chat_io = ([self.chatbot], [self.chatbot, self.box])
         self._setup_editing_in_the_box()
+        # While a reply streams, Regenerate and Undo wait (before: Regenerate was ignored, Undo
+        # took the question back and left the reply; with Esc after, the reply was lost).
+        # Clear stops the reply and empties the chat: one clear thing, kept on offer.
+        waiting = [self.regenerate_btn, self.undo_btn]
+        for trigger in (self.box.submit, self.regenerate_btn.click, self.chatbot.edit):
+            trigger(h.hold_buttons, None, waiting, **QUIET)
         send = self.box.submit(
             h.respond,
             [self.box, self.chatbot, self.editing],
@@ -307,6 +313,7 @@ class ChatPage:
         self.generating = (send, regenerate, edit)
         for event in self.generating:  # runs after success, failure or Stop alike
             event.then(h.idle, None, self.box, queue=False, api_visibility="private")
+            event.then(h.release_buttons, None, waiting, **QUIET)
         # Stop sets this session's cancel events: the reply ends as usual, partial text and
         # stats kept (no "cancelled" event state in the page).
         self.box.stop(h.stop, None, self.box, **QUIET)
