@@ -221,9 +221,9 @@ def accuracy(model: Any, examples: Examples, vocab: Vocabulary, pad: int) -> dic
     return scores
 
 
-def _learning_rate(step: int, left: float) -> float:
+def _learning_rate(step: int, left: float, peak: float = PEAK_LR) -> float:
     """Warm up for 100 steps, then a cosine down to 5% as the time runs out."""
-    return PEAK_LR * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * (1 - math.cos(math.pi * left)) / 2)
+    return peak * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * (1 - math.cos(math.pi * left)) / 2)
 
 
 def train(
@@ -233,6 +233,7 @@ def train(
     seed: int,
     resume: Path | None = None,
     weighted: bool = False,
+    peak_lr: float = PEAK_LR,
 ) -> dict[str, float]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -251,13 +252,13 @@ def train(
                 checkpoint.unpacked(resume), dtype=torch.float32
             )
             model.load_state_dict(vocab.small_state(earlier))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, weight_decay=0.01)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01)
         started, step, scores = time.monotonic(), 0, {}
         deadline = started + minutes * 60
         while time.monotonic() < deadline:
             left = max(0.0, (deadline - time.monotonic()) / (minutes * 60))
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, left)
+                group["lr"] = _learning_rate(step, left, peak_lr)
             # Tasks drawn alike, or (--weighted) as much as is left to learn of each.
             weights = [1.1 - scores.get(task, 0.0) if weighted else 1.0 for task in TASKS]
             drawn = rng.choices(list(TASKS), weights, k=batch_size)
@@ -278,7 +279,7 @@ def train(
         scores = accuracy(model, examples, vocab, pad)
     full = vocab.full_model(model, config)
     meta = {"steps": step, "minutes": minutes, "batch": batch_size, "seed": seed}
-    meta["weighted"] = weighted
+    meta |= {"weighted": weighted, "peak_lr": peak_lr}
     if resume is not None:
         earlier = checkpoint.measured(resume)
         meta |= {"resumed_from": {k: earlier[k] for k in ("steps", "minutes") if k in earlier}}
@@ -294,12 +295,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=checkpoint.PACKED)
     parser.add_argument("--resume", type=Path, help="a pack to go on training from")
     parser.add_argument(
+        "--peak-lr",
+        type=float,
+        default=PEAK_LR,
+        help=f"the learning rate after warm-up (default {PEAK_LR}; lower to go on from a pack)",
+    )
+    parser.add_argument(
         "--weighted",
         action="store_true",
         help="draw each task as often as is left to learn of it (at the last check)",
     )
     args = parser.parse_args(argv)
-    scores = train(args.minutes, args.batch, args.out, args.seed, args.resume, args.weighted)
+    scores = train(
+        args.minutes, args.batch, args.out, args.seed, args.resume, args.weighted, args.peak_lr
+    )
     print("held-out accuracy:", {t: round(s, 3) for t, s in scores.items()})
     return 0
 
