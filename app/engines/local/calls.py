@@ -131,7 +131,7 @@ class ModelCalls:
 
     def rope_offset(self) -> int:
         """The RoPE offset of the prompt just read (each reply keeps its own)."""
-        return int(self.internals.rope_offset())
+        return self.internals.rope_offset()
 
     def sampler(self, job: Job) -> RowSampler:
         """How the job's reply picks its tokens: its settings over the checkpoint's."""

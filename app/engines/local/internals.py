@@ -19,6 +19,7 @@ processors (`sampling_plan`), so a reply sampled here sees exactly what `generat
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Iterator
@@ -75,7 +76,7 @@ class ModelInternals:
         self.vision_device = next((visual or model).parameters()).device
         self._text_config = inner.language_model.config
 
-    def rope_offset(self) -> Any:
+    def rope_offset(self) -> int:
         """The multimodal RoPE offset of the prompt just read (one per reply: batched replies
         each keep their own)."""
         offset = self.model.model.rope_deltas
@@ -169,7 +170,9 @@ class RowsKV:
         self.rows = rows
 
 
+@functools.cache
 def _rows_layer_class() -> type:
+    """RowsLayer, defined once transformers is imported (not at module import)."""
     from transformers.cache_utils import DynamicLayer
 
     class RowsLayer(DynamicLayer):
