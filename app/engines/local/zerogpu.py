@@ -40,7 +40,9 @@ class ZeroGPUEngine:
         self.weights = inner.weights
         self.budget = inner.budget
         self.runs_on_cpu = False
-        self.max_concurrent = inner.max_concurrent
+        # Each request runs in a GPU task of its own (a forked worker): replies cannot share a
+        # batch there, so they take turns as before batching.
+        self.max_concurrent = 1
 
         # The GPU task gets the request alone (a cancel event cannot cross into ZeroGPU's
         # worker); Stop closes the generator in `stream`, which ends the task.
