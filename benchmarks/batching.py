@@ -102,7 +102,7 @@ def _at_once(ask: Any, questions: list[str], photo: str | None) -> dict[str, flo
 # --- the app's engine, in a child process taking one JSON command per line -----------------
 
 
-def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int) -> None:
+def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int, dtype: str) -> None:
     from app.engines.local.cpu_int4 import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
@@ -115,7 +115,8 @@ def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int) -> Non
     from testkit.engines import load_engine
 
     torch.set_num_threads(threads)
-    engine = load_engine(checkpoint, LoadOptions(cpu_only=True), max_batch=max_batch)
+    options = LoadOptions(cpu_only=True, dtype=dtype, int8_store=None)
+    engine = load_engine(checkpoint, options, max_batch=max_batch)
     budget = Budget(max_pixels=CPU_MAX_PIXELS)
     print("READY " + json.dumps({"weights": engine.weights}), flush=True)
 
@@ -137,10 +138,12 @@ def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int) -> Non
 
 
 class AppProcess:
-    def __init__(self, checkpoint: Path, threads: int, max_batch: int, tokens: int) -> None:
+    def __init__(
+        self, checkpoint: Path, threads: int, max_batch: int, tokens: int, dtype: str
+    ) -> None:
         command = [sys.executable, "-m", "benchmarks.batching", "--app-child", str(checkpoint)]
         self.process = subprocess.Popen(
-            [*command, str(threads), str(max_batch), str(tokens)],
+            [*command, str(threads), str(max_batch), str(tokens), dtype],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -255,16 +258,19 @@ def main() -> None:
     parser.add_argument("--users", default="1,2,4,8")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--app-child", nargs=4, metavar=("CKPT", "THREADS", "BATCH", "TOKENS"))
+    parser.add_argument("--dtype", default="auto", help="the app's --dtype (default: its own)")
+    parser.add_argument(
+        "--app-child", nargs=5, metavar=("CKPT", "THREADS", "BATCH", "TOKENS", "DTYPE")
+    )
     args = parser.parse_args()
     if args.app_child:
-        path, threads, batch, tokens = args.app_child
-        app_child(path, int(threads), int(batch), int(tokens))
+        path, threads, batch, tokens, dtype = args.app_child
+        app_child(path, int(threads), int(batch), int(tokens), dtype)
         return
     users = [int(n) for n in args.users.split(",")]
     checkpoint = build(FULL_LAYERS)
     photo = str(photo_at_cpu_budget(OFFICE, checkpoint.parent / "office-cpu-budget.png"))
-    app = AppProcess(checkpoint, args.threads, max(users), args.tokens)
+    app = AppProcess(checkpoint, args.threads, max(users), args.tokens, args.dtype)
     print(f"app loaded: {app.loaded}", flush=True)
     engines: dict[str, Any] = {"app": app}
     if args.llama_cpp:
