@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,33 @@ def test_follow_ups_answer_the_same_with_and_without_the_prefix_cache(seeing, tm
     assert replies[True] == replies[False]
     right = sum(r == q.answer for r, q in zip(replies[True], asked, strict=True))
     assert right / len(asked) >= BOUND
+
+
+def test_questions_answered_together_in_one_batch_are_answered_rightly(seeing, tmp_path):
+    """Several users at once: their replies decoded in one batch (the local engine's continuous
+    batching) say what each picture shows, as they do alone."""
+    from app.engines.base import ChatRequest
+
+    engine = load_engine(seeing, LoadOptions(dtype="auto"), max_new_tokens=8, max_batch=4)
+    kinds = ("colour", "count", "second", "clip last")
+    asked = [q for task in kinds for q in questions(task, 3, seed=5)]
+    replies: list[str] = [""] * len(asked)
+
+    def run(index: int) -> None:
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        request = ChatRequest(asked[index].turns(asked[index].make(folder)), owner=str(index))
+        deltas = engine.stream(request, threading.Event())
+        replies[index] = "".join(d.text for d in deltas).strip().rstrip(".").lower()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert engine.scheduler.largest_batch >= 2  # some were decoded together
+    right = [r == q.answer for r, q in zip(replies, asked, strict=True)]
+    assert sum(right) / len(asked) >= BOUND, list(zip(replies, asked, strict=True))
 
 
 @pytest.mark.parametrize("dtype", QUANTIZED)

@@ -1,12 +1,13 @@
 """Continuous batching on the model thread: prompts read one at a time, replies decoded together.
 
 Requests come from their own threads (`run` waits for its job to end). The model thread loops:
-it reads one waiting prompt (its prefill) where the batch has room, then decodes one token of
-every reply in the batch (batch.py); a reply leaves at its end or its Stop and the others never
-wait for it. A prefill does not freeze the others' streams for its whole length: between two
-layers of it (the watch hooks' points, watch.py), once PREFILL_SLICE_S has passed since the
-last step, the batch takes a decode step. Room is `max_batch` replies and a memory bound on the
-tokens they may hold together; who comes in when the batch is full was decided before, by the
+it reads one waiting prompt (its prefill) where the batch has room (more, one after another,
+while the batch stepped less than PREFILL_SLICE_S ago), then decodes one token of every reply in
+the batch (batch.py); a reply leaves at its end or its Stop and the others never wait for it.
+A prefill does not freeze the others' streams for its whole length: between two layers of it
+(the watch hooks' points, watch.py), once PREFILL_SLICE_S has passed since the last step, the
+batch takes a decode step. Room is `max_batch` replies and a memory bound on the tokens they may
+hold together; who comes in when the batch is full was decided before, by the
 fair queue (app/fair_queue.py admits `max_batch` requests to the engine at a time).
 """
 
@@ -151,7 +152,19 @@ class BatchScheduler:
                     continue  # a task came in meanwhile
                 if job is not None:
                     self._start(job)
+                    if self._more_to_read_first():
+                        continue
                 self._decode_step()
+
+    def _more_to_read_first(self) -> bool:
+        """Whether the next waiting prompt is read before the batch's next step: while the
+        batch has stepped within PREFILL_SLICE_S, prompts that came together are read one
+        after another and their replies step together (a reply of two tokens otherwise ended
+        before the next prompt was read, and short replies never shared a step)."""
+        with self._lock:
+            waiting = bool(self._waiting)
+        recent = time.perf_counter() - self._last_step < self.prefill_slice_s
+        return waiting and recent and len(self._rows) < self.max_batch
 
     def _run_tasks(self) -> None:
         while True:
