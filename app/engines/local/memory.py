@@ -46,9 +46,9 @@ def default_max_prompt_tokens(context: int, available: int, bytes_per_token: int
 
 
 # Replies decoded together by default. On 2 CPU cores (Qwen3-VL-2B's shapes, the 4-bit default,
-# 48-token replies; benchmarks/batching.py) one reply streams 10.5 tokens/s (its reading
-# included); four at once 24.6 in all (2.3x), each at 6.1, a pace still read comfortably; eight
-# 28.2 (2.7x) but each at 3.5 and the last first token after 4.7 s: four is the CPU's default.
+# 48-token replies; benchmarks/batching.py) one reply streams 11.3 tokens/s (its reading
+# included); four at once 25.1 in all (2.2x), each at 6.3, a pace still read comfortably; eight
+# 29.7 (2.6x) but each at 3.7 and the last first token after 4.1 s: four is the CPU's default.
 # A GPU's decode step costs about the same for many more rows; 16 is not measured here (no GPU
 # was lent): its check (benchmarks/gpu_check.py) reports eight users against one.
 DEFAULT_MAX_BATCH_CPU = 4
