@@ -148,6 +148,12 @@ def test_editing_an_earlier_question_answers_it_again_and_drops_what_came_after(
     assert "removes the 1 later turn" in warning.inner_text()  # said before it is saved
     page.locator("#chatbot textarea").first.fill("Question one, edited")
     page.locator("#chatbot textarea").first.press("Enter")  # Enter saves, as the box sends
+    # The page shows the edited text at once, the later turn still under it, until the app's
+    # answer replaces the chat: wait for that (Send is back before the app has even started).
+    page.wait_for_function(
+        "() => document.querySelectorAll(\"#chatbot [data-testid='user']\").length === 1",
+        timeout=30000,
+    )
     page.wait_for_selector("#chatbot [data-testid='user'] :text('Question one, edited')")
     _wait_idle(page)
     page.wait_for_selector("#chatbot :text('tokens')")
