@@ -94,29 +94,15 @@ class ModelCalls:
             outputs[kind] = self.internals.encode(kind, pixels, grid[first:])
         return outputs or None
 
-    def read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int) -> None:
-        """Read the prompt up to `stop_at` into `cache` (one forward; the sampled token unused)."""
-        tokens = stop_at - kv.length(cache)
-        self.hooks.set_stage(reading_conversation(tokens), "language", tokens)
-        self.model.generate(
-            **self.internals.model_inputs(prompt.inputs, stop_at),
-            **self.internals.encoded(features),
-            cache=cache,
-            max_new_tokens=1,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-
-    def prefill(self, job: Job, cache: Any, features: Any) -> Any:
-        """Read the rest of the prompt into `cache`; the logits of the reply's first token
-        (1, vocabulary), float32, as the model gave them."""
-        prompt = job.prompt
-        tokens = len(prompt.ids) - kv.length(cache)
+    def read(self, prompt: Prompt, cache: Any, features: Any, stop_at: int | None = None) -> Any:
+        """Read the prompt into `cache`, up to `stop_at` (None: all of it), in one forward; the
+        logits of the token after it (1, vocabulary), float32, as the model gave them (the
+        reply's first token, where the whole prompt was read)."""
+        end = len(prompt.ids) if stop_at is None else stop_at
+        tokens = end - kv.length(cache)
         self.hooks.set_stage(reading_conversation(tokens), "language", tokens)
         out = self.model.generate(
-            **self.internals.model_inputs(prompt.inputs),
+            **self.internals.model_inputs(prompt.inputs, stop_at),
             **self.internals.encoded(features),
             cache=cache,
             max_new_tokens=1,

@@ -47,7 +47,7 @@ from app.engines.local.prompt import (
 )
 from app.engines.local.reuse import CachedGeneration
 from app.engines.local.scheduler import BatchScheduler
-from app.engines.local.watch import Cancelled, WatchHooks
+from app.engines.local.watch import WatchHooks
 from app.engines.pump import Emit, pump
 from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
@@ -168,8 +168,6 @@ class LocalEngine:
         job = Job(prompt, request, cancel)
         try:
             yield from self._deltas(job)
-        except Cancelled:
-            pass  # stopped while reading the prompt: the reply ends empty, as stopped
         except EngineError:
             raise
         except Exception as err:

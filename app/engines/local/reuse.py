@@ -42,7 +42,7 @@ class CachedGeneration:
             features = self.calls.encode_media(prompt, reuse.tokens)
             if not kv.is_cuttable(reuse.cache):
                 features = self._read_to_marks(prompt, reuse, features, marks)
-            logits = self.calls.prefill(job, reuse.cache, features)
+            logits = self.calls.read(prompt, reuse.cache, features)
         except Cancelled:
             self._keep_what_was_read(prompt, reuse, marks, owner)
             raise
