@@ -199,7 +199,7 @@ class ChatPage:
         # where its turn starts while it is, and the note saying so, with a way out.
         self.editing = gr.State(None)
         self.edit_asked = gr.Checkbox(visible=False)  # set by the page's script (start_edit)
-        with gr.Row(visible=False, elem_id="editing", equal_height=True) as self.edit_row:
+        with gr.Row(visible=False, elem_id="editing", equal_height=False) as self.edit_row:
             gr.Markdown(word("editing_note"))
             self.cancel_edit_btn = gr.Button(
                 word("cancel_edit"), elem_id="cancel_edit", size="sm", scale=0, min_width=140
