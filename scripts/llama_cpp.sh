@@ -38,7 +38,7 @@ case "${1:-}" in
   test)
     src="$(build)"
     HF_HUB_OFFLINE=1 QWEN_TEST_LLAMA_CPP="$src" python -m pytest -q -p no:cacheprovider \
-      tests/test_app_openai.py -k "not qwen2_5_vl" "${@:2}"
+      tests/app/test_app_openai.py -k "not qwen2_5_vl" "${@:2}"
     ;;
   *) echo "usage: bash scripts/llama_cpp.sh build|test" >&2; exit 2 ;;
 esac

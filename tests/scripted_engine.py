@@ -5,7 +5,8 @@ It reads attachments through the app's real media path (so bad files fail as the
 what it learned of the prompt first, reports progress before the first token, streams its
 script one word a delta (`delay_s` apart, checking `cancel` before each), ends with the usage,
 and turns a question containing FAIL into an EngineError. What a model computes is not here:
-the tests with tiny checkpoints (tests/test_engine_local.py, tests/test_app_local.py) hold that.
+the tests with tiny checkpoints (tests/engine/test_engine_local.py,
+tests/app/test_app_local.py) hold that.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 CSS and PAGE_JS go to `launch()` (app/main.py); the others run on one event each
 (app/ui/layout.py). Kept apart from the layout: they are browser code, tested in Chromium
-(tests/test_browser*.py).
+(tests/browser/test_browser*.py).
 """
 
 from __future__ import annotations

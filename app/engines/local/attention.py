@@ -7,7 +7,7 @@ Qwen3-VL-2B's shapes (2 cores, AMD EPYC with AVX-512 bf16):
 
 - exact: a token's keys, values and logits are bit for bit the same whether it was read in a
   prefill or generated one at a time (checked after 6 decoded tokens, prompts of about 300 and
-  1,400 tokens; tests/test_attention.py). With float32 keys PyTorch's attention gives a
+  1,400 tokens; tests/engine/test_attention.py). With float32 keys PyTorch's attention gives a
   one-token query other numbers than the same row of a prefill (keys differed by up to 0.11
   after 6 tokens, logits by 0.1), so a reply reused from the prefix cache did not quite match
   the same conversation read afresh;

@@ -3,7 +3,8 @@
 A decode step reads every weight once whatever the number of rows, so replies decoded together
 share that cost (and the per-step overhead of Python and small operations). Each reply keeps its
 own cache and RoPE offset (internals.py hands them to the model); the CPU kernels compute each
-row on its own, so a reply's tokens are the same in a batch as alone (tests/test_batching.py).
+row on its own, so a reply's tokens are the same in a batch as alone
+(tests/engine/test_batching.py).
 A model whose cache holds recurrent states (Qwen3.5's linear attention) steps its replies one
 after another instead: their states would have to be stacked and split at every step.
 """

@@ -65,7 +65,7 @@ def test_a_deeply_nested_import_is_refused_in_words_and_leaves_no_file(saved, tm
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     # Outside a page gradio's warning is Python's; on the page it is the words of a toast, and
-    # every output is left as it was (no bare "Error" badge: tests/test_browser_chats.py).
+    # every output is left as it was (no bare "Error" badge: tests/browser/test_browser_chats.py).
     with pytest.warns(UserWarning, match=r"deep.json: not a conversation .*nested too deeply"):
         outputs = _import(saved, deep)
     assert outputs == (gr.skip(), gr.skip(), gr.skip())

@@ -6,7 +6,7 @@ hang, or memory beyond a bound. Files are read as the app reads them, in a decod
 forms made pdfium take all 24 GB here (an out-of-memory kill, or an abort under a ulimit); in a
 worker it ends in a message naming the file, as it does in the app. CI runs a fixed, bounded set of
 examples (derandomized, so a run is repeatable); `FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 pytest
-tests/test_fuzz_media.py` runs a longer random one.
+tests/hostile/test_fuzz_media.py` runs a longer random one.
 """
 
 from __future__ import annotations

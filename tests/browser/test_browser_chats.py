@@ -14,7 +14,14 @@ import pytest
 from app.settings import load_settings
 from testkit.engines import load_engine
 from testkit.launch import launched_app
-from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _send, _wait_idle
+from tests.browser.test_browser import (
+    ARGS,
+    ARTIFACTS,
+    CHROMIUM,
+    _require_browser,
+    _send,
+    _wait_idle,
+)
 
 pytestmark = pytest.mark.browser
 PHONE = {"width": 390, "height": 844}
@@ -344,7 +351,7 @@ def test_thumbs_are_kept_with_the_chat_and_exported_with_it(browser_and_url, tmp
 
 
 def test_settings_persist_in_the_browser_like_the_chats(browser_and_url):
-    from tests.test_browser import _set_max_new_tokens
+    from tests.browser.test_browser import _set_max_new_tokens
 
     browser, url = browser_and_url
     context, page = _open(browser, url)
@@ -385,7 +392,8 @@ def _open_camera(page, widget: str) -> None:
 
 
 def test_the_camera_button_takes_a_photo_into_the_box_and_it_is_sent(browser_and_url):
-    # Chromium's fake camera (a test pattern), allowed without asking: tests/test_browser.ARGS.
+    # Chromium's fake camera (a test pattern), allowed without asking:
+    # tests/browser/test_browser.ARGS.
     browser, url = browser_and_url
     context, page = _open(browser, url, PHONE)
     _open_camera(page, "#camera_photo")

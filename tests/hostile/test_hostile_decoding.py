@@ -18,7 +18,7 @@ from app.settings import load_settings
 from testkit.engines import load_engine
 from testkit.launch import launched_app
 from tests import media_factory as mf
-from tests.test_hostile import PeakRss
+from tests.hostile.test_hostile import PeakRss
 
 # Generous bounds on time (about 10x what each takes here), there to catch a hang, not to time.
 REFUSED_WITHIN_S = 10.0

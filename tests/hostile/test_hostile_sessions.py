@@ -26,10 +26,10 @@ from app.settings import load_settings
 from app.ui.sealed import StoreSeal
 from testkit.engines import load_engine
 from testkit.launch import launched_app
+from tests.hostile.test_hostile import PeakRss
 from tests.panel import api_data, panel
-from tests.test_hostile import PeakRss
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOGINS = {"alice": "a-secret", "bob": "b-secret", "carol": "c-secret"}
 
 

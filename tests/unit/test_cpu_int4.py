@@ -2,7 +2,7 @@
 kernel is there, a layer in 4 or 8 bits is as close to float32 as measured, the weights are
 stored as the kernel reads them, a row's output never depends on the other rows of the call
 (the prefix cache's exactness rests on it), and which layers get 8 bits. The families run on
-this path by default: tests/test_cpu_int8.py and tests/test_prefix_cache.py."""
+this path by default: tests/engine/test_cpu_int8.py and tests/engine/test_prefix_cache.py."""
 
 from __future__ import annotations
 

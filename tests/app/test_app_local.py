@@ -90,7 +90,7 @@ def test_text_only(app_for, family):
 
 
 # A random-weight Thinking model never closes the block its template opened: its whole reply is
-# reasoning, and the API's reply (the answer) is empty. tests/test_answers.py scripts one.
+# reasoning, and the API's reply (the answer) is empty. tests/app/test_answers.py scripts one.
 ANSWERING = [family for family in FAMILIES if family != "real-thinking"]
 
 

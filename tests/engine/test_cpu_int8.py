@@ -1,6 +1,6 @@
 """The CPU's quantized paths (app/engines/local/cpu_int8.py; the language model in 4 bits by
-default, cpu_int4.py, tested alone in tests/test_cpu_int4.py): every family, exact in how they
-split a prompt (so the prefix cache changes nothing: tests/test_prefix_cache.py runs on the
+default, cpu_int4.py, tested alone in tests/unit/test_cpu_int4.py): every family, exact in how they
+split a prompt (so the prefix cache changes nothing: tests/engine/test_prefix_cache.py runs on the
 default), and close to float32."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from app.render import Reply, format_stats, render_reply
 from app.said import CHINESE, ENGLISH, Said, chinese, in_language, joined, language_of_header, say
 from app.said import message as message_of
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[2] / "app"
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_every_chinese_message_is_chinese():
             if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "say"):
                 continue
             if not isinstance(node.args[0], ast.Constant | ast.JoinedStr):
-                continue  # not literal text (a table's words: tests/test_words.py)
+                continue  # not literal text (a table's words: tests/unit/test_words.py)
             english, zh = (ast.unparse(arg) for arg in node.args[:2])
             if any(c.isalpha() and c.isascii() for c in english) and not any(
                 "\u4e00" <= c <= "\u9fff" for c in zh

@@ -15,7 +15,7 @@ import yaml
 
 from app.settings import load_settings
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]
 
 

@@ -27,7 +27,7 @@ from app.settings import load_settings
 from testkit.engines import load_engine
 from testkit.launch import launched_app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PER_TASK = 12  # fresh questions of each task, never seen in training
 # The share of right answers each task must reach (measured on 60 fresh questions a task: 100%
 # for every task, on every CPU path; see the README). A bound a little under it: a tripwire for
@@ -186,7 +186,7 @@ def test_the_trial_serves_the_seeing_model_with_its_examples(tmp_path):
 def test_through_a_server_in_front_of_the_same_checkpoint(seeing, tmp_path_factory):
     from app.engines.openai import OpenAIEngine
     from testkit.launch import free_port
-    from tests.test_app_openai import Server, _require_serve
+    from tests.app.test_app_openai import Server, _require_serve
 
     _require_serve()
     server = Server(seeing, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
@@ -208,7 +208,7 @@ def test_the_trial_page_answers_its_example_photo_rightly(tmp_path):
     from playwright.sync_api import sync_playwright
 
     from app.main import build_engine
-    from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _wait_idle
+    from tests.browser.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _wait_idle
 
     _require_browser()
     settings = load_settings(["--trial", "--max-new-tokens", "8"], environ={})

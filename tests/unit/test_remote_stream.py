@@ -1,6 +1,6 @@
 """Reading a server's event stream within bounds (app/engines/remote_stream.py), as pure
 functions: events and comments, bounded lines and inflation, the deadlines on the clock. The
-same against a misbehaving server through the launched app: tests/test_remote_faults.py."""
+same against a misbehaving server through the launched app: tests/hostile/test_remote_faults.py."""
 
 from __future__ import annotations
 
