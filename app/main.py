@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -67,37 +68,25 @@ def build_openai_engine(settings: Settings) -> Engine:
 
 
 def build_local_engine(settings: Settings) -> Engine:
-    from app.engines.local import LocalEngine
-    from app.engines.local.checkpoint import load_model
-    from app.engines.local.memory import GB, memory_defaults
-    from app.engines.local.model_thread import ModelThread
-    from app.engines.local.zerogpu import for_zero_gpu
-    from app.trial import model_label
+    from app.engines.local.build import build_local_engine as build
+    from app.engines.local.loading.memory import GB
+    from app.engines.zerogpu import for_zero_gpu
 
-    checkpoint = local_checkpoint(settings)
-    # Loaded first: where the model landed decides the image budget and the memory bounds,
-    # and torch is imported inside the load, whose log line says how long that took. Loaded
-    # on the thread that will run it (app/engines/local/model_thread.py: a quarter faster per
-    # token on a CPU).
-    runner = ModelThread()
-    model, processor = runner.submit(load_model, checkpoint, load_options(settings)).result()
-    defaults = memory_defaults(model)
+    if not (settings.tiny_random or settings.trial):
+        # The store's folder before its format 3 (named int8, it held 4-bit weights too): its
+        # files are never read again, and they are gigabytes.
+        shutil.rmtree(user_cache_folder() / "int8", ignore_errors=True)
     cache_gb = settings.prefix_cache_gb
-    name, notice = model_label(checkpoint)
-    engine = LocalEngine(
-        model,
-        processor,
-        runner=runner,
-        model_name=name,
-        notice=notice,
-        max_prompt_tokens=settings.max_prompt_tokens or defaults.max_prompt_tokens,
-        prefix_cache_bytes=defaults.prefix_cache_bytes if cache_gb is None else int(cache_gb * GB),
-        budget=budget_of(settings, on_cpu=model.device.type == "cpu"),
+    engine = build(
+        local_checkpoint(settings),
+        load_options(settings),
+        budget_for=functools.partial(budget_of, settings),
+        max_prompt_tokens=settings.max_prompt_tokens,
+        prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         decoder=build_decoder(settings),
-        max_batch=settings.max_batch or defaults.max_batch,
-        max_batch_tokens=defaults.max_batch_tokens,
+        max_batch=settings.max_batch,
     )
     return for_zero_gpu(engine)
 
@@ -116,16 +105,19 @@ def local_checkpoint(settings: Settings) -> str:
 
 
 def load_options(settings: Settings) -> Any:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
+    from app.weights import AUTO
 
     return LoadOptions(
         cpu_only=settings.cpu_only,
         flash_attn2=settings.flash_attn2,
         load_in_4bit=settings.load_in_4bit,
         # The seeing model is tiny: float32 costs nothing, and its answers are the trained ones.
-        dtype="float32" if settings.trial and settings.dtype == "auto" else settings.dtype,
+        dtype="float32" if settings.trial and settings.dtype == AUTO else settings.dtype,
         # A trial checkpoint is made afresh at each start: nothing to keep for the next.
-        int8_store=None if settings.tiny_random or settings.trial else user_cache_folder() / "int8",
+        weights_store=(
+            None if settings.tiny_random or settings.trial else user_cache_folder() / "weights"
+        ),
     )
 
 
@@ -163,11 +155,13 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
 
 
 def cpu_weights_note(engine: Engine) -> Said | None:
-    """On the CPU: which path computes (app/engines/local/cpu_int8.py), and how to take the
+    """On the CPU: which path computes (app/cpu_weights/int8.py), and how to take the
     other."""
     if not engine.runs_on_cpu:
         return None
-    if engine.weights == "int4":
+    from app.weights import WeightsKind
+
+    if engine.weights == WeightsKind.INT4:
         return say(
             "Running on the CPU with the language model in 4-bit weights, 8-bit where they "
             "matter most (the vision encoder in int8): the fast path, measured closer to float32 "
@@ -178,18 +172,18 @@ def cpu_weights_note(engine: Engine) -> Said | None:
             "要更接近的回答请以 --dtype int8 启动，"
             "要精确但较慢的路径请以 --dtype float32 启动。",
         )
-    if engine.weights == "int8":
+    if engine.weights == WeightsKind.INT8:
         return say(
             "Running on the CPU with int8 weights, the fast path (answers differ a little from "
             "float32's); start with --dtype float32 for the exact, slower one.",
             "在 CPU 上以 int8 权重运行，这是快速路径（回答与 float32 略有不同）；"
             "要用精确但较慢的路径，请以 --dtype float32 启动。",
         )
-    from app.engines.local.cpu_int4 import int4_kernels_available
-    from app.engines.local.cpu_int8 import int8_kernels_available
+    from app.cpu_weights.blocks import block_kernels_available
+    from app.cpu_weights.int8 import int8_kernels_available
 
-    fast_path = int8_kernels_available() or int4_kernels_available()
-    if engine.weights == "float32" and fast_path:
+    fast_path = int8_kernels_available() or block_kernels_available()
+    if engine.weights == WeightsKind.FLOAT32 and fast_path:
         return say(
             "Running on the CPU in float32, the exact path; the default (without --dtype) is "
             "4-bit and int8 weights, several times as fast.",
@@ -367,7 +361,7 @@ def _serve(argv: Sequence[str] | None) -> int:
     if settings.gpus is not None:  # before torch is imported, which reads it once
         os.environ["CUDA_VISIBLE_DEVICES"] = settings.gpus.strip()
     if settings.backend != "openai":
-        from app.engines.local.cpu_int4 import quiet_openmp
+        from app.cpu_weights.threads import quiet_openmp
 
         quiet_openmp()  # also before torch is imported
     try:

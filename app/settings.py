@@ -20,6 +20,7 @@ from app.engines.base import FAMILIES
 from app.media import Budget
 from app.media.limits import flag_of, knobs
 from app.trial import TRIAL_FAMILIES
+from app.weights import AUTO, DTYPE_CHOICES
 
 DEFAULT_CHECKPOINT = "Qwen/Qwen3-VL-2B-Instruct"
 ENV_PREFIX = "QWEN_DEMO_"
@@ -45,7 +46,7 @@ class Settings:
     gpus: str | None = None
     flash_attn2: bool = False
     load_in_4bit: bool = False
-    dtype: str = "auto"
+    dtype: str = AUTO
     max_new_tokens: int = 1024
     share: bool = False
     inbrowser: bool = False
@@ -74,7 +75,8 @@ class Settings:
     # model's context and the free memory; a prefix cache of 0 GB is off).
     max_prompt_tokens: int | None = None
     prefix_cache_gb: float | None = None
-    # Replies the local engine decodes together (None: by device, app/engines/local/memory.py).
+    # Replies the local engine decodes together (None: by device,
+    # app/engines/local/loading/memory.py).
     max_batch: int | None = None
     # Access and limits.
     auth: str | None = None
@@ -134,7 +136,7 @@ FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (
         ("--dtype",),
         {
-            "choices": ["auto", "int4", "int8", "bfloat16", "float16", "float32"],
+            "choices": list(DTYPE_CHOICES),
             "help": "weights' dtype (auto: the fast path on a CPU, int4 where ONNX Runtime "
             "runs, else int8; bfloat16 on a GPU. int4: the language model's linear layers "
             "in 4 bits, the vision encoder's in int8; int8: all in int8; float32: the exact "

@@ -13,7 +13,7 @@ with `--tokens` tokens (greedy, end tokens ignored); the engines take turns, N b
 A last row sends three text questions and, once they stream, a photo turn (office.jpg at the
 app's CPU budget, the same PNG to both): the longest pause the photo's reading puts into the
 three streams (the app reads a prompt layer by layer and takes the others' decode steps
-between layers, app/engines/local/scheduler.py).
+between layers, app/engines/local/generation/scheduler.py).
 
     bash scripts/llama_cpp.sh build                          # llama-server, once (~10 min)
     python -m benchmarks.batching --llama-cpp DIR             # ~15 min on 2 cores
@@ -103,19 +103,19 @@ def _at_once(ask: Any, questions: list[str], photo: str | None) -> dict[str, flo
 
 
 def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int, dtype: str) -> None:
-    from app.engines.local.cpu_int4 import quiet_openmp
+    from app.cpu_weights.threads import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
     import torch
 
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from app.media import Budget
     from app.media.limits import CPU_MAX_PIXELS
     from testkit.engines import load_engine
 
     torch.set_num_threads(threads)
-    options = LoadOptions(cpu_only=True, dtype=dtype, int8_store=None)
+    options = LoadOptions(cpu_only=True, dtype=dtype, weights_store=None)
     engine = load_engine(checkpoint, options, max_batch=max_batch)
     budget = Budget(max_pixels=CPU_MAX_PIXELS)
     print("READY " + json.dumps({"weights": engine.weights}), flush=True)

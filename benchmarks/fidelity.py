@@ -109,7 +109,7 @@ def _log_probs(engine: Any, chunks: list[list[int]]) -> Any:
 
 
 def app_rows(checkpoint: Path, chunks: list[list[int]]) -> list[str]:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from testkit.engines import load_engine
 
     exact = load_engine(str(checkpoint), LoadOptions(cpu_only=True, dtype="float32"))
@@ -138,7 +138,7 @@ def _app_row(label: str, reference: Any, engine: Any, chunks: list[list[int]]) -
 def _bits_a_weight(model: Any) -> float:
     """Bits a language-model weight takes as the app keeps it (packed levels, scales, zero
     points; int8 rows and their scales), over its linear layers."""
-    from app.engines.local.internals import outside_vision_encoder
+    from app.engines.local.generation.internals import outside_vision_encoder
 
     bits = weights = 0
     for name, module in model.named_modules():
@@ -153,7 +153,7 @@ def _bits_a_weight(model: Any) -> float:
 
 
 def main() -> None:
-    from app.engines.local.cpu_int4 import quiet_openmp
+    from app.cpu_weights.threads import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -73,7 +73,7 @@ def build(dry_run: bool) -> Path:
 
 
 def engine_for(path: Path, dry_run: bool, **options: Any) -> Any:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from testkit.engines import load_engine
 
     load = LoadOptions(cpu_only=dry_run, dtype="float32" if dry_run else "bfloat16", **options)
@@ -305,7 +305,7 @@ def environment(engine: Any) -> str:
     import torch
     import transformers
 
-    from app.engines.local.placement import describe
+    from app.engines.local.loading.placement import describe
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (dry run)"
     placed = describe(getattr(engine.model, "hf_device_map", None)) or str(engine.model.device)
@@ -322,8 +322,7 @@ def run(dry_run: bool) -> tuple[str, list[Row]]:
     path = build(dry_run)
     engine = engine_for(path, dry_run)
     uncached = LocalEngine(
-        engine.model,
-        engine.processor,
+        engine.loaded,
         runner=engine.runner,  # the same model, on the thread it was loaded on
         model_name=engine.model_name,
         max_prompt_tokens=engine.max_prompt_tokens,

@@ -41,7 +41,7 @@ def _logits(engine: Any, text: str, photo: Path | None) -> Any:
     import torch
 
     from app.engines.base import Attachment, ChatRequest, Turn
-    from app.engines.local.prompt import build_prompt
+    from app.engines.local.generation.prompt import build_prompt
     from app.media import Budget
     from app.media.limits import CPU_MAX_PIXELS
 
@@ -76,7 +76,7 @@ def compare(exact: Any, fast: Any) -> dict[str, float]:
 
 
 def real_shapes() -> list[str]:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from testkit.engines import load_engine
 
     checkpoint = str(build(FULL_LAYERS))
@@ -106,7 +106,7 @@ def real_shapes() -> list[str]:
 def _greedy(engine: Any) -> list[int]:
     """The first GREEDY_TOKENS ids `engine`'s model makes, greedy, for a fixed question."""
     from app.engines.base import ChatRequest, Turn
-    from app.engines.local.prompt import build_prompt
+    from app.engines.local.generation.prompt import build_prompt
 
     request = ChatRequest((Turn("user", "Tell me about the weather today."),))
     built = build_prompt(engine.processor, request, engine.budget, engine.media_cache)
@@ -123,7 +123,7 @@ def _greedy(engine: Any) -> list[int]:
 
 
 def tiny_families() -> list[str]:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from testkit.checkpoints import TRIAL_FAMILIES, build_tiny_checkpoint
     from testkit.engines import load_engine
 
@@ -147,7 +147,7 @@ def tiny_families() -> list[str]:
 
 
 def main() -> None:
-    from app.engines.local.cpu_int4 import quiet_openmp
+    from app.cpu_weights.threads import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
     rows = [*tiny_families(), "", *real_shapes()]

@@ -120,13 +120,13 @@ class PeakRss:
 
 def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
     """Load the engine as the app does on a CPU, then answer commands from stdin."""
-    from app.engines.local.cpu_int4 import quiet_openmp
+    from app.cpu_weights.threads import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
     import torch
 
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from app.media import Budget
     from app.media.limits import CPU_MAX_PIXELS
     from testkit.engines import load_engine
@@ -134,7 +134,7 @@ def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     int8_store = Path(store) if store != "-" else None
-    options = LoadOptions(cpu_only=True, dtype=dtype, int8_store=int8_store)
+    options = LoadOptions(cpu_only=True, dtype=dtype, weights_store=int8_store)
     engine = load_engine(checkpoint, options)
     _reply({"load_s": time.perf_counter() - started, "weights": engine.weights})
     budget = Budget(max_pixels=CPU_MAX_PIXELS)
@@ -353,7 +353,7 @@ def main() -> None:
     photo = photo_at_cpu_budget(OFFICE, checkpoint.parent / "office-at-cpu-budget.png")
     engines: dict[str, Any] = {}
     dtypes = args.dtypes.split(",")
-    # The app keeps its quantized weights once made (app/engines/local/int8_store.py): its first
+    # The app keeps its quantized weights once made (app/cpu_weights/store.py): its first
     # start quantizes the checkpoint, later ones read them. Both are measured for its default;
     # the comparison runs on a later start, as users run it every day.
     store = checkpoint.parent / f"{checkpoint.name}-int8-store"

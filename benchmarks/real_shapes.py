@@ -112,7 +112,7 @@ def child(path: str, dtype: str, photo: str, max_pixels: int, threads: int, deco
     """One dtype (or budget) in this process; prints a JSON line."""
     import torch
 
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from app.media import Budget
     from testkit.engines import load_engine
 

@@ -217,7 +217,7 @@ def video(seconds: int) -> Row:
 
 
 def memory() -> Row:
-    from app.engines.local.checkpoint import LoadOptions
+    from app.engines.local.loading.checkpoint import LoadOptions
     from testkit.checkpoints import build_tiny_checkpoint
     from testkit.engines import load_engine
 
@@ -380,7 +380,7 @@ def follow_ups() -> list[Row]:
     """An image then three text follow-ups (tiny checkpoint): the fourth turn's first token
     against the same question with no history; and the cache's bytes per cached token."""
     from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-    from app.engines.local import kv
+    from app.engines.local.generation import kv
     from benchmarks.common import tiny
     from benchmarks.prefix_cache import measure, ratio, tiny_photo
     from testkit.engines import load_engine

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from app.engines.base import ChatRequest
-from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.loading.checkpoint import LoadOptions
 from app.seeing import checkpoint
 from app.seeing.pictures import TASKS, questions
 from testkit.engines import load_engine

@@ -5,10 +5,11 @@
 
 The model has Qwen3-VL-2B's architecture, tokenizer, chat template and processor settings
 (assets/realcfg) at tiny widths. It learns from the questions of app/seeing/pictures.py, each
-prompt built by the app's own code (app/engines/local/prompt.py: the same file reading, resizing,
-frame sampling and PDF pages as a request in the app), so what it saw in training is what the app
-gives it. The loss is taken on the answer's tokens only, and the output layer is computed for
-those positions alone (151,936 words: over every position a step took ~4x longer).
+prompt built by the app's own code (app/engines/local/generation/prompt.py: the same file
+reading, resizing, frame sampling and PDF pages as a request in the app), so what it saw in
+training is what the app gives it. The loss is taken on the answer's tokens only, and the output
+layer is computed for those positions alone (151,936 words: over every position a step took
+~4x longer).
 
 Only the tokens the training text uses are learned: the model is trained on that small
 vocabulary (ids renumbered), every other token counted in the loss as one more choice holding
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.engines.base import ChatRequest  # noqa: E402
-from app.engines.local.prompt import build_prompt  # noqa: E402
+from app.engines.local.generation.prompt import build_prompt  # noqa: E402
 from app.media import Budget, MediaCache  # noqa: E402
 from app.seeing import checkpoint  # noqa: E402
 from app.seeing.pictures import TASKS, Question, questions  # noqa: E402

@@ -1,5 +1,5 @@
-"""The local engine as `main` builds it (app/main.py `build_local_engine`), for a checkpoint
-path and load options instead of the command line; keywords override what `main` would pass."""
+"""The local engine as `main` builds it (app/engines/local/build.py), for a checkpoint path and
+load options instead of the command line; keywords override what `main` would pass."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from app.engines.local import LocalEngine
-from app.engines.local.checkpoint import LoadOptions, load_model
-from app.engines.local.memory import memory_defaults
-from app.engines.local.model_thread import ModelThread
-from app.trial import model_label
+from app.engines.local.build import build_local_engine
+from app.engines.local.loading.checkpoint import LoadOptions
 
 
 def load_engine(
@@ -18,17 +16,4 @@ def load_engine(
 ) -> LocalEngine:
     """Load `checkpoint` on a model thread of its own and build its engine; the memory-derived
     bounds and the page's name as `main` computes them, unless `overrides` says otherwise."""
-    runner = ModelThread()
-    path = str(checkpoint)
-    model, processor = runner.submit(load_model, path, options or LoadOptions()).result()
-    defaults = memory_defaults(model)
-    name, notice = model_label(path)
-    kwargs: dict[str, Any] = {
-        "model_name": name,
-        "notice": notice,
-        "max_prompt_tokens": defaults.max_prompt_tokens,
-        "prefix_cache_bytes": defaults.prefix_cache_bytes,
-        "max_batch": defaults.max_batch,
-        "max_batch_tokens": defaults.max_batch_tokens,
-    }
-    return LocalEngine(model, processor, runner=runner, **(kwargs | overrides))
+    return build_local_engine(str(checkpoint), options or LoadOptions(), **overrides)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from app.media import Budget
+    from app.weights import WeightsKind
 
 # The families whose grounding coordinates and prompt layout the app knows; MoE variants
 # behave as their dense family.
@@ -184,9 +185,9 @@ class Engine(Protocol):
     budget: Budget  # the media budget requests get unless they ask for another
     runs_on_cpu: bool  # the model computes on this machine's CPU
     max_concurrent: int  # requests it serves at once (more wait their turn: app/fair_queue.py)
-    # What the weights are where this app computes ("int8", "float32", "bfloat16",
-    # "4-bit nf4"); None where a server computes them.
-    weights: str | None
+    # What the weights are where this app computes (app/weights.py); None where a server
+    # computes them.
+    weights: WeightsKind | None
 
     def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
         """Decode every attachment of `request` into the engine's media cache, and refuse (an

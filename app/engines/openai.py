@@ -51,6 +51,7 @@ from app.grounding import model_input_size
 from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
 from app.media.worker import DecodePool, DecodeStopped
 from app.said import Said, message, say
+from app.weights import WeightsKind
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class OpenAIEngine:
 
     name = "openai"
     notice: str | None = None
-    weights: str | None = None
+    weights: WeightsKind | None = None
     runs_on_cpu = False  # the server's business
     # The server applies its own checkpoint's defaults; the UI shows its own.
     sampling_defaults = SamplingDefaults()

@@ -206,7 +206,7 @@ def test_a_reply_never_shows_protocol_tokens_or_broken_characters(scripted):
 def test_a_character_split_across_tokens_shows_whole_and_a_stray_byte_not_at_all():
     from transformers import AutoTokenizer
 
-    from app.engines.local.streamer import TokenStreamer
+    from app.engines.local.generation.streamer import TokenStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(REAL_CONFIGS / "Qwen3-VL-2B-Instruct")
     byte = tokenizer.convert_tokens_to_ids  # byte-level BPE: 0xC3 is "Ã", 0xA9 is "©"

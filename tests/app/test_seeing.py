@@ -20,7 +20,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.loading.checkpoint import LoadOptions
 from app.seeing import checkpoint
 from app.seeing.pictures import TASKS, Question, questions, shape_picture
 from app.settings import load_settings

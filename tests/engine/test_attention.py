@@ -1,6 +1,6 @@
-"""The CPU path's attention (app/engines/local/attention.py): keys and values kept in bfloat16,
-and a token gets the same numbers whether generated one at a time or read in a prefill (what
-the prefix cache's "changes nothing" rests on)."""
+"""The CPU path's attention (app/engines/local/generation/attention.py): keys and values kept
+in bfloat16, and a token gets the same numbers whether generated one at a time or read in a
+prefill (what the prefix cache's "changes nothing" rests on)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.engines.local import kv
-from app.engines.local.attention import (
+from app.engines.local.generation import kv
+from app.engines.local.generation.attention import (
     bfloat16_kv_attention,
     kv_bytes_per_token,
     stored_kv_dtype,

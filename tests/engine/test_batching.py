@@ -1,4 +1,5 @@
-"""Several replies decoded in one batch by the local engine (app/engines/local/scheduler.py).
+"""Several replies decoded in one batch by the local engine
+(app/engines/local/generation/scheduler.py).
 
 A reply decoded beside others must be, token for token, the reply decoded alone: each family,
 the CPU's 4-bit (the default), int8 and float32 paths, prompts of different lengths with and
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.loading.checkpoint import LoadOptions
 from testkit.checkpoints import TRIAL_FAMILIES
 from testkit.engines import load_engine
 

@@ -1,5 +1,5 @@
-"""The CPU's quantized paths (app/engines/local/cpu_int8.py; the language model in 4 bits by
-default, cpu_int4.py, tested alone in tests/unit/test_cpu_int4.py): every family, exact in how they
+"""The CPU's quantized paths (app/cpu_weights/int8.py; the language model in 4 bits by
+default, blocks.py, tested alone in tests/unit/test_cpu_blocks.py): every family, exact in how they
 split a prompt (so the prefix cache changes nothing: tests/engine/test_prefix_cache.py runs on the
 default), and close to float32."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from app.cpu_weights.blocks import block_kernels_available
+from app.cpu_weights.int8 import int8_kernels_available, quantize
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
 from app.engines.local import LocalEngine
-from app.engines.local.checkpoint import LoadOptions
-from app.engines.local.cpu_int4 import int4_kernels_available
-from app.engines.local.cpu_int8 import int8_kernels_available, quantize
+from app.engines.local.loading.checkpoint import LoadOptions
 from app.trial import TRIAL_FAMILIES
 from testkit.engines import load_engine
 
@@ -36,11 +36,11 @@ GREEDY = GenerationParams(max_new_tokens=8, temperature=0, enable_thinking=False
 def test_the_int8_path_has_a_fast_kernel_on_this_cpu():
     # oneDNN's int8 where its probe finds it fast; else ONNX Runtime's 8-bit blocks (on a CPU
     # with AVX2 but no VNNI, oneDNN ran its reference code: 8 ms against float32's 0.3).
-    assert int8_kernels_available() or int4_kernels_available()
+    assert int8_kernels_available() or block_kernels_available()
 
 
 def test_where_onednn_is_slow_the_int8_layers_go_to_onnx_runtimes_8_bits(monkeypatch):
-    from app.engines.local import cpu_int8
+    from app.cpu_weights import int8 as cpu_int8
 
     monkeypatch.setattr(cpu_int8, "int8_kernels_available", lambda: False)
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def test_where_onednn_is_slow_the_int8_layers_go_to_onnx_runtimes_8_bits(monkeyp
     x = torch.randn(2, 37, 96)
     expected = model(x)
     assert quantize(model) == (2, 0)
-    assert {(type(m).__name__, m.bits) for m in model if hasattr(m, "bits")} == {("Int4Linear", 8)}
+    assert {(type(m).__name__, m.bits) for m in model if hasattr(m, "bits")} == {("BlockLinear", 8)}
     error = (model(x) - expected).norm() / expected.norm()
     assert error < 0.03, f"relative error {error:.4f}"  # as the oneDNN layers
 
@@ -63,7 +63,7 @@ onednn = pytest.mark.skipif(
 
 
 def _quantized_modules(model) -> set[str]:
-    kinds = {"Int4Linear", "Int8Linear", "Int8Embedding"}
+    kinds = {"BlockLinear", "Int8Linear", "Int8Embedding"}
     return {type(m).__name__ for m in model.modules()} & kinds
 
 
@@ -139,7 +139,7 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
     path = str(tiny_checkpoint(family))
     fast = load_engine(path)
     assert fast.weights == "int4"
-    assert _quantized_modules(fast.model) >= {"Int4Linear", "Int8Embedding"}
+    assert _quantized_modules(fast.model) >= {"BlockLinear", "Int8Embedding"}
     # The vision encoder stays int8; the language model is in 4 bits, 8 for the output layer.
     modules = dict(fast.model.named_modules())
     vision = [
@@ -148,12 +148,12 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
         if n.startswith("model.visual.") and hasattr(m, "bits_a_weight")
     ]
     assert vision and all(getattr(m, "bits", 8) == 8 for m in vision)
-    assert type(modules["lm_head"]).__name__ == "Int4Linear" and fast.model.lm_head.bits == 8
-    bits = {m.bits for n, m in fast.model.named_modules() if type(m).__name__ == "Int4Linear"}
+    assert type(modules["lm_head"]).__name__ == "BlockLinear" and fast.model.lm_head.bits == 8
+    bits = {m.bits for n, m in fast.model.named_modules() if type(m).__name__ == "BlockLinear"}
     assert bits == {4, 8}
     int8 = load_engine(path, LoadOptions(dtype="int8"))
     assert int8.weights == "int8"
-    linear = "Int8Linear" if int8_kernels_available() else "Int4Linear"  # 8-bit blocks
+    linear = "Int8Linear" if int8_kernels_available() else "BlockLinear"  # 8-bit blocks
     assert _quantized_modules(int8.model) == {linear, "Int8Embedding"}
     exact = load_engine(path, LoadOptions(dtype="float32"))
     assert exact.weights == "float32" and not _quantized_modules(exact.model)
@@ -192,11 +192,11 @@ def test_the_quantized_weights_are_saved_once_and_read_back_the_same(
     tiny_checkpoint, media, tmp_path, caplog, family, dtype
 ):
     path = str(tiny_checkpoint(family))
-    options = LoadOptions(int8_store=tmp_path / "int8", dtype=dtype)
+    options = LoadOptions(weights_store=tmp_path / "int8", dtype=dtype)
     files = (Attachment(str(media / "red.jpg"), "red.jpg"),)
     request = ChatRequest((Turn("user", "What is it?", files),), GREEDY)
     replies = []
-    with caplog.at_level("INFO", logger="app.engines.local.int8_store"):
+    with caplog.at_level("INFO", logger="app.cpu_weights.store"):
         for _ in range(2):
             engine = load_engine(path, options)
             assert engine.weights == ("int4" if dtype == "auto" else dtype)
@@ -209,36 +209,54 @@ def test_the_quantized_weights_are_saved_once_and_read_back_the_same(
 
 
 def test_a_changed_checkpoint_gets_new_int8_weights_and_the_old_ones_go(tmp_path):
-    from app.engines.local.int8_store import store_folder
+    from app.cpu_weights.store import store_folder
     from testkit.checkpoints import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
     root = tmp_path / "int8"
-    load_engine(str(path), LoadOptions(int8_store=root))
+    load_engine(str(path), LoadOptions(weights_store=root))
     first = store_folder(root, path, "int4")
     assert first.is_dir()
     config = path / "config.json"
     config.write_text(config.read_text() + "\n")  # the checkpoint changed
-    load_engine(str(path), LoadOptions(int8_store=root))
+    load_engine(str(path), LoadOptions(weights_store=root))
     assert [p.name for p in root.iterdir()] == [store_folder(root, path, "int4").name]
     assert first.name != store_folder(root, path, "int4").name
 
 
 def test_a_store_of_an_older_format_is_rebuilt_not_misread(tmp_path, monkeypatch, caplog):
-    from app.engines.local import int8_store
-    from app.engines.local.int8_store import store_folder
+    from app.cpu_weights import store as int8_store
+    from app.cpu_weights.store import store_folder
     from testkit.checkpoints import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
     root = tmp_path / "int8"
     monkeypatch.setattr(int8_store, "FORMAT", int8_store.FORMAT - 1)
-    load_engine(str(path), LoadOptions(int8_store=root))
+    load_engine(str(path), LoadOptions(weights_store=root))
     older = store_folder(root, path, "int4")
     monkeypatch.undo()
-    with caplog.at_level("INFO", logger="app.engines.local.int8_store"):
-        engine = load_engine(str(path), LoadOptions(int8_store=root))
+    with caplog.at_level("INFO", logger="app.cpu_weights.store"):
+        engine = load_engine(str(path), LoadOptions(weights_store=root))
     said = [r.getMessage() for r in caplog.records]
     assert any("saved in" in m for m in said) and not any("read from" in m for m in said)
     assert [p.name for p in root.iterdir()] == [store_folder(root, path, "int4").name]
     assert older.name not in [p.name for p in root.iterdir()]
+    assert engine.model.lm_head.bits == 8
+
+
+def test_a_store_file_of_another_format_is_not_read(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from app.cpu_weights.store import REST, store_folder
+    from testkit.checkpoints import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
+    root = tmp_path / "weights"
+    load_engine(str(path), LoadOptions(weights_store=root))
+    rest = store_folder(root, path, "int4") / REST
+    save_file(load_file(rest), str(rest), metadata={"format": "2"})  # as an older app wrote
+    with caplog.at_level("INFO", logger="app.cpu_weights.store"):
+        engine = load_engine(str(path), LoadOptions(weights_store=root))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("of another format" in m for m in said) and any("saved in" in m for m in said)
     assert engine.model.lm_head.bits == 8

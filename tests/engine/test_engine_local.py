@@ -3,7 +3,7 @@
 import re
 
 from app.engines.base import Attachment, ChatRequest, Turn
-from app.engines.local.prompt import build_prompt
+from app.engines.local.generation.prompt import build_prompt
 from app.media import open_video
 from testkit.engines import load_engine
 from tests import media_factory as mf

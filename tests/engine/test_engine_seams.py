@@ -7,9 +7,9 @@ import pytest
 import transformers
 
 from app.engines.base import Attachment, ChatRequest, EngineError, GenerationParams, Turn
-from app.engines.local.generate_kwargs import generate_kwargs
-from app.engines.local.internals import check_internals
-from app.engines.local.prompt import build_prompt
+from app.engines.local.generation.generate_kwargs import generate_kwargs
+from app.engines.local.generation.internals import check_internals
+from app.engines.local.generation.prompt import build_prompt
 from app.grounding import model_input_size
 from app.main import build_local_engine
 from app.settings import load_settings
@@ -34,8 +34,7 @@ def load_engine_over(engine):
     from app.engines.local import LocalEngine
 
     return LocalEngine(
-        engine.model,
-        engine.processor,
+        engine.loaded,
         runner=engine.runner,
         model_name="again",
         max_prompt_tokens=1024,
@@ -72,7 +71,7 @@ def test_a_positive_temperature_samples_with_the_given_knobs():
 
 
 # Both within the trial checkpoint's own bound (64 tokens' worth, 65,536 pixels), which a
-# budget never exceeds (app/engines/local/prompt.py `image_size_bounds`).
+# budget never exceeds (app/engines/local/generation/prompt.py `image_size_bounds`).
 @pytest.mark.parametrize("max_pixels", [20_000, 60_000])
 def test_max_pixels_reaches_the_processor_through_main(max_pixels, tmp_path):
     flags = ["--tiny-random", "qwen3_vl", "--max-pixels", str(max_pixels)]

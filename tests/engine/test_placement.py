@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, EngineError, GenerationParams, Turn
-from app.engines.local.checkpoint import LoadOptions
-from app.engines.local.placement import GB, describe, place
+from app.engines.local.loading.checkpoint import LoadOptions
+from app.engines.local.loading.placement import GB, describe, place
 from app.settings import SettingsError, load_settings
 from testkit.engines import load_engine
 
@@ -66,11 +66,14 @@ def test_the_engine_works_loaded_with_a_device_map_on_the_cpu(tiny_checkpoint, c
     """The spread path's code on the CPU: transformers' device map, the vision encoder's own
     device, the prefix cache and Stop during generation."""
     options = LoadOptions(cpu_only=True, device_map="auto")
-    with caplog.at_level("INFO", logger="app.engines.local.checkpoint"):
+    with caplog.at_level("INFO", logger="app.engines.local.loading.checkpoint"):
         engine = load_engine(str(tiny_checkpoint("qwen3_vl")), options)
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
     # placed by transformers' device map
-    assert "(auto, int4, sdpa, keys and values in bfloat16; --dtype float32" in loaded[0]
+    assert (
+        "(auto, int4 (the CPU's default), sdpa, keys and values in bfloat16; --dtype float32"
+        in loaded[0]
+    )
     assert any(r.getMessage().startswith("placed ") for r in caplog.records)
     params = GenerationParams(max_new_tokens=6, temperature=0)
     first = ChatRequest((Turn("user", "Hello there"),), params, owner="me")

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, GenerationParams, Turn
-from app.engines.local.checkpoint import LoadOptions
+from app.engines.local.loading.checkpoint import LoadOptions
 from testkit.engines import load_engine
 
 

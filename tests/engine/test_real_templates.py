@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from app.engines.base import Attachment, ChatRequest, GenerationParams, Turn
-from app.engines.local.prompt import build_prompt
+from app.engines.local.generation.prompt import build_prompt
 from app.media import Budget
 from testkit.checkpoints import REAL_CONFIGS
 from testkit.engines import load_engine

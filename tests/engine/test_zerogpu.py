@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from app.engines.base import ChatRequest, GenerationParams, Turn
-from app.engines.local.zerogpu import for_zero_gpu, on_zero_gpu
+from app.engines.zerogpu import for_zero_gpu, on_zero_gpu
 from testkit.engines import load_engine
 
 
@@ -17,7 +17,7 @@ def test_nothing_changes_off_zero_gpu(tiny_checkpoint):
 
 def test_the_wrapped_engine_streams_and_stops(tiny_checkpoint):
     pytest.importorskip("spaces", reason="the spaces package is not installed")
-    from app.engines.local.zerogpu import ZeroGPUEngine
+    from app.engines.zerogpu import ZeroGPUEngine
 
     inner = load_engine(str(tiny_checkpoint("qwen3_vl", suppress_eos=True)))
     engine = ZeroGPUEngine(inner)

@@ -32,7 +32,7 @@ def test_no_function_in_app_is_longer_than_60_lines():
 def test_the_pure_parts_import_without_torch_gradio_or_av():
     code = (
         "import sys, app.settings, app.conversation, app.render, app.grounding, app.media, "
-        "app.engines.base, app.engines.local.prefix_cache, app.replies\n"
+        "app.engines.base, app.engines.local.generation.prefix_cache, app.replies\n"
         "heavy = {'torch', 'transformers', 'gradio', 'av', 'PIL', 'numpy'} & set(sys.modules)\n"
         "print(sorted(heavy))"
     )
@@ -41,7 +41,7 @@ def test_the_pure_parts_import_without_torch_gradio_or_av():
 
 
 # What the local engine uses of transformers' and Qwen-VL's internals: only its adapter
-# (app/engines/local/internals.py) and the KV cache's operations (kv.py) may name them.
+# (app/engines/local/generation/internals.py) and the KV cache's operations (kv.py) may name them.
 INTERNALS = (
     "rope_deltas",
     "get_image_features",
@@ -55,7 +55,7 @@ INTERNALS = (
     ".visual",
 )
 _INTERNAL = re.compile("|".join(re.escape(name) + r"\b" for name in INTERNALS))
-ADAPTERS = {"app/engines/local/internals.py", "app/engines/local/kv.py"}
+ADAPTERS = {"app/engines/local/generation/internals.py", "app/engines/local/generation/kv.py"}
 
 
 def test_only_the_adapter_touches_transformers_internals():
@@ -66,3 +66,44 @@ def test_only_the_adapter_touches_transformers_internals():
         for found in _INTERNAL.finditer(path.read_text())
     ]
     assert touching == []
+
+
+def _app_imports(path: Path) -> set[str]:
+    """The app's modules that `path` imports, at its top or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name == "app" or name.startswith("app.")}
+
+
+def test_the_cpu_weight_formats_import_nothing_else_of_the_app():
+    package = APP / "cpu_weights"
+    outside = {
+        f"{path.name}: {name}"
+        for path in sorted(package.glob("*.py"))
+        for name in _app_imports(path)
+        if not name.startswith("app.cpu_weights")
+    }
+    assert outside == set()
+    code = (
+        "import sys, app.cpu_weights.store, app.cpu_weights.threads\n"
+        "print(sorted(m for m in sys.modules if m.startswith('app.') "
+        "and not m.startswith('app.cpu_weights')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_request_side_never_imports_the_loading_side():
+    local = APP / "engines" / "local"
+    request_side = [local / "engine.py", *sorted((local / "generation").glob("*.py"))]
+    loading = {
+        f"{path.name}: {name}"
+        for path in request_side
+        for name in _app_imports(path)
+        if name.startswith(("app.engines.local.loading", "app.cpu_weights"))
+    }
+    assert loading == set()

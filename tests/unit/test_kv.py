@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from app.engines.local import kv
+from app.engines.local.generation import kv
 
 
 def _states(tokens: int, start: float = 0.0) -> torch.Tensor:

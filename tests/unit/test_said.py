@@ -71,7 +71,7 @@ def test_a_reply_renders_the_apps_words_in_the_readers_language():
 ERRORS = {"EngineError", "MediaError", "PanelError", "Refused"}
 # Their errors arise only while the app starts (loading the model), printed on the command line
 # as one `error:` line for whoever started it: English, as the flags are.
-START_UP = {"app/engines/local/checkpoint.py", "app/engines/local/internals.py"}
+START_UP = {"app/engines/local/loading/checkpoint.py", "app/engines/local/generation/internals.py"}
 
 
 def test_every_message_raised_for_the_chat_is_written_in_both_languages():

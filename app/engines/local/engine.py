@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.engines.base import (
     PROGRESS_TICK_S,
@@ -30,28 +30,32 @@ from app.engines.base import (
     Usage,
     family_of_model_type,
 )
-from app.engines.local import kv
-from app.engines.local.attention import stored_kv_dtype
-from app.engines.local.batch import BatchStep, Row
-from app.engines.local.bounds import PromptBound
-from app.engines.local.calls import Job, ModelCalls
-from app.engines.local.checkpoint import weights_kind
-from app.engines.local.internals import ModelInternals
-from app.engines.local.memory import free_accelerator_memory, is_out_of_memory
-from app.engines.local.prefix_cache import PrefixCache
-from app.engines.local.prompt import (
+from app.engines.local.generation import kv
+from app.engines.local.generation.attention import stored_kv_dtype
+from app.engines.local.generation.batch import BatchStep, Row
+from app.engines.local.generation.bounds import PromptBound
+from app.engines.local.generation.calls import Job, ModelCalls
+from app.engines.local.generation.internals import ModelInternals
+from app.engines.local.generation.out_of_memory import (
+    free_accelerator_memory,
+    is_out_of_memory,
+)
+from app.engines.local.generation.prefix_cache import PrefixCache
+from app.engines.local.generation.prompt import (
     VisualBound,
     build_prompt,
     read_attachments,
     takes_thinking_switch,
 )
-from app.engines.local.reuse import CachedGeneration
-from app.engines.local.scheduler import BatchScheduler
-from app.engines.local.watch import WatchHooks
+from app.engines.local.generation.reuse import CachedGeneration
+from app.engines.local.generation.scheduler import BatchScheduler
+from app.engines.local.generation.watch import WatchHooks
+from app.engines.local.loaded import LoadedModel
 from app.engines.pump import Emit, pump
 from app.media import Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
 from app.said import message, say
+from app.weights import WeightsKind
 
 if TYPE_CHECKING:
     from app.media.cache import Decode
@@ -69,8 +73,7 @@ class LocalEngine:
 
     def __init__(
         self,
-        model: Any,
-        processor: Any,
+        loaded: LoadedModel,
         *,
         runner: Executor,
         model_name: str,
@@ -86,6 +89,8 @@ class LocalEngine:
     ) -> None:
         self.model_name = model_name
         self.notice = notice
+        self.loaded = loaded
+        model, processor = loaded.model, loaded.processor
         self.model = model
         self.processor = processor
         self.budget = budget or Budget()
@@ -96,7 +101,7 @@ class LocalEngine:
         self.family = family_of_model_type(model.config.model_type)
         self.runs_on_cpu = model.device.type == "cpu"
         self.max_concurrent = max_batch  # replies decoded together (more wait in the fair queue)
-        self.weights: str | None = weights_kind(model)
+        self.weights: WeightsKind | None = loaded.weights.kind
         config = model.generation_config
         self.sampling_defaults = SamplingDefaults(
             config.temperature, config.top_p, config.top_k, config.repetition_penalty

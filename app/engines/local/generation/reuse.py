@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.engines.local import kv
-from app.engines.local.batch import Row
-from app.engines.local.calls import Job, ModelCalls
-from app.engines.local.prefix_cache import PrefixCache, Reuse
-from app.engines.local.prompt import Prompt
-from app.engines.local.watch import Cancelled
+from app.engines.local.generation import kv
+from app.engines.local.generation.batch import Row
+from app.engines.local.generation.calls import Job, ModelCalls
+from app.engines.local.generation.prefix_cache import PrefixCache, Reuse
+from app.engines.local.generation.prompt import Prompt
+from app.engines.local.generation.watch import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ class MemoryDefaults:
 
 def memory_defaults(model: Any) -> MemoryDefaults:
     """The prompt bound and the prefix cache's size for `model`, from the memory free now."""
-    from app.engines.local.attention import kv_bytes_per_token
+    from app.engines.local.generation.attention import kv_bytes_per_token
 
     free = available_bytes(model.device.type == "cuda")
     per_token = kv_bytes_per_token(model)
@@ -88,18 +88,3 @@ def memory_defaults(model: Any) -> MemoryDefaults:
         default_max_batch(model.device.type == "cuda"),
         default_batch_tokens(free, per_token),
     )
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def free_accelerator_memory() -> None:
-    """Give the CUDA caches back, on every visible GPU (a model may be spread over them)."""
-    import torch
-
-    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        with torch.cuda.device(index):
-            torch.cuda.empty_cache()

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from app.engines.local import kv
-from app.engines.local.batch import BatchStep, Row
-from app.engines.local.calls import Job
-from app.engines.local.memory import is_out_of_memory
-from app.engines.local.reuse import CachedGeneration
-from app.engines.local.watch import Cancelled, Watch, WatchHooks
+from app.engines.local.generation import kv
+from app.engines.local.generation.batch import BatchStep, Row
+from app.engines.local.generation.calls import Job
+from app.engines.local.generation.out_of_memory import is_out_of_memory
+from app.engines.local.generation.reuse import CachedGeneration
+from app.engines.local.generation.watch import Cancelled, Watch, WatchHooks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

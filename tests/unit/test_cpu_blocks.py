@@ -1,4 +1,4 @@
-"""The language model's block formats on the CPU (app/engines/local/cpu_int4.py): ONNX Runtime's
+"""The language model's block formats on the CPU (app/cpu_weights/blocks.py): ONNX Runtime's
 kernel is there, a layer in 4 or 8 bits is as close to float32 as measured, the weights are
 stored as the kernel reads them, a row's output never depends on the other rows of the call
 (the prefix cache's exactness rests on it), and which layers get 8 bits. The families run on
@@ -10,23 +10,23 @@ import pytest
 import torch
 from torch import nn
 
-from app.engines.local.checkpoint import block_plan
-from app.engines.local.cpu_int4 import (
+from app.cpu_weights.blocks import (
     EIGHT_BITS,
     FOUR_BITS,
     BlockFormat,
+    BlockLinear,
+    block_kernels_available,
     dequantized,
-    int4_kernels_available,
-    int4_module,
     quantize_blocks,
 )
-from app.engines.local.cpu_int8 import quantize
+from app.cpu_weights.int8 import quantize
+from app.engines.local.loading.checkpoint import block_plan
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the 4-bit path is the CPU's")
 
 
 def test_onnx_runtimes_4_and_8_bit_kernels_are_there_and_right():
-    assert int4_kernels_available()
+    assert block_kernels_available()
 
 
 # A layer's output error against float32 on Gaussian weights and inputs, from the measurement:
@@ -43,7 +43,7 @@ def test_a_layer_is_as_close_to_float32_as_measured_and_exact_however_the_rows_a
 ):
     torch.manual_seed(0)
     weight, bias = torch.randn(out, width), torch.randn(out)
-    layer = int4_module(quantize_blocks(weight, bias, fmt))
+    layer = BlockLinear(quantize_blocks(weight, bias, fmt))
     x = torch.randn(37, width)
     expected = x @ weight.T
     got = layer(x)
@@ -84,7 +84,7 @@ def test_the_weights_are_stored_as_mat_mul_n_bits_reads_them(fmt):
     assert (stored - weight).norm() / weight.norm() < (0.1 if fmt.bits == 4 else 0.01)
     # The kernel computes with exactly those weights (rows of ones: exact in its 8-bit input).
     rows = torch.ones(2, weight.shape[1])
-    assert torch.allclose(int4_module(layer)(rows), rows @ stored.T, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(BlockLinear(layer)(rows), rows @ stored.T, rtol=1e-4, atol=1e-4)
 
 
 def test_projections_of_one_format_share_one_product_and_of_two_formats_do_not():
@@ -100,13 +100,13 @@ def test_projections_of_one_format_share_one_product_and_of_two_formats_do_not()
     formats = {"mlp.gate_proj": EIGHT_BITS}  # the rest in 4 bits
     named = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     alone = {
-        n: int4_module(quantize_blocks(m.weight, m.bias, formats.get(n, FOUR_BITS)))
+        n: BlockLinear(quantize_blocks(m.weight, m.bias, formats.get(n, FOUR_BITS)))
         for n, m in named.items()
     }
     assert quantize(model, formats=lambda name: formats.get(name, FOUR_BITS)) == (5, 0)
     assert type(attention.k_proj).__name__ == "Int8Part"
-    assert type(attention.k_proj.shared.linear).__name__ == "Int4Linear"
-    assert type(mlp.gate_proj).__name__ == type(mlp.up_proj).__name__ == "Int4Linear"
+    assert type(attention.k_proj.shared.linear).__name__ == "BlockLinear"
+    assert type(mlp.gate_proj).__name__ == type(mlp.up_proj).__name__ == "BlockLinear"
     assert (mlp.gate_proj.bits, mlp.up_proj.bits) == (8, 4)
     x = torch.randn(5, 64)
     for name in named:
@@ -121,7 +121,7 @@ def test_a_tied_output_layer_goes_8_bit_and_its_embedding_stays_int8():
     model = nn.ModuleDict({"embed": embed, "head": head})
     assert quantize(model, formats=lambda n: EIGHT_BITS if n == "head" else None) == (1, 1)
     assert type(model["embed"]).__name__ == "Int8Embedding"
-    assert type(model["head"]).__name__ == "Int4Linear" and model["head"].bits == 8
+    assert type(model["head"]).__name__ == "BlockLinear" and model["head"].bits == 8
     x = torch.randn(3, 64)
     expected = x @ embed.weight.T
     assert (model["head"](x) - expected).norm() / expected.norm() < BOUNDS[EIGHT_BITS]

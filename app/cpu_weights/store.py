@@ -1,4 +1,4 @@
-"""The CPU's int8 weights, saved once and loaded on later starts (app/engines/local/cpu_int8.py).
+"""The CPU's int8 weights, saved once and loaded on later starts (app/cpu_weights/int8.py).
 
 The first start on a CPU loads the checkpoint in bfloat16 and quantizes it; its peak memory is
 the bfloat16 model's and more. It saves what it made, one file per layer (the int8 rows and
@@ -18,26 +18,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.engines.local.cpu_int8 import (
+from app.cpu_weights.int8 import (
     BlockFormats,
     Int8Layer,
     Int8Placer,
     give_large_buffers_their_own_pages,
     int8_kernels_available,
     return_freed_memory,
-    to_cpu_int8,
+    to_cpu_kernels,
 )
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when what is saved changes: older folders are then not read
-REST = "rest.pt"
+# Bump when what is saved changes: older folders are then not read. 2: per-layer pickles;
+# 3: safetensors, the format in each file's metadata.
+FORMAT = 3
+REST = "rest.safetensors"
 DONE = "layers.json"  # written last: a folder without it is unfinished
 
 
 def store_folder(root: Path, checkpoint: Path, kind: str) -> Path:
-    """The folder for `checkpoint`'s quantized weights of `kind` (int8; int4: the language
-    model's layers in 4 bits): one per checkpoint path, kind and files' state."""
+    """The folder for `checkpoint`'s quantized weights of `kind` (app/weights.py's: int8, or
+    int4, the language model's layers in blocks): one per checkpoint path, kind and files'
+    state."""
     import torch
 
     files = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".json"))
@@ -51,7 +54,7 @@ def store_folder(root: Path, checkpoint: Path, kind: str) -> Path:
     return root / f"{checkpoint.name}-{kind}-{where}-{what[:12]}"
 
 
-class Int8Store:
+class QuantizedStore:
     """Saves a freshly quantized model's layers into `folder`, and loads them back."""
 
     def __init__(self, folder: Path) -> None:
@@ -61,10 +64,8 @@ class Int8Store:
         return (self.folder / DONE).is_file()
 
     def quantize_and_save(self, model: Any, formats: BlockFormats | None = None) -> Any:
-        """`model` (bfloat16) made int8 (or block formats) by `to_cpu_int8`, each layer saved as
-        it is made."""
-        import torch
-
+        """`model` (bfloat16) quantized by `to_cpu_kernels` (int8, and block formats where
+        `formats` says), each layer saved as it is made."""
         partial = self.folder.with_name(self.folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -74,23 +75,23 @@ class Int8Store:
         def keep(name: str, layer: Int8Layer) -> None:
             if not failed:  # a full disk stops the saving, never the quantizing
                 try:
-                    torch.save(layer, partial / f"{len(names):04d}.pt")
+                    _save_layer(layer, partial / _layer_file(len(names)))
                 except OSError as err:
                     failed.append(err)
             names.append(name)
 
-        model = to_cpu_int8(model, keep, formats)
+        model = to_cpu_kernels(model, keep, formats)
         int8 = tuple(f"{name}." for name in names)
         rest = {k: v for k, v in model.state_dict().items() if not k.startswith(int8)}
         try:
             if failed:
                 raise failed[0]
-            torch.save(rest, partial / REST)
+            _save_tensors(rest, {}, partial / REST)
             (partial / DONE).write_text(json.dumps(names))
             self._replace_older(partial)
-            log.info("weights: int8 layers saved in %s for later starts", self.folder)
+            log.info("weights: quantized layers saved in %s for later starts", self.folder)
         except OSError as err:
-            log.warning("the int8 weights could not be saved for later starts: %s", err)
+            log.warning("the quantized weights could not be saved for later starts: %s", err)
             shutil.rmtree(partial, ignore_errors=True)
         return model
 
@@ -103,8 +104,8 @@ class Int8Store:
         os.replace(partial, self.folder)
 
     def load(self, checkpoint: Path, attention: str) -> Any:
-        """The int8 model of `checkpoint` from the saved layers; None where they do not fit
-        the model (then the caller quantizes afresh)."""
+        """The quantized model of `checkpoint` from the saved layers; None where they do not
+        fit the model or are of another format (then the caller quantizes afresh)."""
         import torch
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
@@ -116,23 +117,63 @@ class Int8Store:
                 config, dtype=torch.float32, attn_implementation=attention
             )
         names = json.loads((self.folder / DONE).read_text())
+        rest = _load_layer(self.folder / REST)
+        if rest is None:
+            log.warning("the saved weights in %s are of another format", self.folder)
+            return None
         placer = Int8Placer()
         for index, name in enumerate(names):
-            layer = torch.load(self.folder / f"{index:04d}.pt", weights_only=True)
+            layer = _load_layer(self.folder / _layer_file(index))
+            if layer is None:
+                log.warning("the saved weights in %s are of another format", self.folder)
+                return None
             parent_name, _, child = name.rpartition(".")
             placer.put(model.get_submodule(parent_name), child, layer)
             del layer
         placer.finish()
-        rest = torch.load(self.folder / REST, weights_only=True)
         model.load_state_dict(rest, strict=False, assign=True)
         del rest
         if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
-            log.warning("the saved int8 weights in %s do not fit the model", self.folder)
+            log.warning("the saved weights in %s do not fit the model", self.folder)
             return None
         if (checkpoint / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(checkpoint)
         model.eval()
         return_freed_memory()
         give_large_buffers_their_own_pages()
-        log.info("weights: %d int8 layers read from %s", len(names), self.folder)
+        log.info("weights: %d quantized layers read from %s", len(names), self.folder)
         return model
+
+
+def _layer_file(index: int) -> str:
+    return f"{index:04d}.safetensors"
+
+
+def _save_layer(layer: Int8Layer, path: Path) -> None:
+    """A quantized layer's tensors in a safetensors file, its other fields (bits, block, a
+    padding index; None for a missing bias) in the file's metadata."""
+    import torch
+
+    tensors = {key: value for key, value in layer.items() if torch.is_tensor(value)}
+    fields = {key: value for key, value in layer.items() if key not in tensors}
+    _save_tensors(tensors, fields, path)
+
+
+def _save_tensors(tensors: dict[str, Any], fields: dict[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # Copies where tensors share memory (a slice of a tied table), as safetensors requires.
+    own = {key: value.detach().contiguous().clone() for key, value in tensors.items()}
+    save_file(own, str(path), metadata={"format": str(FORMAT), "fields": json.dumps(fields)})
+
+
+def _load_layer(path: Path) -> dict[str, Any] | None:
+    """What `_save_layer` (or `_save_tensors`) wrote; None for a file of another format."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+        if metadata.get("format") != str(FORMAT):
+            return None
+        layer: dict[str, Any] = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
+    return layer | json.loads(metadata.get("fields", "{}"))

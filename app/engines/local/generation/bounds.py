@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.engines.base import EngineError, Turn
-from app.engines.local.prompt import Prompt, too_long_with_media
+from app.engines.local.generation.prompt import Prompt, too_long_with_media
 from app.said import say
 
 # Text is counted against the bound in pieces of this many characters.

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.engines.base import ChatRequest
-from app.engines.local import kv
-from app.engines.local.generate_kwargs import generate_kwargs
-from app.engines.local.internals import ENCODERS, ModelInternals
-from app.engines.local.prompt import Prompt
-from app.engines.local.sampling import RowSampler
-from app.engines.local.streamer import TokenStreamer
-from app.engines.local.watch import WatchHooks
+from app.engines.local.generation import kv
+from app.engines.local.generation.generate_kwargs import generate_kwargs
+from app.engines.local.generation.internals import ENCODERS, ModelInternals
+from app.engines.local.generation.prompt import Prompt
+from app.engines.local.generation.sampling import RowSampler
+from app.engines.local.generation.streamer import TokenStreamer
+from app.engines.local.generation.watch import WatchHooks
 from app.engines.pump import Emit
 from app.said import Said, say
 

@@ -3,45 +3,30 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.cpu_weights.blocks import EIGHT_BITS, FOUR_BITS, BlockFormat, block_kernels_available
+from app.cpu_weights.int8 import int8_kernels_available, to_cpu_kernels
+from app.cpu_weights.store import QuantizedStore, store_folder
 from app.engines.base import EngineError
-from app.engines.local.attention import use_bfloat16_kv
-from app.engines.local.cpu_int4 import (
-    EIGHT_BITS,
-    FOUR_BITS,
-    INT4,
-    BlockFormat,
-    int4_kernels_available,
-)
-from app.engines.local.cpu_int8 import (
-    INT8,
-    BlockFormats,
-    int8_kernels_available,
-    to_cpu_int8,
-)
-from app.engines.local.int8_store import Int8Store, store_folder
-from app.engines.local.internals import (
+from app.engines.local.generation.attention import use_bfloat16_kv
+from app.engines.local.generation.internals import (
     OUTPUT_LAYER,
     SENSITIVE_PROJECTIONS,
     language_layer_index,
     outside_vision_encoder,
 )
-from app.engines.local.memory import GB, available_bytes, gpu_free_bytes
-from app.engines.local.placement import Placement, describe, place
+from app.engines.local.loaded import LoadedModel
+from app.engines.local.loading.memory import GB, available_bytes, gpu_free_bytes
+from app.engines.local.loading.placement import Placement, describe, place
+from app.weights import AUTO, CpuKernels, WeightsKind, WeightsPlan, plan_weights
 
 log = logging.getLogger(__name__)
-
-# Whether the CPU's default (--dtype auto) puts the language model in block formats (4 bits,
-# 8 where it matters most: cpu_int4.py, `language_model_formats`).
-FOUR_BIT_BY_DEFAULT = True
 
 
 class CheckpointNotFound(EngineError):
@@ -53,13 +38,13 @@ class LoadOptions:
     cpu_only: bool = False
     flash_attn2: bool = False
     load_in_4bit: bool = False
-    dtype: str = "auto"
+    dtype: str = AUTO  # --dtype: app/weights.py resolves it
     # "auto" spreads the model with transformers' device map even where one device holds it
     # (tests of the spread path on the CPU); None: as `place` decides.
     device_map: str | None = None
-    # Where the CPU's int8 weights are saved once and read on later starts (app/engines/
-    # int8_store.py); None: quantized afresh at each start.
-    int8_store: Path | None = None
+    # Where the CPU's quantized weights are saved once and read on later starts
+    # (app/cpu_weights/store.py); None: quantized afresh at each start.
+    weights_store: Path | None = None
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -111,39 +96,21 @@ def choose_attention(flash_attn2: bool, on_cuda: bool) -> str:
     return "flash_attention_2"
 
 
-def cpu_int8_chosen(options: LoadOptions, on_cuda: bool) -> bool:
-    """The int8 CPU path (app/engines/local/cpu_int8.py; with --dtype int4 the language model's
-    layers in 4 bits): the default on a CPU, unless a dtype or 4-bit is asked for, or this
-    PyTorch lacks the int8 kernels (then float32, said in the log)."""
-    if on_cuda:
-        if options.dtype in (INT8, INT4):
-            raise EngineError(
-                f"--dtype {options.dtype} is the CPU path; on a GPU use --load-in-4bit"
-            )
-        return False
-    if options.load_in_4bit or options.dtype not in ("auto", INT8, INT4):
-        return False
-    if not int8_kernels_available() and not int4_kernels_available():
-        log.warning(
-            "neither oneDNN's int8 nor ONNX Runtime's 8-bit product runs fast here: "
-            "the CPU computes in float32"
-        )
-        return False
-    return True
+def weights_plan(options: LoadOptions, on_cuda: bool) -> WeightsPlan:
+    """`--dtype` resolved for this machine (app/weights.py), said in the log where the CPU's
+    kernels do not run as asked."""
+    import torch
 
-
-def language_model_formats(options: LoadOptions) -> BlockFormats | None:
-    """On the int8 CPU path: the language model's linear layers in block formats
-    (app/engines/local/cpu_int4.py, `block_plan`), where --dtype int4 asks, or by default where
-    ONNX Runtime's kernel works here; the vision encoder stays int8 (its products are a
-    prefill's, where int8 is the faster kernel). None: all int8."""
-    wanted = options.dtype == INT4 or (options.dtype == "auto" and FOUR_BIT_BY_DEFAULT)
-    if not wanted:
-        return None
-    if not int4_kernels_available():
-        log.warning("ONNX Runtime's 4-bit kernel is not available here: int8 weights instead")
-        return None
-    return block_plan
+    kernels = CpuKernels(int8_kernels_available, block_kernels_available)
+    gpu_bfloat16 = on_cuda and torch.cuda.is_bf16_supported()
+    try:
+        plan = plan_weights(options.dtype, options.load_in_4bit, on_cuda, gpu_bfloat16, kernels)
+    except ValueError as err:
+        raise EngineError(str(err)) from err
+    asked = options.dtype
+    if asked not in (AUTO, plan.kind.value) and not options.load_in_4bit:
+        log.warning("--dtype %s: %s, so the weights are %s", asked, plan.reason, plan.kind)
+    return plan
 
 
 def block_plan(name: str) -> BlockFormat | None:
@@ -160,29 +127,15 @@ def block_plan(name: str) -> BlockFormat | None:
     return FOUR_BITS
 
 
-def choose_dtype(name: str, on_cuda: bool, cpu_int8: bool = False) -> Any:
-    """The dtype the weights are loaded in (the int8 path loads bfloat16, then quantizes)."""
-    import torch
-
-    if cpu_int8:
-        return torch.bfloat16
-    if name not in ("auto", INT8, INT4):
-        return getattr(torch, name)
-    if on_cuda:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Every weight's shape, read from the safetensors headers alone (no weight is read)."""
+    from safetensors import safe_open
+
     shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(Path(path).glob("*.safetensors")):
-        with file.open("rb") as fh:
-            size = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(size))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                shapes[name] = tuple(entry["shape"])
+        with safe_open(file, framework="numpy") as tensors:
+            for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
+                shapes[name] = tuple(tensors.get_slice(name).get_shape())
     return shapes
 
 
@@ -200,8 +153,8 @@ def weight_bytes(path: str, dtype_bytes: int, four_bit: bool) -> int:
 def check_fits(
     checkpoint: str, path: str, dtype: Any, options: LoadOptions, on_cuda: bool
 ) -> Placement:
-    """Where the weights go (app/engines/local/placement.py), said in one line before loading
-    starts; EngineError, in one line, where they cannot fit in free memory or a dependency the
+    """Where the weights go (placement.py), said in one line before loading starts;
+    EngineError, in one line, where they cannot fit in free memory or a dependency the
     options need is missing."""
     if options.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise EngineError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
@@ -238,17 +191,18 @@ def _too_big_for_the_machine(checkpoint: str, need: int, free: int, smaller: int
     )
 
 
-def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
-    """(model, processor) of `checkpoint`, ready for inference; logs what it chose and how long."""
+def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
+    """`checkpoint` ready for inference, with its weights' plan; logs what it chose and how
+    long it took."""
     path = resolve_checkpoint(checkpoint)  # first: a missing checkpoint fails in a blink
     started = time.perf_counter()
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     imported = time.perf_counter() - started
     on_cuda = torch.cuda.is_available() and not options.cpu_only
-    cpu_int8 = cpu_int8_chosen(options, on_cuda)
-    dtype = choose_dtype(options.dtype, on_cuda, cpu_int8)
+    plan = weights_plan(options, on_cuda)
+    dtype = getattr(torch, plan.load_dtype)
     placement = check_fits(checkpoint, path, dtype, options, on_cuda)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -257,7 +211,7 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
     }
     if placement.max_memory:
         kwargs["max_memory"] = placement.max_memory
-    if options.load_in_4bit:
+    if plan.kind is WeightsKind.NF4:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -267,46 +221,41 @@ def load_model(checkpoint: str, options: LoadOptions) -> tuple[Any, Any]:
             bnb_4bit_use_double_quant=True,
         )
     processor = AutoProcessor.from_pretrained(path)
-    formats = language_model_formats(options) if cpu_int8 else None
-    store = (
-        Int8Store(store_folder(options.int8_store, Path(path), INT4 if formats else INT8))
-        if cpu_int8 and options.int8_store
-        else None
-    )
-    model = (
-        store.load(Path(path), kwargs["attn_implementation"]) if store and store.exists() else None
-    )
-    if model is None:
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        model.eval()
-        if store is not None:
-            model = store.quantize_and_save(model, formats)
-        elif cpu_int8:
-            model = to_cpu_int8(model, formats=formats)
-    if cpu_int8:
+    model = _model(Path(path), plan, kwargs, options.weights_store)
+    cpu_kernels = plan.kind.cpu_kernels
+    if cpu_kernels:
         use_bfloat16_kv(model)
     log.info(
-        "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s, %s%s)",
+        "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s (%s), %s%s)",
         checkpoint,
         time.perf_counter() - started,
         imported,
         kwargs["device_map"],
-        weights_kind(model),
-        kwargs["attn_implementation"] + (", keys and values in bfloat16" if cpu_int8 else ""),
-        "; --dtype float32 for the exact, slower path" if cpu_int8 else "",
+        plan.kind,
+        plan.reason,
+        kwargs["attn_implementation"] + (", keys and values in bfloat16" if cpu_kernels else ""),
+        "; --dtype float32 for the exact, slower path" if cpu_kernels else "",
     )
     if placement.spread:
         log.info("placed %s", describe(getattr(model, "hf_device_map", None)) or "on one device")
-    return model, processor
+    return LoadedModel(model, processor, plan)
 
 
-def weights_kind(model: Any) -> str:
-    """What the loaded weights are, as the page and the start-up line name them."""
-    names = {type(module).__name__ for module in model.modules()}
-    if any(getattr(module, "bits", None) == 4 for module in model.modules()):
-        return INT4
-    if "Int8Linear" in names or "Int4Linear" in names:  # 8-bit blocks where oneDNN is slow
-        return INT8
-    if "Linear4bit" in names:
-        return "4-bit nf4"
-    return str(model.dtype).removeprefix("torch.")
+def _model(path: Path, plan: WeightsPlan, kwargs: dict[str, Any], store_root: Path | None) -> Any:
+    """The model as `plan` says: read from the quantized store where it holds it, else from
+    the checkpoint (then quantized for the CPU's kernels, and saved in the store)."""
+    from transformers import AutoModelForImageTextToText
+
+    formats = block_plan if plan.kind is WeightsKind.INT4 else None
+    store = None
+    if plan.kind.cpu_kernels and store_root is not None:
+        store = QuantizedStore(store_folder(store_root, path, plan.kind))
+        if store.exists() and (model := store.load(path, kwargs["attn_implementation"])):
+            return model
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    model.eval()
+    if store is not None:
+        return store.quantize_and_save(model, formats)
+    if plan.kind.cpu_kernels:
+        return to_cpu_kernels(model, formats=formats)
+    return model

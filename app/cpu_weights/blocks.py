@@ -1,7 +1,7 @@
 """The language model's linear layers in 4 and 8 bits on the CPU, by ONNX Runtime's kernel.
 
 Decoding on a CPU reads every weight once a token, so its speed is the weights' bytes. The
-int8 path (app/engines/local/cpu_int8.py) reads 1.7 GB a token for Qwen3-VL-2B's language
+int8 path (app/cpu_weights/int8.py) reads 1.7 GB a token for Qwen3-VL-2B's language
 model; llama.cpp's Q4_K_M reads about half. Of the 4-bit CPU kernels within reach of a wheel,
 ONNX Runtime's `MatMulNBits` (com.microsoft domain; its MLAS kernels quantize each input row to
 8 bits per block and multiply with the CPU's integer dot products: AVX-512 VNNI, AVX2, NEON)
@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+import torch
+from torch import nn
 
-INT4 = "int4"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,22 +67,15 @@ class BlockFormat:
 FOUR_BITS = BlockFormat(4, 32)
 EIGHT_BITS = BlockFormat(8, 128)
 
-# What is kept of a layer in a block format (and saved by int8_store): its packed levels, scales,
+# What is kept of a layer in a block format (and saved by store.py): its packed levels, scales,
 # zero points, bias and format.
-Int4Layer = dict[str, Any]
-
-
-def quiet_openmp() -> None:
-    """Let PyTorch's OpenMP threads sleep between parallel regions (module docstring). Only
-    takes effect before PyTorch is imported; a value the user set is kept."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+BlockLayer = dict[str, Any]
 
 
 @functools.cache
 def _runtime() -> Any:
     """onnxruntime, its one thread pool made (once a process, before any session)."""
     import onnxruntime
-    import torch
 
     onnxruntime.set_default_logger_severity(3)
     onnxruntime.set_global_thread_pool_sizes(torch.get_num_threads(), 1)
@@ -90,10 +83,9 @@ def _runtime() -> Any:
 
 
 @functools.cache
-def int4_kernels_available() -> bool:
+def block_kernels_available() -> bool:
     """Whether ONNX Runtime is installed and its 4- and 8-bit products give the right numbers
     here."""
-    import torch
 
     try:
         _runtime()
@@ -111,7 +103,7 @@ def int4_kernels_available() -> bool:
         for weight, rows in cases:
             layer = quantize_blocks(weight, None, fmt)
             try:
-                got = int4_module(layer)(rows)
+                got = BlockLinear(layer)(rows)
             except Exception as err:  # noqa: BLE001 - any failure of the runtime: the int8 path
                 log.warning("ONNX Runtime's %d-bit product failed here (%s)", fmt.bits, err)
                 return False
@@ -120,7 +112,7 @@ def int4_kernels_available() -> bool:
     return True
 
 
-def dequantized(layer: Int4Layer) -> Any:
+def dequantized(layer: BlockLayer) -> Any:
     """The float32 weights [out, in] a layer in a block format stands for."""
 
     levels = _unpacked(layer["packed"], layer["bits"])
@@ -138,7 +130,6 @@ def _two_a_byte(values: Any) -> Any:
 
 def _unpacked(packed: Any, bits: int) -> Any:
     """`_two_a_byte` undone (8-bit values are kept a byte each)."""
-    import torch
 
     if bits == 8:
         return packed
@@ -153,12 +144,11 @@ SCALE_TRIES = tuple(1 + step / 60 for step in range(-4, 5))
 ROWS_AT_ONCE = 256  # a part of a layer searched at once: its temporaries stay in the cache
 
 
-def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS) -> Int4Layer:
+def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS) -> BlockLayer:
     """A linear layer's weight [out, in] in `fmt`, as `MatMulNBits` reads it: levels packed
     (4 bits: two a byte, the first in the low half), a float32 scale and an integer zero point a
     block, each block's scale the one of `SCALE_TRIES` with the least squared error. A row whose
     length is not a multiple of the block is padded with zeros."""
-    import torch
 
     out_features, in_features = weight.shape
     blocks = -(-in_features // fmt.block)
@@ -188,7 +178,6 @@ def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS)
 
 def _levels(grouped: Any, scale: Any, zero: Any, top: int) -> Any:
     """Each weight's level (0..top, float) in its block's scale and zero point."""
-    import torch
 
     return torch.div(grouped, scale[..., None]).round_().add_(zero[..., None]).clamp_(0, top)
 
@@ -196,7 +185,6 @@ def _levels(grouped: Any, scale: Any, zero: Any, top: int) -> Any:
 def _best_scales(grouped: Any, top: int) -> tuple[Any, Any]:
     """(scale, zero point) a block of `grouped` [rows, blocks, block]: of the scales tried, the
     one whose levels, with the scale refitted to them, leave the least squared error."""
-    import torch
 
     low = grouped.amin(-1).clamp_(max=0)
     span = (grouped.amax(-1).clamp_(min=0) - low).clamp_(min=1e-12)
@@ -220,7 +208,6 @@ def _best_scales(grouped: Any, top: int) -> tuple[Any, Any]:
 def _packed_zero_points(zeros: Any, fmt: BlockFormat) -> Any:
     """Zero points as `MatMulNBits` reads them: 4 bits, two a byte a row (a row of an odd
     count padded), or a byte each."""
-    import torch
 
     if fmt.bits == 8:
         return zeros
@@ -229,7 +216,7 @@ def _packed_zero_points(zeros: Any, fmt: BlockFormat) -> Any:
     return _two_a_byte(zeros)
 
 
-def _session(layer: Int4Layer) -> Any:
+def _session(layer: BlockLayer) -> Any:
     """An ONNX Runtime session of one `MatMulNBits` node holding the layer's weights."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -271,59 +258,47 @@ def _session(layer: Int4Layer) -> Any:
     )
 
 
-@functools.cache
-def _int4_linear_class() -> type:
-    """Int4Linear, defined once torch is imported (not at module import)."""
-    import torch
-    from torch import nn
+class BlockLinear(nn.Module):
+    """y = x W^T + b with W in a block format (4 or 8 bits, a scale and zero point a
+    block)."""
 
-    class Int4Linear(nn.Module):
-        """y = x W^T + b with W in a block format (4 or 8 bits, a scale and zero point a
-        block)."""
+    def __init__(self, layer: BlockLayer) -> None:
+        super().__init__()
+        self.in_features = layer["in_features"]
+        self.out_features = layer["packed"].shape[0]
+        self.register_buffer("bias", layer["bias"])
+        # The weights live only in the session (repacked for its kernel there): kept here
+        # too, they would take their memory twice. The int8 store saves them as made.
+        self.bits = layer["bits"]
+        self.bits_a_weight = BlockFormat(layer["bits"], layer["block"]).bits_a_weight()
+        self._session = _session(layer)
 
-        def __init__(self, layer: Int4Layer) -> None:
-            super().__init__()
-            self.in_features = layer["in_features"]
-            self.out_features = layer["packed"].shape[0]
-            self.register_buffer("bias", layer["bias"])
-            # The weights live only in the session (repacked for its kernel there): kept here
-            # too, they would take their memory twice. The int8 store saves them as made.
-            self.bits = layer["bits"]
-            self.bits_a_weight = BlockFormat(layer["bits"], layer["block"]).bits_a_weight()
-            self._session = _session(layer)
+    def forward(self, x: Any) -> Any:
+        shape, dtype = x.shape, x.dtype
+        flat = x.reshape(-1, self.in_features).float()
+        rows = flat.shape[0]
+        if rows % 2:
+            # With blocks of 64 or more, MLAS computes rows in pairs and an odd last row
+            # alone, in another kernel whose sums differ in the last bits: a decoded token
+            # (one row) would not equal the same token read in a prompt. Padded to pairs,
+            # every row is computed alike (one row: 2 ms more in 28 layers).
+            flat = torch.cat([flat, flat[-1:]])
+        y = self._product(flat)[:rows]
+        bias: Any = self.bias
+        if bias is not None:
+            y = y.add_(bias)
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
-        def forward(self, x: Any) -> Any:
-            shape, dtype = x.shape, x.dtype
-            flat = x.reshape(-1, self.in_features).float()
-            rows = flat.shape[0]
-            if rows % 2:
-                # With blocks of 64 or more, MLAS computes rows in pairs and an odd last row
-                # alone, in another kernel whose sums differ in the last bits: a decoded token
-                # (one row) would not equal the same token read in a prompt. Padded to pairs,
-                # every row is computed alike (one row: 2 ms more in 28 layers).
-                flat = torch.cat([flat, flat[-1:]])
-            y = self._product(flat)[:rows]
-            bias: Any = self.bias
-            if bias is not None:
-                y = y.add_(bias)
-            return y.reshape(*shape[:-1], self.out_features).to(dtype)
+    def _product(self, rows: Any) -> Any:
+        inputs = {"A": rows.contiguous().numpy()}
+        return torch.from_numpy(self._session.run(None, inputs)[0])
 
-        def _product(self, rows: Any) -> Any:
-            inputs = {"A": rows.contiguous().numpy()}
-            return torch.from_numpy(self._session.run(None, inputs)[0])
-
-        def extra_repr(self) -> str:
-            return (
-                f"in={self.in_features}, out={self.out_features}, "
-                f"{self.bits}-bit weights (ONNX Runtime)"
-            )
-
-    return Int4Linear
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, "
+            f"{self.bits}-bit weights (ONNX Runtime)"
+        )
 
 
-def int4_module(layer: Int4Layer) -> Any:
-    return _int4_linear_class()(layer)
-
-
-def is_int4(layer: dict[str, Any]) -> bool:
+def is_block_layer(layer: dict[str, Any]) -> bool:
     return "packed" in layer

@@ -99,7 +99,7 @@ def stored_kv_dtype(model: Any) -> Any:
 
 def kv_bytes_per_token(model: Any) -> int:
     """What one token's keys and values cost in `model`'s caches."""
-    from app.engines.local import kv
+    from app.engines.local.generation import kv
 
     size = (stored_kv_dtype(model) or model.dtype).itemsize
     return kv.bytes_per_token(model.config, int(size))

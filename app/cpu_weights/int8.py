@@ -22,7 +22,7 @@ against float32's, and checks a product whose 16-bit partial sums would overflow
 path is taken: on a CPU with AVX2 but no VNNI (an AMD EPYC here) oneDNN's unsigned-by-signed
 kernel saturates them, and its layers were 26% off float32's. Where it is slow or wrong, the
 linear layers that would be int8 go to ONNX Runtime's 8-bit blocks instead
-(app/engines/local/cpu_int4.py, exact at the extremes); the embedding table stays int8 (a
+(app/cpu_weights/blocks.py, exact at the extremes); the embedding table stays int8 (a
 lookup).
 
 PyTorch's dynamic int8 linear quantizes the activations with one scale for the whole call: a
@@ -43,15 +43,20 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from app.engines.local.cpu_int4 import BlockFormat
+import torch
+from torch import nn
+
+from app.cpu_weights.blocks import (
+    EIGHT_BITS,
+    BlockFormat,
+    BlockLinear,
+    is_block_layer,
+    quantize_blocks,
+)
 
 log = logging.getLogger(__name__)
-
-INT8 = "int8"
-
 
 # An int8 product slower than this many float32 ones is oneDNN's reference code (50 to 200 times
 # float32's time where measured), not a kernel made for this CPU (with VNNI 0.3-1.3 times; a
@@ -65,7 +70,6 @@ TIMING_ROUNDS = 3  # rounds of timing before int8 is judged slow
 def int8_kernels_available() -> bool:
     """Whether this PyTorch has oneDNN's int8 linear on this CPU (x86 builds do), exact (at the
     extremes too), and fast here (timed against float32's product, up to TIMING_ROUNDS times)."""
-    import torch
 
     try:
         if not _exact_at_the_extremes(torch):
@@ -147,7 +151,6 @@ INPUT_ZERO = 128
 def _unsigned(quantized: Any) -> Any:
     """Rows already rounded to -127..127 (float, shifted in place), as oneDNN's unsigned 8-bit
     inputs."""
-    import torch
 
     return quantized.add_(INPUT_ZERO).to(torch.uint8)
 
@@ -163,7 +166,6 @@ def _int8_matmul(torch: Any, rows: Any, packed: Any, scale: Any, zeros: Any) -> 
 def _quantize_rows(weight: Any) -> tuple[Any, Any]:
     """(int8 rows, one float32 scale per row): symmetric, the scale maps the row's largest
     magnitude to 127."""
-    import torch
 
     weight = weight.detach().float()
     scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
@@ -171,126 +173,113 @@ def _quantize_rows(weight: Any) -> tuple[Any, Any]:
     return rows, scale
 
 
-@functools.cache
-def _int8_module_classes() -> tuple[type, type]:
-    """(Int8Linear, Int8Embedding), defined once torch is imported (not at module import)."""
-    import torch
-    from torch import nn
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W in int8 (a scale per output row) and x quantized per row."""
 
-    class Int8Linear(nn.Module):
-        """y = x W^T + b with W in int8 (a scale per output row) and x quantized per row."""
+    def __init__(self, qweight: Any, scale: Any, bias: Any | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.bits_a_weight = 8 + 32 / self.in_features  # and a float32 scale a row
+        packed, scale, zeros = _packed(torch, qweight, scale)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zeros", zeros)
+        self.register_buffer("bias", bias)
 
-        def __init__(self, qweight: Any, scale: Any, bias: Any | None) -> None:
-            super().__init__()
-            self.out_features, self.in_features = qweight.shape
-            self.bits_a_weight = 8 + 32 / self.in_features  # and a float32 scale a row
-            packed, scale, zeros = _packed(torch, qweight, scale)
-            self.register_buffer("packed", packed)
-            self.register_buffer("scale", scale)
-            self.register_buffer("zeros", zeros)
-            self.register_buffer("bias", bias)
+    def forward(self, x: Any) -> Any:
+        shape, dtype = x.shape, x.dtype
+        flat = x.reshape(-1, self.in_features).float()
+        # No clamp is needed: |flat| / (max |flat| / 127) rounds to at most 127.
+        # abs().amax(): a third of vector_norm(inf)'s time on one row (7 us against 2.5).
+        row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
+        quantized = _unsigned(torch.div(flat, row_scale).round_())
+        y = _int8_matmul(torch, quantized, self.packed, self.scale, self.zeros)
+        y = y.mul_(row_scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
-        def forward(self, x: Any) -> Any:
-            shape, dtype = x.shape, x.dtype
-            flat = x.reshape(-1, self.in_features).float()
-            # No clamp is needed: |flat| / (max |flat| / 127) rounds to at most 127.
-            # abs().amax(): a third of vector_norm(inf)'s time on one row (7 us against 2.5).
-            row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
-            quantized = _unsigned(torch.div(flat, row_scale).round_())
-            y = _int8_matmul(torch, quantized, self.packed, self.scale, self.zeros)
-            y = y.mul_(row_scale)
-            if self.bias is not None:
-                y = y.add_(self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(dtype)
-
-        def extra_repr(self) -> str:
-            return f"in={self.in_features}, out={self.out_features}, int8 weights and activations"
-
-    class Int8Embedding(nn.Module):
-        """An embedding table in int8 with a scale per row, looked up and scaled to float32."""
-
-        qweight: Any
-        scale: Any
-
-        def __init__(self, qweight: Any, scale: Any, padding_idx: int | None) -> None:
-            super().__init__()
-            self.num_embeddings, self.embedding_dim = qweight.shape
-            self.padding_idx = padding_idx
-            self.register_buffer("qweight", qweight)
-            self.register_buffer("scale", scale)
-
-        @property
-        def weight(self) -> Any:
-            return self.qweight.float() * self.scale[:, None]
-
-        def forward(self, ids: Any) -> Any:
-            return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
-
-        def extra_repr(self) -> str:
-            return f"{self.num_embeddings}x{self.embedding_dim}, int8 rows"
-
-    return Int8Linear, Int8Embedding
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations"
 
 
-@functools.cache
-def _shared_module_classes() -> tuple[type, type]:
-    """(Int8Shared, Int8Part): linear layers of one input computed as one."""
-    from torch import nn
+class Int8Embedding(nn.Module):
+    """An embedding table in int8 with a scale per row, looked up and scaled to float32."""
 
-    class Int8Shared(nn.Module):
-        """One int8 linear layer holding the rows of several that read the same input (a
-        layer's q, k and v projections; its MLP's gate and up): their input is quantized once
-        and their weights read in one matmul. Each `Int8Part` takes its columns of the output;
-        the output is kept until every part has taken its own from that same input."""
+    qweight: Any
+    scale: Any
 
-        def __init__(self, linear: Any, sizes: list[int]) -> None:
-            super().__init__()
-            self.linear = linear
-            self.bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-            self._input: Any = None
-            self._output: Any = None
-            self._waiting: set[int] = set()
+    def __init__(self, qweight: Any, scale: Any, padding_idx: int | None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.padding_idx = padding_idx
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
 
-        def part(self, x: Any, index: int) -> Any:
-            # `is`, not equality: the input is the very tensor the first part was given. While
-            # it is kept here no other tensor can have its identity.
-            if x is not self._input or index not in self._waiting:
-                self._input, self._output = x, self.linear(x)
-                self._waiting = set(range(len(self.bounds) - 1))
-            self._waiting.discard(index)
-            out = self._output[..., self.bounds[index] : self.bounds[index + 1]]
-            if not self._waiting:
-                self._input = self._output = None
-            return out
+    @property
+    def weight(self) -> Any:
+        return self.qweight.float() * self.scale[:, None]
 
-    class Int8Part(nn.Module):
-        """One of the linear layers of an `Int8Shared`: its columns of the shared output."""
+    def forward(self, ids: Any) -> Any:
+        return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
 
-        def __init__(self, shared: Any, index: int) -> None:
-            super().__init__()
-            # Registered under every part: parameters(), buffers() and modules() count it
-            # once; state_dict() names it under each part.
-            self.shared = shared
-            self.index = index
-            self.in_features = shared.linear.in_features
-            self.out_features = shared.bounds[index + 1] - shared.bounds[index]
-
-        def forward(self, x: Any) -> Any:
-            return self.shared.part(x, self.index)
-
-        def extra_repr(self) -> str:
-            return f"part {self.index} of a shared int8 layer, out={self.out_features}"
-
-    return Int8Shared, Int8Part
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}x{self.embedding_dim}, int8 rows"
 
 
-# What is kept of a quantized layer (and saved by app/engines/local/int8_store.py): its int8 rows,
+class Int8Shared(nn.Module):
+    """One int8 linear layer holding the rows of several that read the same input (a
+    layer's q, k and v projections; its MLP's gate and up): their input is quantized once
+    and their weights read in one matmul. Each `Int8Part` takes its columns of the output;
+    the output is kept until every part has taken its own from that same input."""
+
+    def __init__(self, linear: Any, sizes: list[int]) -> None:
+        super().__init__()
+        self.linear = linear
+        self.bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self._input: Any = None
+        self._output: Any = None
+        self._waiting: set[int] = set()
+
+    def part(self, x: Any, index: int) -> Any:
+        # `is`, not equality: the input is the very tensor the first part was given. While
+        # it is kept here no other tensor can have its identity.
+        if x is not self._input or index not in self._waiting:
+            self._input, self._output = x, self.linear(x)
+            self._waiting = set(range(len(self.bounds) - 1))
+        self._waiting.discard(index)
+        out = self._output[..., self.bounds[index] : self.bounds[index + 1]]
+        if not self._waiting:
+            self._input = self._output = None
+        return out
+
+
+class Int8Part(nn.Module):
+    """One of the linear layers of an `Int8Shared`: its columns of the shared output."""
+
+    def __init__(self, shared: Any, index: int) -> None:
+        super().__init__()
+        # Registered under every part: parameters(), buffers() and modules() count it
+        # once; state_dict() names it under each part.
+        self.shared = shared
+        self.index = index
+        self.in_features = shared.linear.in_features
+        self.out_features = shared.bounds[index + 1] - shared.bounds[index]
+
+    def forward(self, x: Any) -> Any:
+        return self.shared.part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"part {self.index} of a shared int8 layer, out={self.out_features}"
+
+
+# What is kept of a quantized layer (and saved by app/cpu_weights/store.py): its int8 rows,
 # their scales, and a linear layer's bias or an embedding's padding index.
 # A linear layer that `formats` gives a block format is kept in it instead (4 or 8 bits,
-# multiplied by ONNX Runtime: app/engines/local/cpu_int4.py).
+# multiplied by ONNX Runtime: app/cpu_weights/blocks.py).
 Int8Layer = dict[str, Any]
 Keep = Callable[[str, Int8Layer], None]
-BlockFormats = Callable[[str], "BlockFormat | None"]
+BlockFormats = Callable[[str], BlockFormat | None]
 
 
 def quantize(
@@ -301,10 +290,6 @@ def quantize(
     replaced. A layer's weight is made float32 only while it is quantized; a table shared by
     the input embedding and the output layer (tied weights, as in Qwen3-VL-2B) is quantized once
     for the int8 layers. `keep(name, layer)` is given each layer's quantized form."""
-    import torch
-    from torch import nn
-
-    from app.engines.local.cpu_int4 import EIGHT_BITS, quantize_blocks
 
     kinds = (nn.Linear, nn.Embedding)
     # Names, not modules: a float layer is freed as soon as its int8 form replaces it.
@@ -341,7 +326,6 @@ def quantize(
 def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> Int8Layer:
     """A linear layer's or embedding table's int8 form; a `tied` weight's rows are made once
     and kept in `shared` for the other layer that uses them."""
-    from torch import nn
 
     key = id(child.weight)
     qweight, scale = shared.get(key) or _quantize_rows(child.weight)
@@ -358,14 +342,12 @@ def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> I
 def int8_module(layer: Int8Layer) -> Any:
     """The module of a layer kept by `quantize` (a linear one where it has "bias"; in a block
     format where it has packed weights)."""
-    from app.engines.local.cpu_int4 import int4_module, is_int4
 
-    if is_int4(layer):
-        return int4_module(layer)
-    int8_linear, int8_embedding = _int8_module_classes()
+    if is_block_layer(layer):
+        return BlockLinear(layer)
     if "bias" in layer:
-        return int8_linear(layer["qweight"], layer["scale"], layer["bias"])
-    return int8_embedding(layer["qweight"], layer["scale"], layer["padding_idx"])
+        return Int8Linear(layer["qweight"], layer["scale"], layer["bias"])
+    return Int8Embedding(layer["qweight"], layer["scale"], layer["padding_idx"])
 
 
 # Linear layers of one module that are called with the same input, computed as one
@@ -409,17 +391,15 @@ def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
             setattr(parent, name, int8_module(layer))
         return
     sizes = [_shape(x)[0] for x in layers]
-    int8_shared, int8_part = _shared_module_classes()
-    shared = int8_shared(int8_module(_concatenated(layers, sizes)), sizes)
+    shared = Int8Shared(int8_module(_concatenated(layers, sizes)), sizes)
     for index, (name, _) in enumerate(named):
-        setattr(parent, name, int8_part(shared, index))
+        setattr(parent, name, Int8Part(shared, index))
 
 
 def _shape(layer: Int8Layer) -> tuple[int, int]:
     """(out, in) features of a linear layer kept by `quantize`, int8 or in a block format."""
-    from app.engines.local.cpu_int4 import is_int4
 
-    if is_int4(layer):
+    if is_block_layer(layer):
         return layer["packed"].shape[0], layer["in_features"]
     out_features, in_features = layer["qweight"].shape
     return out_features, in_features
@@ -429,7 +409,6 @@ def _concatenated(layers: list[Int8Layer], sizes: list[int]) -> Int8Layer:
     """Linear layers of one input and one kind as one: their weights' rows, scales and zero
     points stacked (int8 or a block format alike), their biases joined (zeros where one has
     none)."""
-    import torch
 
     first = layers[0]
     joined = {
@@ -478,7 +457,9 @@ def return_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def to_cpu_int8(model: Any, keep: Keep | None = None, formats: BlockFormats | None = None) -> Any:
+def to_cpu_kernels(
+    model: Any, keep: Keep | None = None, formats: BlockFormats | None = None
+) -> Any:
     """`model` (loaded in bfloat16 on the CPU) in int8 where it counts (the layers `formats`
     names in their block formats), float32 elsewhere."""
     linears, embeddings = quantize(model, keep, formats)

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engines.local import kv
-from app.engines.local.calls import Job
-from app.engines.local.internals import ModelInternals
-from app.engines.local.sampling import RowSampler
-from app.engines.local.streamer import TokenStreamer
+from app.engines.local.generation import kv
+from app.engines.local.generation.calls import Job
+from app.engines.local.generation.internals import ModelInternals
+from app.engines.local.generation.sampling import RowSampler
+from app.engines.local.generation.streamer import TokenStreamer
 
 
 @dataclass(eq=False)  # one per reply: compared by identity

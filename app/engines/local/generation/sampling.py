@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.engines.local.internals import SamplingPlan
+from app.engines.local.generation.internals import SamplingPlan
 
 
 class RowSampler:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engines.local import kv
-from app.engines.local.prompt import MediaSpan
+from app.engines.local.generation import kv
+from app.engines.local.generation.prompt import MediaSpan
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engines.base import EngineError
-from app.engines.local.memory import GB
+from app.engines.local.loading.memory import GB
 
 # Of each card's free memory, what the weights may take; the rest is for the work.
 WEIGHTS_SHARE = 0.85
