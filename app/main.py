@@ -48,21 +48,21 @@ def build_openai_engine(settings: Settings) -> Engine:
     from app.engines.remote_stream import Deadlines
 
     deadlines = Deadlines(
-        first_token_s=settings.server_first_token_s,
-        silence_s=settings.server_silence_s,
-        total_s=settings.server_reply_s,
+        first_token_s=settings.remote.server_first_token_s,
+        silence_s=settings.remote.server_silence_s,
+        total_s=settings.remote.server_reply_s,
     )
     return OpenAIEngine(
-        settings.api_base or "",
-        api_key=settings.api_key,
-        model=settings.model,
-        family=settings.family,
+        settings.remote.api_base or "",
+        api_key=settings.remote.api_key,
+        model=settings.remote.model,
+        family=settings.remote.family,
         budget=budget_of(settings),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
-        video_mode="url" if settings.video_as == "url" else "frames",
+        video_mode="url" if settings.remote.video_as == "url" else "frames",
         deadlines=deadlines,
-        max_concurrent=settings.max_concurrent,
+        max_concurrent=settings.remote.max_concurrent,
         decoder=build_decoder(settings),
     )
 
@@ -72,52 +72,52 @@ def build_local_engine(settings: Settings) -> Engine:
     from app.engines.local.loading.memory import GB
     from app.engines.zerogpu import for_zero_gpu
 
-    if not (settings.tiny_random or settings.trial):
+    if not (settings.local.tiny_random or settings.local.trial):
         # The store's folder before its format 3 (named int8, it held 4-bit weights too): its
         # files are never read again, and they are gigabytes.
         shutil.rmtree(user_cache_folder() / "int8", ignore_errors=True)
-    cache_gb = settings.prefix_cache_gb
+    cache_gb = settings.local.prefix_cache_gb
     engine = build(
         local_checkpoint(settings),
         load_options(settings),
         budget_for=functools.partial(budget_of, settings),
-        max_prompt_tokens=settings.max_prompt_tokens,
+        max_prompt_tokens=settings.local.max_prompt_tokens,
         prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),
         media_cache=MediaCache(),
         max_new_tokens=settings.max_new_tokens,
         decoder=build_decoder(settings),
-        max_batch=settings.max_batch,
+        max_batch=settings.local.max_batch,
     )
     return for_zero_gpu(engine)
 
 
 def local_checkpoint(settings: Settings) -> str:
     """The checkpoint to load: the one named, the seeing model, or a random one built now."""
-    if settings.trial:
+    if settings.local.trial:
         from app.seeing.checkpoint import unpacked
 
         return str(unpacked())
-    if settings.tiny_random:
+    if settings.local.tiny_random:
         from app.trial import build_trial_checkpoint
 
-        return str(build_trial_checkpoint(settings.tiny_random))
-    return settings.checkpoint_path
+        return str(build_trial_checkpoint(settings.local.tiny_random))
+    return settings.local.checkpoint_path
 
 
 def load_options(settings: Settings) -> Any:
     from app.engines.local.loading.checkpoint import LoadOptions
     from app.weights import AUTO
 
+    local = settings.local
+    made_at_start = bool(local.tiny_random or local.trial)
     return LoadOptions(
-        cpu_only=settings.cpu_only,
-        flash_attn2=settings.flash_attn2,
-        load_in_4bit=settings.load_in_4bit,
+        cpu_only=local.cpu_only,
+        flash_attn2=local.flash_attn2,
+        load_in_4bit=local.load_in_4bit,
         # The seeing model is tiny: float32 costs nothing, and its answers are the trained ones.
-        dtype="float32" if settings.trial and settings.dtype == AUTO else settings.dtype,
+        dtype="float32" if local.trial and local.dtype == AUTO else local.dtype,
         # A trial checkpoint is made afresh at each start: nothing to keep for the next.
-        weights_store=(
-            None if settings.tiny_random or settings.trial else user_cache_folder() / "weights"
-        ),
+        weights_store=None if made_at_start else user_cache_folder() / "weights",
     )
 
 
@@ -134,7 +134,7 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
 
     notes = [engine.notice, cpu_weights_note(engine), cpu_budget_note(settings, engine)]
     examples = {}
-    if settings.trial:  # questions the seeing model knows, about pictures drawn now
+    if settings.local.trial:  # questions the seeing model knows, about pictures drawn now
         from app.files import Folder
         from app.seeing.pictures import draw_examples
 
@@ -144,7 +144,7 @@ def page_options(settings: Settings, engine: Engine, secret: str) -> Any:
         title=f"Qwen-VL Chat · {engine.model_name}",
         banner=joined([note for note in notes if note], " ") or None,
         browser_secret=browser_layer_secret(secret),
-        keep_files_s=settings.keep_files_hours * 3600,
+        keep_files_s=settings.web.keep_files_hours * 3600,
         panel=PanelOptions(
             max_new_tokens=settings.max_new_tokens,
             sampling=engine.sampling_defaults,
@@ -222,8 +222,8 @@ def state_secret(settings: Settings) -> str:
     start (chats then lost on restart) where that folder cannot be written."""
     import secrets
 
-    if settings.state_secret:
-        return settings.state_secret
+    if settings.web.state_secret:
+        return settings.web.state_secret
     folder = user_cache_folder()
     path = folder / "browser-state-secret"
     try:
@@ -261,12 +261,12 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     options = page_options(settings, engine, secret)
     keep_s = options.keep_files_s
     cancels = SessionCancels()
-    turns = FairQueue(capacity=engine.max_concurrent, max_in_line=settings.queue_size)
+    turns = FairQueue(capacity=engine.max_concurrent, max_in_line=settings.web.queue_size)
     requests = RequestRunner(engine, cancels, turns, Folder.new("qwen-chat-", keep_s))
     handlers = ChatHandlers(requests, cancels, options.panel, trusted_networks(settings))
     saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
     demo = ChatPage(handlers, saved, options).build()
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    demo.queue(max_size=settings.web.queue_size, default_concurrency_limit=1)
     return demo
 
 
@@ -290,30 +290,30 @@ def launch_kwargs(settings: Settings) -> dict:
 
     limits = Middleware(
         RequestLimits,
-        max_bytes=settings.max_request_mb << 20,
+        max_bytes=settings.web.max_request_mb << 20,
         # One upload may carry several files, each within gradio's own max_file_size.
-        upload_max_bytes=(settings.max_upload_mb << 20) * UPLOAD_FILES + (1 << 20),
-        timeout_s=settings.body_timeout_s,
+        upload_max_bytes=(settings.web.max_upload_mb << 20) * UPLOAD_FILES + (1 << 20),
+        timeout_s=settings.web.body_timeout_s,
     )
     space = Middleware(
         UploadSpace,
-        min_free_bytes=settings.min_free_disk_mb << 20,
-        body_timeout_s=settings.body_timeout_s,
+        min_free_bytes=settings.web.min_free_disk_mb << 20,
+        body_timeout_s=settings.web.body_timeout_s,
     )
     return {
-        "server_name": settings.server_name,
-        "server_port": settings.server_port,
-        "share": settings.share,
-        "inbrowser": settings.inbrowser,
+        "server_name": settings.web.server_name,
+        "server_port": settings.web.server_port,
+        "share": settings.web.share,
+        "inbrowser": settings.web.inbrowser,
         "auth": logins(settings) or None,
-        "max_file_size": f"{settings.max_upload_mb}mb",
+        "max_file_size": f"{settings.web.max_upload_mb}mb",
         "head": PAGE_HEAD + migration_script(browser_layer_secret(state_secret(settings))),
         "css": CSS,
         "js": PAGE_JS,
         "i18n": page_i18n(),
         # Without gradio's own "Settings" link: the page has one Settings, the app's.
         "footer_links": ["api", "gradio"],
-        "mcp_server": settings.mcp,
+        "mcp_server": settings.web.mcp,
         # Outermost first: a login's wrong passwords are slowed before its body is read again;
         # an upload's partial file is removed once the limits have cut it off.
         "app_kwargs": {
@@ -358,8 +358,8 @@ def _serve(argv: Sequence[str] | None) -> int:
         return 2
     from app.engines.base import EngineError
 
-    if settings.gpus is not None:  # before torch is imported, which reads it once
-        os.environ["CUDA_VISIBLE_DEVICES"] = settings.gpus.strip()
+    if settings.local.gpus is not None:  # before torch is imported, which reads it once
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings.local.gpus.strip()
     if settings.backend != "openai":
         from app.cpu_weights.threads import quiet_openmp
 
@@ -376,7 +376,7 @@ def _serve(argv: Sequence[str] | None) -> int:
     print(f"Qwen-VL Chat is at {demo.local_url}", flush=True)
     if demo.share_url:
         print(f"and, for a few days, at {demo.share_url}", flush=True)
-    elif not settings.share:
+    elif not settings.web.share:
         print("(--share for a public link; Ctrl+C to stop)", flush=True)
     demo.block_thread()
     return 0

@@ -83,7 +83,8 @@ def main() -> None:
         "heavy-tailed (Student t, 3)": torch.distributions.StudentT(3.0).sample(shape) * 0.02,
     }
     rows = torch.randn(4, IN_FEATURES)
-    print("| weights | format | ONNX Runtime's error | the app's error | time ORT / app | product ORT / app |")
+    columns = ("weights", "format", "ONNX Runtime's error", "the app's error", "time ORT / app")
+    print("| " + " | ".join((*columns, "product ORT / app")) + " |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, weight in weights.items():
         for fmt in (FOUR_BITS, EIGHT_BITS):

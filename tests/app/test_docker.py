@@ -48,7 +48,7 @@ def test_image_start_command_parses_with_the_apps_parser(name):
     instructions = _instructions(path)
     [cmd] = [json.loads(rest) for kind, rest in instructions if kind == "CMD"]
     settings = load_settings(_argv(cmd), environ=_env(path))
-    assert settings.server_name == "0.0.0.0" and settings.server_port == 7860
+    assert settings.web.server_name == "0.0.0.0" and settings.web.server_port == 7860
     kinds = [kind for kind, _ in instructions]
     assert "HEALTHCHECK" in kinds and "EXPOSE" in kinds and "VOLUME" in kinds
     user = [rest for kind, rest in instructions if kind == "USER"]
@@ -65,7 +65,7 @@ def test_compose_commands_parse_with_the_apps_parser():
         dockerfile = DOCKER / Path(service["build"]["dockerfile"]).name
         env = _env(dockerfile) | {k: str(v) for k, v in (service.get("environment") or {}).items()}
         settings = load_settings(_argv(service["command"]), environ=env)
-        assert settings.server_name == "0.0.0.0"
+        assert settings.web.server_name == "0.0.0.0"
     backend = load_settings(_argv(apps["app-vllm"]["command"]), environ={})
     assert backend.backend == "openai" and backend.api_base == "http://vllm:8000/v1"
 

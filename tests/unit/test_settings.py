@@ -11,9 +11,9 @@ from app.ui.panel import FIELDS, PanelOptions, request_settings
 
 def test_defaults():
     settings = load_settings([], environ={})
-    assert settings.checkpoint_path == DEFAULT_CHECKPOINT
-    assert settings.server_name == "127.0.0.1" and settings.server_port == 7860
-    assert not settings.load_in_4bit and not settings.cpu_only
+    assert settings.local.checkpoint_path == DEFAULT_CHECKPOINT
+    assert settings.web.server_name == "127.0.0.1" and settings.web.server_port == 7860
+    assert not settings.local.load_in_4bit and not settings.local.cpu_only
 
 
 def test_official_demo_flags_are_kept():
@@ -25,10 +25,15 @@ def test_official_demo_flags_are_kept():
         ],
         environ={},
     )  # fmt: skip
-    assert settings.checkpoint_path == "/models/q"
-    assert settings.cpu_only and settings.flash_attn2 and settings.share and settings.inbrowser
-    assert settings.server_port == 9000 and settings.server_name == "0.0.0.0"
-    assert settings.load_in_4bit and settings.max_new_tokens == 77
+    assert settings.local.checkpoint_path == "/models/q"
+    assert (
+        settings.local.cpu_only
+        and settings.local.flash_attn2
+        and settings.web.share
+        and settings.web.inbrowser
+    )
+    assert settings.web.server_port == 9000 and settings.web.server_name == "0.0.0.0"
+    assert settings.local.load_in_4bit and settings.max_new_tokens == 77
 
 
 def test_environment_variables_and_flag_precedence():
@@ -39,10 +44,10 @@ def test_environment_variables_and_flag_precedence():
         "QWEN_DEMO_VIDEO_FPS": "1.5",
     }
     settings = load_settings([], environ=env)
-    assert settings.checkpoint_path == "/env/model"
-    assert settings.load_in_4bit and settings.server_port == 8080
+    assert settings.local.checkpoint_path == "/env/model"
+    assert settings.local.load_in_4bit and settings.web.server_port == 8080
     assert budget_of(settings).video_fps == 1.5
-    assert load_settings(["--server-port", "1234"], environ=env).server_port == 1234
+    assert load_settings(["--server-port", "1234"], environ=env).web.server_port == 1234
 
 
 @pytest.mark.parametrize(
@@ -70,9 +75,9 @@ def test_every_flag_has_an_environment_variable_in_the_help():
 def test_gradio_and_spaces_variables_are_honoured_below_our_own():
     spaces = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"}
     settings = load_settings([], environ=spaces)
-    assert settings.server_name == "0.0.0.0" and settings.server_port == 7861
+    assert settings.web.server_name == "0.0.0.0" and settings.web.server_port == 7861
     ours = load_settings([], environ=spaces | {"QWEN_DEMO_SERVER_NAME": "127.0.0.1"})
-    assert ours.server_name == "127.0.0.1"
+    assert ours.web.server_name == "127.0.0.1"
 
 
 def test_logins_from_flags_and_a_file(tmp_path):
@@ -94,7 +99,7 @@ def test_openai_backend_needs_a_url():
     settings = load_settings(
         [], environ={"QWEN_DEMO_BACKEND": "openai", "QWEN_DEMO_API_BASE": "http://h:8000/v1"}
     )
-    assert settings.backend == "openai" and settings.api_base == "http://h:8000/v1"
+    assert settings.backend == "openai" and settings.remote.api_base == "http://h:8000/v1"
 
 
 def test_every_budget_field_has_a_flag_and_a_variable_that_reach_the_budget():
@@ -152,4 +157,19 @@ def test_the_serving_engines_bounds_reach_the_engine():
     assert engine.max_concurrent == 5
     d = engine.deadlines
     assert (d.first_token_s, d.silence_s, d.total_s) == (30, 7, 90)
-    assert load_settings([], environ={}).max_concurrent == 32
+    assert load_settings([], environ={}).remote.max_concurrent == 32
+
+
+def test_each_group_declares_a_flag_for_each_of_its_fields_and_no_other():
+    from app.settings import FLAG_GROUPS, GROUP_CLASSES, Settings
+
+    for _, group, flags in FLAG_GROUPS:
+        declared = {next(n for n in names if n.startswith("--")) for names, _ in flags}
+        if group == "budget":
+            wanted = {_flag(f.name) for f in fields(Budget)}
+        elif group is None:
+            own = [f.name for f in fields(Settings) if f.name != "budget_values"]
+            wanted = {_flag(name) for name in own if name not in GROUP_CLASSES}
+        else:
+            wanted = {_flag(f.name) for f in fields(GROUP_CLASSES[group])}
+        assert declared == wanted, group
