@@ -77,8 +77,15 @@ LOCAL_FLAGS: tuple[Flag, ...] = (
             "says); a model too big for one is spread over them",
         },
     ),
-    (("--flash-attn2",), _SWITCH | {"help": "use flash-attention 2"}),
-    (("--load-in-4bit",), _SWITCH | {"help": "bitsandbytes nf4 weights"}),
+    (
+        ("--flash-attn2",),
+        _SWITCH
+        | {
+            "help": "use flash-attention 2 (sdpa, with a warning, where flash-attn is missing or "
+            "the GPU is older than Ampere)"
+        },
+    ),
+    (("--load-in-4bit",), _SWITCH | {"help": "bitsandbytes nf4 weights (CUDA, or the CPU)"}),
     (
         ("--dtype",),
         {
@@ -310,7 +317,10 @@ COMMON_FLAGS: tuple[Flag, ...] = (
             "OpenAI-compatible server",
         },
     ),
-    (("--max-new-tokens",), {"type": int, "help": "default and upper bound of a reply's length"}),
+    (
+        ("--max-new-tokens",),
+        {"type": int, "help": "default and upper bound of a reply's length (default 1024)"},
+    ),
     (
         ("--decode-timeout-s",),
         {

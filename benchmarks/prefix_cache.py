@@ -9,7 +9,8 @@ with the prefix cache and once without (`--prefix-cache-gb 0`), each in its own 
     python -m benchmarks.prefix_cache --real --layers 8
         # Qwen3-VL-2B's real shapes from assets/realcfg (random weights, 8 of its 28 decoder
         # layers, the whole vision encoder), with ../shared/media/office.jpg: tens of minutes
-        # on 2 CPU cores, so not in CI; prints the table of README's prefix-cache section.
+        # on 2 CPU cores, so not in CI; prints the table of docs/benchmarks.md's prefix-cache
+        # section.
 """
 
 from __future__ import annotations

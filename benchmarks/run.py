@@ -421,7 +421,7 @@ def follow_ups() -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmarks: ratios against baselines.")
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke check")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "LAST_RUN.md"))
     args = parser.parse_args()
     tokens = 256 if args.quick else 1024
     started = time.perf_counter()

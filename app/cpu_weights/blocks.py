@@ -60,10 +60,10 @@ class BlockFormat:
         return self.bits + (32 + self.bits) / self.block
 
 
-# Chosen by measurement (docs in README, "What the CPU's formats cost"): blocks of 32 with a zero
-# point and a searched scale bring a Gaussian layer's error from 0.117 (blocks of 128, the
-# largest value mapped to 7) to 0.077; 8 bits in blocks of 128 give 0.006 at 8.3 bits a weight,
-# for the layers where an error costs the most (checkpoint.block_plan).
+# Chosen by measurement (docs/cpu.md, "What each CPU path costs in fidelity"): blocks of 32 with a
+# zero point and a searched scale bring a Gaussian layer's error from 0.117 (blocks of 128, the
+# largest value mapped to 7) to 0.077; 8 bits in blocks of 128 give 0.006 at 8.3 bits a weight, for
+# the layers where an error costs the most (checkpoint.block_plan).
 FOUR_BITS = BlockFormat(4, 32)
 EIGHT_BITS = BlockFormat(8, 128)
 

@@ -24,9 +24,9 @@ class MediaError(ValueError):
     """A file that cannot be used; the message names the file and says why."""
 
 
-# The image budget on a CPU, chosen by measurement (README, "A CPU that answers"): with the
-# Qwen3-VL-2B shapes (all 28 layers, fp32) on 2 cores, a 1 MP photo's first token comes after
-# 29 s at this budget (391 visual tokens); 41 s at 0.5 MP, 83 s at the GPU default's 1 MP.
+# The image budget on a CPU, chosen by measurement (docs/benchmarks.md, "A CPU that answers"): with
+# the Qwen3-VL-2B shapes (all 28 layers, fp32) on 2 cores, a 1 MP photo's first token comes after 29
+# s at this budget (391 visual tokens); 41 s at 0.5 MP, 83 s at the GPU default's 1 MP.
 CPU_MAX_PIXELS = 512 * 28 * 28
 
 

@@ -147,7 +147,10 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
     assert not Path(built).exists()
     loaded = [line for line in console.splitlines() if " loaded " in line]
     if on_cpu:
-        said = "(cpu, int4, sdpa, keys and values in bfloat16; --dtype float32 for the exact"
+        said = (
+            "(cpu, int4 (the CPU's default), sdpa, keys and values in bfloat16; "
+            "--dtype float32 for the exact"
+        )
         assert said in loaded[0]
 
 
@@ -155,14 +158,17 @@ def test_a_model_too_large_for_the_memory_is_refused_in_one_line_before_loading(
     import json
     import struct
 
-    # The weights' headers alone: 80e9 bytes of float32 declared, no data (nothing is read);
-    # the CPU path loads them in bfloat16 (half: 37.3 GiB) before making them int8.
+    # 80e9 bytes of float32 weights, in a sparse file (nothing written, nothing read): the CPU
+    # path loads them in bfloat16 (half: 37.3 GiB) before making them int8.
     folder = tmp_path / "huge-model"
     folder.mkdir()
+    size = 200_000 * 100_000 * 4
     header = {"model.language_model.layers.0.mlp.weight": {
-        "dtype": "F32", "shape": [200_000, 100_000], "data_offsets": [0, 0]}}  # fmt: skip
+        "dtype": "F32", "shape": [200_000, 100_000], "data_offsets": [0, size]}}  # fmt: skip
     raw = json.dumps(header).encode()
-    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with (folder / "model.safetensors").open("wb") as file:
+        file.write(struct.pack("<Q", len(raw)) + raw)
+        file.truncate(8 + len(raw) + size)
     out = _demo("-c", str(folder), env=_env(tmp_path), timeout=120)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "Traceback" not in out.stderr

@@ -4,7 +4,7 @@ a broken pipeline gets wrong (red and blue swapped, an image turned or laid out 
 or pages or frames out of order), so these tests tell a right answer from a wrong one.
 
 The bounds are what was measured (the training's held-out check and these tests' own runs, in
-the README), a little below it: a tiny model on the 4-bit path loses some answers, and these
+docs/usage.md), a little below it: a tiny model on the 4-bit path loses some answers, and these
 tests are a tripwire for a path that loses many, not the fidelity measure
 (benchmarks/fidelity.py)."""
 
@@ -30,7 +30,7 @@ from testkit.launch import launched_app
 ROOT = Path(__file__).resolve().parents[2]
 PER_TASK = 12  # fresh questions of each task, never seen in training
 # The share of right answers each task must reach (measured on 60 fresh questions a task: 100%
-# for every task, on every CPU path; see the README). A bound a little under it: a tripwire for
+# for every task, on every CPU path; see docs/usage.md). A bound a little under it: a tripwire for
 # a pipeline that loses answers, on 12 questions.
 BOUND = 0.9
 QUANTIZED = ("int8", "auto")

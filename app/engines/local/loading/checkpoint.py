@@ -116,8 +116,8 @@ def weights_plan(options: LoadOptions, on_cuda: bool) -> WeightsPlan:
 def block_plan(name: str) -> BlockFormat | None:
     """A language-model layer's format (the vision encoder's: None, int8): 8 bits for the output
     layer and for the projections that write into the residual stream or carry attention's
-    values (`SENSITIVE_PROJECTIONS`), 4 bits for the rest (measured: docs in README, "What the
-    CPU's formats cost")."""
+    values (`SENSITIVE_PROJECTIONS`), 4 bits for the rest (measured: docs/cpu.md, "What each
+    CPU path costs in fidelity")."""
     if not outside_vision_encoder(name):
         return None
     projection = name.rsplit(".", 1)[-1]
