@@ -1,7 +1,7 @@
 """What the CPU's quantized paths cost in fidelity, measured against float32 where it can be.
 
-Both paths: the default (the language model's linear layers in 4 bits, app/engines/local/
-cpu_int4.py; the vision encoder in int8) and `--dtype int8` (all in int8).
+Both paths: the default (the language model's linear layers in 4 and 8 bits,
+app/cpu_weights/blocks.py; the vision encoder in int8) and `--dtype int8` (all in int8).
 
 Random weights make answers meaningless, so this measures numbers:
 

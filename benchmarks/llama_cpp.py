@@ -133,8 +133,8 @@ def app_child(checkpoint: str, dtype: str, threads: int, store: str) -> None:
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    int8_store = Path(store) if store != "-" else None
-    options = LoadOptions(cpu_only=True, dtype=dtype, weights_store=int8_store)
+    weights_store = Path(store) if store != "-" else None
+    options = LoadOptions(cpu_only=True, dtype=dtype, weights_store=weights_store)
     engine = load_engine(checkpoint, options)
     _reply({"load_s": time.perf_counter() - started, "weights": engine.weights})
     budget = Budget(max_pixels=CPU_MAX_PIXELS)
@@ -356,7 +356,7 @@ def main() -> None:
     # The app keeps its quantized weights once made (app/cpu_weights/store.py): its first
     # start quantizes the checkpoint, later ones read them. Both are measured for its default;
     # the comparison runs on a later start, as users run it every day.
-    store = checkpoint.parent / f"{checkpoint.name}-int8-store"
+    store = checkpoint.parent / f"{checkpoint.name}-weights-store"
     shutil.rmtree(store, ignore_errors=True)
     first = AppProcess(checkpoint, "auto", args.threads, store)
     first_start = f"app {first.loaded['weights']} (auto), first start: "

@@ -10,7 +10,7 @@ layers' shapes, weights cycled from memory:
 
 | kernel | one row | 400 rows (a prefill) |
 | --- | --- | --- |
-| oneDNN int8 (cpu_int8) | 60 ms | 1.6 s |
+| oneDNN int8 (int8.py) | 60 ms | 1.6 s |
 | PyTorch `_weight_int4pack_mm_for_cpu`, groups of 128 | 39 ms | 6.6 s |
 | ONNX Runtime `MatMulNBits`, 4-bit, blocks of 32 / 64 / 128 | 36 / 30 / 28 ms | 4.2 / 3.9 / 2.9 s |
 

@@ -67,7 +67,7 @@ def test_compose_commands_parse_with_the_apps_parser():
         settings = load_settings(_argv(service["command"]), environ=env)
         assert settings.web.server_name == "0.0.0.0"
     backend = load_settings(_argv(apps["app-vllm"]["command"]), environ={})
-    assert backend.backend == "openai" and backend.api_base == "http://vllm:8000/v1"
+    assert backend.backend == "openai" and backend.remote.api_base == "http://vllm:8000/v1"
 
 
 def test_dockerfiles_are_hadolint_clean():

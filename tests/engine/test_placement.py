@@ -57,7 +57,7 @@ def test_how_a_model_was_placed_reads_in_a_few_words():
 
 
 def test_the_gpus_flag_takes_numbers_only():
-    assert load_settings(["--gpus", "0,1"], environ={}).gpus == "0,1"
+    assert load_settings(["--gpus", "0,1"], environ={}).local.gpus == "0,1"
     with pytest.raises(SettingsError, match="--gpus takes GPU numbers"):
         load_settings(["--gpus", "first"], environ={})
 

@@ -4,7 +4,7 @@ Each case runs the same conversation on two engines over the same checkpoint, on
 cache and one without, greedy, and compares the replies token for token (as text of the same
 ids). Checkpoints are tiny, with weights spread wide enough that greedy replies vary. On a CPU
 the engines load as users get them there, the language model in 4-bit weights and the vision
-encoder in int8 (app/cpu_weights/blocks.py, cpu_int8.py): the cache must change nothing on
+encoder in int8 (app/cpu_weights/blocks.py, int8.py): the cache must change nothing on
 that path too.
 """
 

@@ -1,7 +1,7 @@
 """The CPU path's attention: keys and values kept in bfloat16, the query cast to meet them.
 
-On the CPU's int8 path (cpu_int8.py) the attention layers keep their keys and values in
-bfloat16 instead of float32 (kv.py's `GrowingLayer` stores them so), and attend through
+On the CPU's quantized paths (app/cpu_weights/) the attention layers keep their keys and values
+in bfloat16 instead of float32 (kv.py's `GrowingLayer` stores them so), and attend through
 `bfloat16_kv_attention`, registered with transformers' public `AttentionInterface`. Measured on
 Qwen3-VL-2B's shapes (2 cores, AMD EPYC with AVX-512 bf16):
 
