@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def block_kernels_available() -> bool:
     return True
 
 
-def dequantized(layer: BlockLayer) -> Any:
+def dequantized(layer: BlockLayer) -> Tensor:
     """The float32 weights [out, in] a layer in a block format stands for."""
 
     levels = _unpacked(layer["packed"], layer["bits"])
@@ -122,13 +122,13 @@ def dequantized(layer: BlockLayer) -> Any:
     return weight.flatten(1)[:, : layer["in_features"]]
 
 
-def _two_a_byte(values: Any) -> Any:
+def _two_a_byte(values: Tensor) -> Tensor:
     """4-bit values (in bytes) packed two a byte along the last axis, the first in the low half,
     as `MatMulNBits` reads its levels and zero points."""
     return values[..., 0::2] | (values[..., 1::2] << 4)
 
 
-def _unpacked(packed: Any, bits: int) -> Any:
+def _unpacked(packed: Tensor, bits: int) -> Tensor:
     """`_two_a_byte` undone (8-bit values are kept a byte each)."""
 
     if bits == 8:
@@ -144,7 +144,9 @@ SCALE_TRIES = tuple(1 + step / 60 for step in range(-4, 5))
 ROWS_AT_ONCE = 256  # a part of a layer searched at once: its temporaries stay in the cache
 
 
-def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS) -> BlockLayer:
+def quantize_blocks(
+    weight: Tensor, bias: Tensor | None, fmt: BlockFormat = FOUR_BITS
+) -> BlockLayer:
     """A linear layer's weight [out, in] in `fmt`, as `MatMulNBits` reads it: levels packed
     (4 bits: two a byte, the first in the low half), a float32 scale and an integer zero point a
     block, each block's scale the one of `SCALE_TRIES` with the least squared error. A row whose
@@ -176,13 +178,13 @@ def quantize_blocks(weight: Any, bias: Any | None, fmt: BlockFormat = FOUR_BITS)
     }
 
 
-def _levels(grouped: Any, scale: Any, zero: Any, top: int) -> Any:
+def _levels(grouped: Tensor, scale: Tensor, zero: Tensor, top: int) -> Tensor:
     """Each weight's level (0..top, float) in its block's scale and zero point."""
 
     return torch.div(grouped, scale[..., None]).round_().add_(zero[..., None]).clamp_(0, top)
 
 
-def _best_scales(grouped: Any, top: int) -> tuple[Any, Any]:
+def _best_scales(grouped: Tensor, top: int) -> tuple[Tensor, Tensor]:
     """(scale, zero point) a block of `grouped` [rows, blocks, block]: of the scales tried, the
     one whose levels, with the scale refitted to them, leave the least squared error."""
 
@@ -205,7 +207,7 @@ def _best_scales(grouped: Any, top: int) -> tuple[Any, Any]:
     return best_scale, best_zero
 
 
-def _packed_zero_points(zeros: Any, fmt: BlockFormat) -> Any:
+def _packed_zero_points(zeros: Tensor, fmt: BlockFormat) -> Tensor:
     """Zero points as `MatMulNBits` reads them: 4 bits, two a byte a row (a row of an odd
     count padded), or a byte each."""
 
@@ -273,7 +275,7 @@ class BlockLinear(nn.Module):
         self.bits_a_weight = BlockFormat(layer["bits"], layer["block"]).bits_a_weight()
         self._session = _session(layer)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
         flat = x.reshape(-1, self.in_features).float()
         rows = flat.shape[0]
@@ -289,7 +291,7 @@ class BlockLinear(nn.Module):
             y = y.add_(bias)
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
-    def _product(self, rows: Any) -> Any:
+    def _product(self, rows: Tensor) -> Tensor:
         inputs = {"A": rows.contiguous().numpy()}
         return torch.from_numpy(self._session.run(None, inputs)[0])
 

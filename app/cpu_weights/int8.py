@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from app.cpu_weights.blocks import (
     EIGHT_BITS,
@@ -72,7 +72,7 @@ def int8_kernels_available() -> bool:
     extremes too), and fast here (timed against float32's product, up to TIMING_ROUNDS times)."""
 
     try:
-        if not _exact_at_the_extremes(torch):
+        if not _exact_at_the_extremes():
             log.warning(
                 "oneDNN's int8 product is wrong on this CPU (its sums saturate): its int8 layers "
                 "go to ONNX Runtime's 8 bits (or float32, where that is missing)"
@@ -81,7 +81,7 @@ def int8_kernels_available() -> bool:
         # Timed again where it looks slow: on a machine busy with other work one round read
         # 8.0 ms against 0.2 where a quiet one reads 0.15 against 0.18, and the path flipped.
         for _ in range(TIMING_ROUNDS):
-            int8_ms, float_ms = _product_times(torch)
+            int8_ms, float_ms = _product_times()
             if int8_ms <= SLOWEST_INT8 * float_ms:
                 break
     except (AttributeError, RuntimeError, NotImplementedError):
@@ -97,30 +97,30 @@ def int8_kernels_available() -> bool:
     return True
 
 
-def _exact_at_the_extremes(torch: Any) -> bool:
+def _exact_at_the_extremes() -> bool:
     """Whether the int8 product is exact where its 16-bit partial sums would overflow: on a CPU
     with AVX2 but no VNNI, oneDNN multiplies unsigned by signed bytes in pairs summed in 16 bits
     with saturation (255 x 127 x 2 > 32767), and rows of 64 times weights of 127 over 64 columns
     gave 8,160 instead of 520,192 (layers 26% off float32's)."""
     weight = torch.full((2, 64), 127, dtype=torch.int8)
-    packed = _packed(torch, weight, torch.ones(2))
+    packed = _packed(weight, torch.ones(2))
     for value in (1.0, 64.0, 127.0, -127.0):
         rows = torch.full((2, 64), value)
-        out = _int8_matmul(torch, _unsigned(rows.clone()), *packed)
+        out = _int8_matmul(_unsigned(rows.clone()), *packed)
         if not bool(out.eq(value * 127 * 64).all().item()):
             return False
     return True
 
 
-def _product_times(torch: Any) -> tuple[float, float]:
+def _product_times() -> tuple[float, float]:
     """(int8, float32) milliseconds of one row times a 1024x2048 layer, the best of five."""
     import time
 
     weight = torch.randn(1024, 2048)
-    packed = _packed(torch, *_quantize_rows(weight))
+    packed = _packed(*_quantize_rows(weight))
     row = torch.randn(1, 2048)
     products = (
-        lambda: _int8_matmul(torch, _unsigned(row.mul(30).round()), *packed),
+        lambda: _int8_matmul(_unsigned(row.mul(30).round()), *packed),
         lambda: row @ weight.T,
     )
     best = []
@@ -138,7 +138,7 @@ def _product_times(torch: Any) -> tuple[float, float]:
     return best[0], best[1]
 
 
-def _packed(torch: Any, qweight: Any, scale: Any) -> tuple[Any, Any, Any]:
+def _packed(qweight: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(the weight in oneDNN's own layout, packed once, its scales, zero points)."""
     zeros = torch.zeros(qweight.shape[0], dtype=torch.int64)
     return torch.ops.onednn.qlinear_prepack(qweight, None), scale, zeros
@@ -148,14 +148,14 @@ def _packed(torch: Any, qweight: Any, scale: Any) -> tuple[Any, Any, Any]:
 INPUT_ZERO = 128
 
 
-def _unsigned(quantized: Any) -> Any:
+def _unsigned(quantized: Tensor) -> Tensor:
     """Rows already rounded to -127..127 (float, shifted in place), as oneDNN's unsigned 8-bit
     inputs."""
 
     return quantized.add_(INPUT_ZERO).to(torch.uint8)
 
 
-def _int8_matmul(torch: Any, rows: Any, packed: Any, scale: Any, zeros: Any) -> Any:
+def _int8_matmul(rows: Tensor, packed: Tensor, scale: Tensor, zeros: Tensor) -> Tensor:
     """float32 ((rows - INPUT_ZERO) @ W^T) * scale: the 8-bit product summed exactly in int32, then
     scaled."""
     return torch.ops.onednn.qlinear_pointwise(
@@ -163,7 +163,7 @@ def _int8_matmul(torch: Any, rows: Any, packed: Any, scale: Any, zeros: Any) -> 
     )
 
 
-def _quantize_rows(weight: Any) -> tuple[Any, Any]:
+def _quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """(int8 rows, one float32 scale per row): symmetric, the scale maps the row's largest
     magnitude to 127."""
 
@@ -176,24 +176,29 @@ def _quantize_rows(weight: Any) -> tuple[Any, Any]:
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8 (a scale per output row) and x quantized per row."""
 
-    def __init__(self, qweight: Any, scale: Any, bias: Any | None) -> None:
+    packed: Tensor
+    scale: Tensor
+    zeros: Tensor
+    bias: Tensor | None
+
+    def __init__(self, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.bits_a_weight = 8 + 32 / self.in_features  # and a float32 scale a row
-        packed, scale, zeros = _packed(torch, qweight, scale)
+        packed, scale, zeros = _packed(qweight, scale)
         self.register_buffer("packed", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("zeros", zeros)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
         flat = x.reshape(-1, self.in_features).float()
         # No clamp is needed: |flat| / (max |flat| / 127) rounds to at most 127.
         # abs().amax(): a third of vector_norm(inf)'s time on one row (7 us against 2.5).
         row_scale = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
         quantized = _unsigned(torch.div(flat, row_scale).round_())
-        y = _int8_matmul(torch, quantized, self.packed, self.scale, self.zeros)
+        y = _int8_matmul(quantized, self.packed, self.scale, self.zeros)
         y = y.mul_(row_scale)
         if self.bias is not None:
             y = y.add_(self.bias)
@@ -206,10 +211,10 @@ class Int8Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """An embedding table in int8 with a scale per row, looked up and scaled to float32."""
 
-    qweight: Any
-    scale: Any
+    qweight: Tensor
+    scale: Tensor
 
-    def __init__(self, qweight: Any, scale: Any, padding_idx: int | None) -> None:
+    def __init__(self, qweight: Tensor, scale: Tensor, padding_idx: int | None) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = qweight.shape
         self.padding_idx = padding_idx
@@ -217,10 +222,10 @@ class Int8Embedding(nn.Module):
         self.register_buffer("scale", scale)
 
     @property
-    def weight(self) -> Any:
+    def weight(self) -> Tensor:
         return self.qweight.float() * self.scale[:, None]
 
-    def forward(self, ids: Any) -> Any:
+    def forward(self, ids: Tensor) -> Tensor:
         return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
 
     def extra_repr(self) -> str:
@@ -233,21 +238,22 @@ class Int8Shared(nn.Module):
     and their weights read in one matmul. Each `Int8Part` takes its columns of the output;
     the output is kept until every part has taken its own from that same input."""
 
-    def __init__(self, linear: Any, sizes: list[int]) -> None:
+    def __init__(self, linear: nn.Module, sizes: list[int]) -> None:
         super().__init__()
         self.linear = linear
         self.bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self._input: Any = None
-        self._output: Any = None
+        self._input: Tensor | None = None
+        self._output: Tensor | None = None
         self._waiting: set[int] = set()
 
-    def part(self, x: Any, index: int) -> Any:
+    def part(self, x: Tensor, index: int) -> Tensor:
         # `is`, not equality: the input is the very tensor the first part was given. While
         # it is kept here no other tensor can have its identity.
         if x is not self._input or index not in self._waiting:
             self._input, self._output = x, self.linear(x)
             self._waiting = set(range(len(self.bounds) - 1))
         self._waiting.discard(index)
+        assert self._output is not None  # set above, or by the part before this one
         out = self._output[..., self.bounds[index] : self.bounds[index + 1]]
         if not self._waiting:
             self._input = self._output = None
@@ -257,7 +263,7 @@ class Int8Shared(nn.Module):
 class Int8Part(nn.Module):
     """One of the linear layers of an `Int8Shared`: its columns of the shared output."""
 
-    def __init__(self, shared: Any, index: int) -> None:
+    def __init__(self, shared: Int8Shared, index: int) -> None:
         super().__init__()
         # Registered under every part: parameters(), buffers() and modules() count it
         # once; state_dict() names it under each part.
@@ -266,7 +272,7 @@ class Int8Part(nn.Module):
         self.in_features = shared.linear.in_features
         self.out_features = shared.bounds[index + 1] - shared.bounds[index]
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Tensor) -> Tensor:
         return self.shared.part(x, self.index)
 
     def extra_repr(self) -> str:
@@ -300,7 +306,7 @@ def quantize(
         if type(child) in kinds
     ]
     uses = Counter(id(getattr(parent, name).weight) for _, parent, name in places)
-    shared: dict[int, tuple[Any, Any]] = {}  # a tied weight's int8 rows, made once
+    shared: dict[int, tuple[Tensor, Tensor]] = {}  # a tied weight's int8 rows, made once
     placer = Int8Placer()
     counts = [0, 0]
     with torch.no_grad():
@@ -323,12 +329,16 @@ def quantize(
     return counts[0], counts[1]
 
 
-def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> Int8Layer:
+def _int8_layer(
+    child: nn.Module, shared: dict[int, tuple[Tensor, Tensor]], tied: bool
+) -> Int8Layer:
     """A linear layer's or embedding table's int8 form; a `tied` weight's rows are made once
     and kept in `shared` for the other layer that uses them."""
 
-    key = id(child.weight)
-    qweight, scale = shared.get(key) or _quantize_rows(child.weight)
+    weight = child.weight
+    assert isinstance(weight, Tensor)
+    key = id(weight)
+    qweight, scale = shared.get(key) or _quantize_rows(weight)
     if tied:
         shared[key] = (qweight, scale)
     layer: Int8Layer = {"qweight": qweight, "scale": scale}
@@ -339,7 +349,7 @@ def _int8_layer(child: Any, shared: dict[int, tuple[Any, Any]], tied: bool) -> I
     return layer
 
 
-def int8_module(layer: Int8Layer) -> Any:
+def int8_module(layer: Int8Layer) -> nn.Module:
     """The module of a layer kept by `quantize` (a linear one where it has "bias"; in a block
     format where it has packed weights)."""
 
@@ -360,9 +370,11 @@ class Int8Placer:
     (`SHARED_INPUT`) wait for each other and go in as the parts of one `Int8Shared`."""
 
     def __init__(self) -> None:
-        self._waiting: dict[tuple[int, tuple[str, ...]], tuple[Any, dict[str, Int8Layer]]] = {}
+        self._waiting: dict[
+            tuple[int, tuple[str, ...]], tuple[nn.Module, dict[str, Int8Layer]]
+        ] = {}
 
-    def put(self, parent: Any, name: str, layer: Int8Layer) -> None:
+    def put(self, parent: nn.Module, name: str, layer: Int8Layer) -> None:
         group = next((names for names in SHARED_INPUT if name in names), None)
         if group is None or "bias" not in layer:
             setattr(parent, name, int8_module(layer))
@@ -382,7 +394,7 @@ class Int8Placer:
         self._waiting.clear()
 
 
-def _place_shared(parent: Any, named: list[tuple[str, Int8Layer]]) -> None:
+def _place_shared(parent: nn.Module, named: list[tuple[str, Int8Layer]]) -> None:
     layers = [layer for _, layer in named]
     widths = {_shape(x)[1] for x in layers}
     kinds = {(x.get("bits"), x.get("block")) for x in layers}  # int8 rows: (None, None)
