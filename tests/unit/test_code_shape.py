@@ -32,7 +32,8 @@ def test_no_function_in_app_is_longer_than_60_lines():
 def test_the_pure_parts_import_without_torch_gradio_or_av():
     code = (
         "import sys, app.settings, app.conversation, app.render, app.grounding, app.media, "
-        "app.engines.base, app.engines.local.generation.prefix_cache, app.replies\n"
+        "app.engines.base, app.engines.local.generation.prefix_cache, app.replies, app.main, "
+        "app.engines.local.loading.checkpoint, app.weights, app.cpu_weights.threads\n"
         "heavy = {'torch', 'transformers', 'gradio', 'av', 'PIL', 'numpy'} & set(sys.modules)\n"
         "print(sorted(heavy))"
     )

@@ -8,11 +8,8 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.cpu_weights.blocks import EIGHT_BITS, FOUR_BITS, BlockFormat, block_kernels_available
-from app.cpu_weights.int8 import int8_kernels_available, to_cpu_kernels
-from app.cpu_weights.store import QuantizedStore, store_folder
 from app.engines.base import EngineError
 from app.engines.local.generation.attention import use_bfloat16_kv
 from app.engines.local.generation.internals import (
@@ -25,6 +22,12 @@ from app.engines.local.loaded import LoadedModel
 from app.engines.local.loading.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.loading.placement import Placement, describe, place
 from app.weights import AUTO, CpuKernels, WeightsKind, WeightsPlan, plan_weights
+
+if TYPE_CHECKING:
+    from app.cpu_weights.blocks import BlockFormat
+
+# app/cpu_weights/ imports torch: it is imported where a model is loaded (the load's log line
+# counts it), not with this module (main reads LoadOptions before anything heavy).
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,9 @@ def weights_plan(options: LoadOptions, on_cuda: bool) -> WeightsPlan:
     kernels do not run as asked."""
     import torch
 
+    from app.cpu_weights.blocks import block_kernels_available
+    from app.cpu_weights.int8 import int8_kernels_available
+
     kernels = CpuKernels(int8_kernels_available, block_kernels_available)
     gpu_bfloat16 = on_cuda and torch.cuda.is_bf16_supported()
     try:
@@ -118,6 +124,8 @@ def block_plan(name: str) -> BlockFormat | None:
     layer and for the projections that write into the residual stream or carry attention's
     values (`SENSITIVE_PROJECTIONS`), 4 bits for the rest (measured: docs/cpu.md, "What each
     CPU path costs in fidelity")."""
+    from app.cpu_weights.blocks import EIGHT_BITS, FOUR_BITS
+
     if not outside_vision_encoder(name):
         return None
     projection = name.rsplit(".", 1)[-1]
@@ -245,6 +253,9 @@ def _model(path: Path, plan: WeightsPlan, kwargs: dict[str, Any], store_root: Pa
     """The model as `plan` says: read from the quantized store where it holds it, else from
     the checkpoint (then quantized for the CPU's kernels, and saved in the store)."""
     from transformers import AutoModelForImageTextToText
+
+    from app.cpu_weights.int8 import to_cpu_kernels
+    from app.cpu_weights.store import QuantizedStore, store_folder
 
     formats = block_plan if plan.kind is WeightsKind.INT4 else None
     store = None
