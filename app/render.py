@@ -55,7 +55,8 @@ def split_reasoning(text: str, opens_in_reasoning: bool = False) -> ReasoningSpl
 
 
 def format_stats(usage: Usage) -> Said:
-    """One short line: time to first token, tokens, speed, visual tokens."""
+    """One short line: time to first token, tokens, speed, visual tokens, cached tokens, and
+    the context meter."""
     parts: list[str] = []
     if usage.first_token_s is not None:
         ms = f"{usage.first_token_s * 1000:.0f}"
@@ -68,7 +69,7 @@ def format_stats(usage: Usage) -> Said:
     prompt = usage.prompt_tokens
     if usage.visual_tokens is None:
         parts.append(say(f"{prompt} prompt tokens", f"提示词 {prompt} 个 token"))
-        return joined(parts)
+        return joined(parts + _present(format_context(usage)))
     by_file = ""
     if usage.visual_by_attachment:
         by_file = " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"
@@ -79,10 +80,33 @@ def format_stats(usage: Usage) -> Said:
             f"提示词 {prompt} 个 token，其中视觉 {seen} 个{by_file}",
         )
     )
-    cached = format_cached(usage)
-    if cached:
-        parts.append(cached)
+    parts += _present(format_cached(usage)) + _present(format_context(usage))
     return joined(parts)
+
+
+def _present(part: Said | None) -> list[str]:
+    return [] if part is None else [part]
+
+
+# From this share of the context on, the stats line warns that the next question may not fit.
+CONTEXT_WARNING_SHARE = 0.8
+
+
+def format_context(usage: Usage) -> Said | None:
+    """`context 1,234 of 32,768 tokens`: what the conversation now holds (this prompt and this
+    reply, which the next question carries) against the longest prompt the engine reads; past
+    CONTEXT_WARNING_SHARE, a warning that the next question may not fit."""
+    if not usage.context_tokens:
+        return None
+    used, most = usage.prompt_tokens + usage.completion_tokens, usage.context_tokens
+    meter = say(f"context {used:,} of {most:,} tokens", f"上下文 {used:,}/{most:,} 个 token")
+    if used < CONTEXT_WARNING_SHARE * most:
+        return meter
+    warning = say(
+        "the next question may not fit: start a new chat (Alt+N)",
+        "下一个问题可能放不下：请开始新对话（Alt+N）",
+    )
+    return joined([meter, warning])
 
 
 def format_cached(usage: Usage) -> Said | None:

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL = "qwen3-vl-standin"
+CONTEXT = 4096  # the served model's context, as vLLM lists it (`max_model_len`)
 WORD = "word "
 
 
@@ -54,7 +55,8 @@ class StandIn:
                 pass
 
             def do_GET(self) -> None:
-                self._send_json(200, {"object": "list", "data": [{"id": MODEL}]})
+                model = {"id": MODEL, "max_model_len": CONTEXT}
+                self._send_json(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:
                 size = int(self.headers.get("Content-Length", 0))

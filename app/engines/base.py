@@ -116,6 +116,9 @@ class Usage:
     visual_by_attachment: tuple[tuple[str, int], ...] = ()
     # Prompt tokens whose model state came from the prefix cache (None: no cache).
     cached_tokens: int | None = None
+    # The longest prompt the engine reads (its bound, or the served model's context), where
+    # known: the conversation so far is measured against it (the stats line's context meter).
+    context_tokens: int | None = None
 
 
 @dataclass(frozen=True)

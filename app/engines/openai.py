@@ -184,7 +184,15 @@ class OpenAIEngine:
         self.decoder = decoder
         self.max_new_tokens = max_new_tokens
         self.video_mode = video_mode
-        self.model = model or self._served_model()
+        # The served model's context where the server says it (vLLM and SGLang list it as
+        # `max_model_len` in /v1/models); asked only where the app asks for the model's name.
+        self.context_tokens: int | None = None
+        if model is None:
+            served = self._served_model()
+            model = str(served["id"])
+            length = served.get("max_model_len")
+            self.context_tokens = length if isinstance(length, int) and length > 0 else None
+        self.model = model
         self.model_name = self.model.rstrip("/").rsplit("/", 1)[-1]
         self.family = family or family_of_model_name(self.model) or "qwen3_vl"
         if not family and family_of_model_name(self.model) is None:
@@ -203,7 +211,7 @@ class OpenAIEngine:
         self._urls: dict[tuple[str, int], str] = {}
         self._urls_lock = threading.Lock()
 
-    def _served_model(self) -> str:
+    def _served_model(self) -> dict[str, Any]:
         try:
             response = self._http.get(f"{self.api_base}/models", headers=self._headers)
             if response.status_code >= 400:
@@ -218,7 +226,7 @@ class OpenAIEngine:
                     f"{self.api_base} 上的服务器没有提供任何模型（/v1/models 为空）",
                 )
             )
-        return str(models[0]["id"])
+        return dict(models[0])
 
     def _error_message(self, err: BaseException, starting: bool = False, tokens: int = 0) -> Said:
         """Words for a failed call to the server; `starting`: the app's start-up asked (advice
@@ -404,6 +412,7 @@ class OpenAIEngine:
                 visual_tokens=None,
                 first_token_s=measured.first,
                 total_s=time.perf_counter() - measured.started,
+                context_tokens=self.context_tokens,
             )
         )
 

@@ -179,6 +179,14 @@ class ChatHandlers:
         return with_draft(question, box), start, gr.update(visible=True)
 
     @staticmethod
+    def take_example(box: dict | None, event: gr.SelectData) -> dict:
+        """An example of the empty chat clicked: its question and file in the box, before any
+        draft there (nothing is sent until the person sends it)."""
+        example = event.value if isinstance(event.value, dict) else {}
+        files = [f["path"] if isinstance(f, dict) else str(f) for f in example.get("files") or []]
+        return with_draft({"text": str(example.get("text") or ""), "files": files}, box)
+
+    @staticmethod
     def hold_buttons() -> tuple[Any, Any]:
         """Regenerate and Undo, off while a reply streams."""
         return gr.update(interactive=False), gr.update(interactive=False)

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
+from gradio.components.chatbot import ExampleMessage
 
 from app.said import in_language
 from app.ui.api_inputs import worded_api_inputs
@@ -52,6 +53,8 @@ LATEX: list[dict[str, str | bool]] = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
+# Files the empty chat's examples show as their icon (a video or PDF shows its question only).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 EXAMPLE_PROMPTS = (
     ("Which quarter sold the most, and how much?", EXAMPLES / "chart.png"),
     ("Read the receipt: what is the total and what was bought?", EXAMPLES / "receipt.png"),
@@ -187,8 +190,13 @@ class ChatPage:
     def _render_chatbot_area(self) -> None:
         self.chatbot = gr.Chatbot(
             label=word("chat"),
+            # Its label's badge sat over the top message (and the welcome, on a phone).
+            show_label=False,
             elem_id="chatbot",
             placeholder=word("welcome"),  # what the empty chat says: what to do, and how
+            # The examples in the empty chat: on the first screen, at 1366x900 and on a phone
+            # (under the box, they started below the fold). A click fills the box.
+            examples=self._chat_examples() or None,
             height=560,
             latex_delimiters=LATEX,
             sanitize_html=True,
@@ -242,6 +250,18 @@ class ChatPage:
                 include_audio=True,
                 webcam_options=gr.WebcamOptions(mirror=False),
             )
+
+    def _chat_examples(self) -> list[ExampleMessage]:
+        """The examples as the empty chat shows them: the question, its file, and the picture
+        itself as the icon where it is one."""
+        examples: list[ExampleMessage] = []
+        for text, path in self.options.examples:
+            if path.is_file():
+                example = ExampleMessage(text=text, files=[str(path)], display_text=text)
+                if path.suffix.lower() in PICTURE_SUFFIXES:
+                    example["icon"] = str(path)
+                examples.append(example)
+        return examples
 
     def _render_footer(self) -> None:
         examples = [(text, path) for text, path in self.options.examples if path.is_file()]
@@ -348,6 +368,7 @@ class ChatPage:
             **QUIET,
         )
         self.cancel_edit_btn.click(h.end_edit, None, [self.editing, self.edit_row], **QUIET)
+        self.chatbot.example_select(h.take_example, [self.box], [self.box], **QUIET)
         self.box.submit(lambda: gr.update(visible=False), None, [self.edit_row], **QUIET)
 
     def _setup_api(self) -> None:

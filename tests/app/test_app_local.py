@@ -353,3 +353,25 @@ def test_an_unforeseen_failure_before_generation_is_still_a_chat_message(app_for
     titles = [(m.get("metadata") or {}).get("title", "") for m in history]
     assert any("ValueError: template exploded" in t for t in titles)
     assert isinstance(client.predict({"text": "ok", "files": []}, api_name="/chat"), str)
+
+
+def _stats(history: list[dict]) -> str:
+    return [
+        m["metadata"]["title"]
+        for m in history
+        if " tokens" in (m.get("metadata") or {}).get("title", "")
+    ][-1]
+
+
+def test_the_stats_line_meters_the_context_and_warns_before_it_is_full(tiny_checkpoint):
+    engine = load_engine(str(tiny_checkpoint("qwen3_vl")), max_prompt_tokens=400, max_new_tokens=8)
+    with launched_app(_settings(max_new_tokens=8), engine) as url:
+        client = Client(url, verbose=False, download_files=False)
+        ask = [*panel(max_new_tokens=8)]
+        _, short = client.predict({"text": "Hello", "files": []}, [], *ask, api_name="/ui_send")
+        # About 330 tokens of question (this tiny tokenizer spells "word " in 4): past four
+        # fifths of the 400 this engine reads.
+        long_box = {"text": "word " * 82, "files": []}
+        _, long = client.predict(long_box, [], *ask, api_name="/ui_send")
+    assert re.search(r"context \d+ of 400 tokens$", _stats(short)), _stats(short)
+    assert "may not fit" in _stats(long) and "start a new chat" in _stats(long)

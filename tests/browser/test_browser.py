@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import threading
 import time
@@ -194,6 +195,9 @@ def test_the_whole_chat_flow(page, media, tmp_path):
     page.wait_for_selector("#chatbot :text('12 tokens')", timeout=30000)
     _wait_idle(page)
     assert _bot_text(page) != stopped
+    # The stats line's context meter: the conversation against what the engine reads.
+    chat = page.locator("#chatbot").inner_text()
+    assert re.search(r"context [\d,]+ of [\d,]+ tokens", chat), chat
     assert page.locator("#chatbot [data-testid='user']").count() == 2  # image + text, once
     _shot(page, "05-regenerated")
 

@@ -631,3 +631,33 @@ def test_editing_a_question_with_a_photo_keeps_the_photo_and_asks_again(browser_
     assert "red.jpg" in page.locator("#chatbot [data-testid='bot']").last.inner_text()
     assert not page.locator("#editing").is_visible()
     context.close()
+
+
+@pytest.mark.parametrize(
+    ("viewport", "name"), [({"width": 1366, "height": 900}, "desktop"), (PHONE, "phone")]
+)
+def test_the_first_screen_has_the_welcome_and_the_examples_and_one_fills_the_box(
+    browser_and_url, viewport, name
+):
+    browser, url = browser_and_url
+    context, page = _open(browser, url, viewport)
+    try:
+        page.get_by_text("Ask about images, videos and PDFs.").wait_for()
+        examples = page.locator("#chatbot .examples button.example")
+        examples.first.wait_for()
+        assert examples.count() == 4
+        # Before: under the box, the first example started below the fold at 1366x900 and
+        # was off the phone's first screen.
+        top = examples.first.bounding_box()
+        assert top is not None and top["y"] + top["height"] <= viewport["height"], top
+        page.screenshot(path=str(ARTIFACTS / f"50-first-screen-{name}.png"))
+        page.fill("#input textarea", "my draft")
+        examples.filter(has_text="Read the receipt").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('#input textarea').value.startsWith('Read the receipt')"
+        )
+        assert page.locator("#input textarea").input_value().endswith("my draft")  # kept
+        page.locator("#input .thumbnail-item, #input img").first.wait_for(timeout=15000)
+        assert page.locator("#chatbot [data-testid='user']").count() == 0  # nothing was sent
+    finally:
+        context.close()

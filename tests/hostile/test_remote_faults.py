@@ -21,7 +21,7 @@ from app.engines.remote_stream import Deadlines
 from app.settings import load_settings
 from testkit.launch import launched_app
 from tests.panel import panel
-from tests.standin_server import WORD, StandIn, zeros_bomb
+from tests.standin_server import CONTEXT, WORD, StandIn, zeros_bomb
 
 DEADLINES = Deadlines(connect_s=2, headers_s=3, first_token_s=4, silence_s=2, total_s=30)
 
@@ -177,3 +177,9 @@ def test_past_max_concurrent_requests_wait_their_turn(standin):
         standin.most_slow_at_once = 0
         _ask_at_once(url, 4)
     assert standin.most_slow_at_once == 2
+
+
+def test_the_stats_line_measures_the_conversation_against_the_served_context(app):
+    answer, notes, _ = _ask(app, "normal")
+    assert answer.count("word") == 5
+    assert _said(notes, f"of {CONTEXT:,} tokens"), notes  # vLLM's max_model_len, read at start

@@ -129,3 +129,12 @@ def test_a_bad_file_is_named_and_the_turn_kept(handlers, tmp_path):
     said = " ".join(str((m.get("metadata") or {}).get("title", "")) for m in history)
     assert "broken.jpg" in said
     assert any(m["role"] == "user" for m in history)
+
+
+def test_an_example_of_the_empty_chat_fills_the_box_and_keeps_a_draft():
+    chosen = {"index": 1, "value": {"text": "Read it", "files": [{"path": "/ex/receipt.png"}]}}
+    event = gr.SelectData(None, chosen)
+    empty = ChatHandlers.take_example({"text": "", "files": []}, event)
+    assert empty == {"text": "Read it", "files": ["/ex/receipt.png"]}
+    draft = ChatHandlers.take_example({"text": "mine", "files": ["/up/a.jpg"]}, event)
+    assert draft == {"text": "Read it\n\nmine", "files": ["/ex/receipt.png", "/up/a.jpg"]}

@@ -45,3 +45,25 @@ def test_stats_line():
     assert (
         line == "first token 50 ms · 65 tokens · 64.0 tok/s · 40 visual tokens in 100 prompt tokens"
     )
+
+
+def test_the_context_meter_counts_the_conversation_against_the_engines_bound():
+    line = format_stats(Usage(1200, 34, 40, first_token_s=0.05, total_s=1.05, context_tokens=32768))
+    assert line.endswith("context 1,234 of 32,768 tokens")
+    assert "上下文 1,234/32,768 个 token" in line.chinese
+    remote = format_stats(
+        Usage(100, 20, None, first_token_s=None, total_s=1.0, context_tokens=8192)
+    )
+    assert remote.endswith("100 prompt tokens · context 120 of 8,192 tokens")
+    unknown = format_stats(Usage(100, 20, None, first_token_s=None, total_s=1.0))
+    assert "context" not in unknown
+
+
+def test_the_context_meter_warns_before_a_question_would_not_fit():
+    roomy = format_stats(Usage(700, 99, None, first_token_s=None, total_s=1.0, context_tokens=1000))
+    assert "may not fit" not in roomy
+    full = format_stats(Usage(700, 100, None, first_token_s=None, total_s=1.0, context_tokens=1000))
+    assert full.endswith(
+        "context 800 of 1,000 tokens · the next question may not fit: start a new chat (Alt+N)"
+    )
+    assert "下一个问题可能放不下" in full.chinese

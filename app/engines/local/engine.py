@@ -205,6 +205,7 @@ class LocalEngine:
             first_token_s=job.first_token_s,
             total_s=time.perf_counter() - job.started,
             cached_tokens=job.cached_tokens if self.prefix_cache.enabled else None,
+            context_tokens=self.max_prompt_tokens,
         )
 
     def _prefill(self, job: Job) -> Row:
