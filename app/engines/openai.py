@@ -184,15 +184,7 @@ class OpenAIEngine:
         self.decoder = decoder
         self.max_new_tokens = max_new_tokens
         self.video_mode = video_mode
-        # The served model's context where the server says it (vLLM and SGLang list it as
-        # `max_model_len` in /v1/models); asked only where the app asks for the model's name.
-        self.context_tokens: int | None = None
-        if model is None:
-            served = self._served_model()
-            model = str(served["id"])
-            length = served.get("max_model_len")
-            self.context_tokens = length if isinstance(length, int) and length > 0 else None
-        self.model = model
+        self.model, self.context_tokens = self._model_and_context(model)
         self.model_name = self.model.rstrip("/").rsplit("/", 1)[-1]
         self.family = family or family_of_model_name(self.model) or "qwen3_vl"
         if not family and family_of_model_name(self.model) is None:
@@ -210,6 +202,16 @@ class OpenAIEngine:
         self._fields_lock = threading.Lock()
         self._urls: dict[tuple[str, int], str] = {}
         self._urls_lock = threading.Lock()
+
+    def _model_and_context(self, model: str | None) -> tuple[str, int | None]:
+        """The model's name (`model`, or the server's first) and its context where the server
+        says it (vLLM and SGLang list `max_model_len` in /v1/models; asked only where the app
+        asks for the name)."""
+        if model is not None:
+            return model, None
+        served = self._served_model()
+        length = served.get("max_model_len")
+        return str(served["id"]), length if isinstance(length, int) and length > 0 else None
 
     def _served_model(self) -> dict[str, Any]:
         try:

@@ -231,6 +231,9 @@ class ChatPage:
             self.undo_btn = gr.Button(word("undo"), elem_id="undo", size="sm", min_width=80)
             self.clear_btn = gr.Button(word("clear"), elem_id="clear", size="sm", min_width=80)
         gr.Markdown(word("keys_help"), elem_id="keys")
+        self._render_camera()
+
+    def _render_camera(self) -> None:
         # A photo (or a short clip) from the phone's or laptop's camera goes into the box, as
         # an upload would: the same media path reads it when the message is sent.
         with gr.Accordion(word("camera"), open=False, elem_id="camera"), gr.Row():
