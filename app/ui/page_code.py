@@ -20,6 +20,10 @@ CSS = """
 #keys { font-size: 0.8em; opacity: 0.75; }
 #edit_warning { font-size: 0.85em; color: var(--color-accent); margin-top: 4px; }
 #chatbot textarea { width: min(640px, 72vw) !important; min-height: 4.5em; }
+.sidebar .toggle-button.toggle-labelled { flex-direction: column; height: auto !important;
+  gap: 4px; padding: 6px 0; border-radius: var(--radius-md); }
+.sidebar .toggle-button .toggle-word { writing-mode: vertical-rl; white-space: nowrap;
+  font-size: 0.75em; font-weight: 600; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
@@ -32,6 +36,7 @@ PAGE_JS_WORDS = (
     "edit_drops_many",
     "edit_save",
     "edit_cancel",
+    "chats",
 )
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
 # an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
@@ -118,6 +123,16 @@ PAGE_JS = """() => {
       document.querySelectorAll(`#chatbot button[aria-label='${name}']`).forEach(
         b => b.setAttribute('aria-pressed', String(pressed)));
     }
+    // The side panel's toggle says what it opens (it was a bare chevron at the page's edge).
+    document.querySelectorAll('.sidebar .toggle-button').forEach(b => {
+      if (b.querySelector('.toggle-word')) return;
+      const span = document.createElement('span');
+      span.className = 'toggle-word';
+      span.textContent = words.chats;
+      b.classList.add('toggle-labelled');
+      b.setAttribute('aria-label', words.chats);
+      b.append(span);
+    });
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(

@@ -77,7 +77,7 @@ _ON_SCREEN = (
 def _sidebar(page) -> None:
     """The saved chats' panel, opened (a closed one sits off the screen)."""
     if not page.evaluate(_ON_SCREEN):
-        page.locator("button[aria-label='Toggle Sidebar']").click()
+        page.locator(".sidebar .toggle-button").click()
         page.wait_for_function(_ON_SCREEN)
 
 
@@ -281,7 +281,7 @@ def test_a_bad_import_says_why_and_the_next_action_works(browser_and_url, tmp_pa
 
 _FIRST_SCREEN = """() => {
   const bottom = s => document.querySelector(s).getBoundingClientRect().bottom;
-  const toggle = document.querySelector("button[aria-label='Toggle Sidebar']")
+  const toggle = document.querySelector(".sidebar .toggle-button")
     .getBoundingClientRect();
   return {box: bottom('#input textarea'), send: bottom('#input button.submit-button'),
           attach: bottom('#input button.upload-button'), height: window.innerHeight,
@@ -659,5 +659,20 @@ def test_the_first_screen_has_the_welcome_and_the_examples_and_one_fills_the_box
         assert page.locator("#input textarea").input_value().endswith("my draft")  # kept
         page.locator("#input .thumbnail-item, #input img").first.wait_for(timeout=15000)
         assert page.locator("#chatbot [data-testid='user']").count() == 0  # nothing was sent
+    finally:
+        context.close()
+
+
+def test_the_side_panels_toggle_says_what_it_opens(browser_and_url):
+    browser, url = browser_and_url
+    context, page = _open(browser, url, PHONE)
+    try:
+        # Before: a bare chevron at the page's edge, named "Toggle Sidebar".
+        toggle = page.get_by_role("button", name="Chats")
+        toggle.wait_for()
+        assert toggle.inner_text().strip() == "Chats"
+        toggle.click()
+        page.locator("#new_chat").wait_for(state="visible")
+        page.screenshot(path=str(ARTIFACTS / "51-chats-toggle-phone.png"))
     finally:
         context.close()
