@@ -7,7 +7,9 @@ CSS and PAGE_JS go to `launch()` (app/main.py); the others run on one event each
 
 from __future__ import annotations
 
-from app.ui.words import browser_word
+import json
+
+from app.ui.words import GRADIO_IN_CHINESE, browser_word
 
 # The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
 # the text's colour, not as a red error; the banner is one line.
@@ -43,6 +45,7 @@ PAGE_JS_WORDS = (
 # and Stop (gradio names Send "Submit"); in the browser's language.
 PAGE_JS = """() => {
   const words = __WORDS__;
+  const GRADIO_IN_CHINESE = __GRADIO_IN_CHINESE__;
   // gradio's own names of the chatbot's buttons, in each language its i18n gives them.
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
@@ -102,6 +105,30 @@ PAGE_JS = """() => {
     };
     show();
   }, true);  // in the capture phase: the chatbot's own handler may stop the click
+  // gradio's own names, tooltips and screen-reader notes its i18n leaves in English.
+  const chinese = (navigator.language || '').toLowerCase().startsWith('zh');
+  const prefixes = Object.keys(GRADIO_IN_CHINESE).filter(k => k.endsWith(': '));
+  const inChinese1 = value => {
+    if (GRADIO_IN_CHINESE[value]) return GRADIO_IN_CHINESE[value];
+    const p = prefixes.find(k => value.startsWith(k));
+    return p ? GRADIO_IN_CHINESE[p] + value.slice(p.length) : null;
+  };
+  const inChinese = () => {
+    for (const attribute of ['aria-label', 'title']) {
+      document.querySelectorAll(`[${attribute}]`).forEach(e => {
+        const said = inChinese1(e.getAttribute(attribute));
+        if (said) e.setAttribute(attribute, said);
+      });
+    }
+    // Texts: the camera's and gradio's screen-reader-only labels and notes.
+    document.querySelectorAll('#camera, .sr-only, [data-testid="block-info"]').forEach(root => {
+      const texts = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+      while (texts.nextNode()) {
+        const said = inChinese1(texts.currentNode.textContent.trim());
+        if (said) texts.currentNode.textContent = said;
+      }
+    });
+  };
   const name = () => {
     if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
       document.querySelectorAll('#edit_warning').forEach(w => w.remove());
@@ -133,17 +160,20 @@ PAGE_JS = """() => {
       b.setAttribute('aria-label', words.chats);
       b.append(span);
     });
+    if (chinese) inChinese();
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(
       b => b.setAttribute('aria-label', words.stop_label));
   };
-  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
+  // characterData too: gradio changes some texts in place (its screen-reader status).
+  new MutationObserver(name).observe(
+    document.body, {childList: true, subtree: true, characterData: true});
   name();
 }""".replace(
     "__WORDS__",
     "{" + ", ".join(f"{key}: {browser_word(key)}" for key in PAGE_JS_WORDS) + "}",
-)
+).replace("__GRADIO_IN_CHINESE__", json.dumps(dict(GRADIO_IN_CHINESE), ensure_ascii=False))
 # After an export: its file, named after the chat, is clicked once it arrives (one click).
 DOWNLOAD_JS = """async () => {
   for (let i = 0; i < 100; i++) {

@@ -129,6 +129,37 @@ CHINESE = MappingProxyType(
     }
 )
 LANGUAGES = MappingProxyType({"en": ENGLISH, "zh-CN": CHINESE})
+# gradio's own accessible names, tooltips and screen-reader notes that its i18n leaves in
+# English (seen on the zh-CN page), in Chinese: the page's script puts them in place there
+# (app/ui/page_code.py). A name that starts with a key ending in ": " keeps what follows.
+GRADIO_IN_CHINESE = MappingProxyType(
+    {
+        "Click to upload or drop files": "点击上传或拖放文件",
+        "Copy conversation": "复制对话",
+        "Copy message": "复制消息",
+        "Copied message": "已复制消息",
+        "Empty value": "空值",
+        "File upload": "文件上传",
+        "Gradio footer navigation": "Gradio 页脚导航",
+        "Multimedia input field": "多媒体输入框",
+        "Reset to default value": "恢复默认值",
+        "Upload a file": "上传文件",
+        "Remove file": "移除文件",
+        "Uploaded files": "已上传的文件",
+        "File thumbnail": "文件缩略图",
+        "chatbot conversation": "聊天对话",
+        "Click to Access Webcam": "点击使用摄像头",
+        "grant webcam access": "允许使用摄像头",
+        "Fullscreen": "全屏",
+        "Share": "分享",
+        "Clear": "清除",
+        "common.complete": "完成",
+        "MultimodalTextbox": "输入框",
+        "Textbox": "文本框",
+        "user's message: ": "用户消息：",
+        "bot's message: ": "助手消息：",
+    }
+)
 
 
 def word(key: str) -> Any:

@@ -676,3 +676,46 @@ def test_the_side_panels_toggle_says_what_it_opens(browser_and_url):
         page.screenshot(path=str(ARTIFACTS / "51-chats-toggle-phone.png"))
     finally:
         context.close()
+
+
+_ENGLISH_NAMES = """english => {
+  const left = [];
+  for (const a of ['aria-label', 'title']) {
+    document.querySelectorAll(`[${a}]`).forEach(e => {
+      const v = e.getAttribute(a);
+      if (english.some(k => v === k || (k.endsWith(': ') && v.startsWith(k)))) left.push(v);
+    });
+  }
+  const texts = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (texts.nextNode()) {
+    const t = texts.currentNode.textContent.trim();
+    if (english.includes(t)) left.push(t);
+  }
+  return left;
+}"""
+
+
+def test_gradios_own_names_and_notes_are_in_chinese_on_the_chinese_page(browser_and_url):
+    from app.ui.words import GRADIO_IN_CHINESE
+
+    browser, url = browser_and_url
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_selector("#input textarea")
+        _send(page, "你好")
+        _wait_idle(page, send="发送")
+        page.locator("#camera").click()
+        page.locator("#camera").get_by_text("点击使用摄像头").first.wait_for()
+        # Before: "Copy message", "Upload a file", "Click to Access Webcam", "common.complete"
+        # (gradio's screen-reader note) and a dozen more stayed English here.
+        left = page.evaluate(_ENGLISH_NAMES, list(GRADIO_IN_CHINESE))
+        assert left == [], left
+        english = browser.new_context(viewport={"width": 1366, "height": 900}, locale="en-US")
+        other = english.new_page()
+        other.goto(url)
+        other.locator("#input button[aria-label='Upload a file']").wait_for(state="attached")
+        english.close()
+    finally:
+        context.close()
