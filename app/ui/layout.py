@@ -24,7 +24,12 @@ from gradio.components.chatbot import ExampleMessage
 from app.said import in_language
 from app.ui.api_inputs import worded_api_inputs
 from app.ui.handlers import ChatHandlers
-from app.ui.page_code import CONFIRM_DELETE_JS, DOWNLOAD_JS, EDIT_ASKED_JS
+from app.ui.page_code import (
+    CONFIRM_DELETE_JS,
+    DOWNLOAD_JS,
+    EDIT_ASKED_JS,
+    NAME_ATTACHMENTS_JS,
+)
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
@@ -372,6 +377,7 @@ class ChatPage:
         )
         self.cancel_edit_btn.click(h.end_edit, None, [self.editing, self.edit_row], **QUIET)
         self.chatbot.example_select(h.take_example, [self.box], [self.box], **QUIET)
+        self.box.change(None, [self.box], None, js=NAME_ATTACHMENTS_JS, **QUIET)
         self.box.submit(lambda: gr.update(visible=False), None, [self.edit_row], **QUIET)
 
     def _setup_api(self) -> None:

@@ -26,6 +26,12 @@ CSS = """
   gap: 4px; padding: 6px 0; border-radius: var(--radius-md); }
 .sidebar .toggle-button .toggle-word { writing-mode: vertical-rl; white-space: nowrap;
   font-size: 0.75em; font-weight: 600; }
+#input .thumbnail-wrapper[data-name] { position: relative; margin-bottom: 1.2em; }
+#input .thumbnail-wrapper[data-name]::after { content: attr(data-name); position: absolute;
+  left: 0; top: 100%; max-width: 8em; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; font-size: 0.7em; opacity: 0.8; }
+#chatbot .attachment-name { display: block; font-size: 0.75em; opacity: 0.8;
+  overflow-wrap: anywhere; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
@@ -161,6 +167,18 @@ PAGE_JS = """() => {
       b.append(span);
     });
     if (chinese) inChinese();
+    // Each file in a question says its name (a video showed a bare player, a photo nothing).
+    document.querySelectorAll("#chatbot [data-testid='user'] :is(img, video)").forEach(m => {
+      const holder = m.closest('.message-content, .file-container, div') || m.parentElement;
+      if (!holder || holder.querySelector(':scope > .attachment-name')) return;
+      const source = m.currentSrc || m.src || m.querySelector('source')?.src || '';
+      const file = decodeURIComponent(source.split('?')[0].split('/').pop() || '');
+      if (!file) return;
+      const caption = document.createElement('span');
+      caption.className = 'attachment-name';
+      caption.textContent = file;
+      holder.append(caption);
+    });
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(
@@ -174,6 +192,18 @@ PAGE_JS = """() => {
     "__WORDS__",
     "{" + ", ".join(f"{key}: {browser_word(key)}" for key in PAGE_JS_WORDS) + "}",
 ).replace("__GRADIO_IN_CHINESE__", json.dumps(dict(GRADIO_IN_CHINESE), ensure_ascii=False))
+# The box's files each named under their thumbnail (a PDF's and a video's were a bare icon),
+# from the box's own value, in the browser alone: run on each change of the box.
+NAME_ATTACHMENTS_JS = """(box) => {
+  const names = ((box && box.files) || []).map(
+    f => f.orig_name || decodeURIComponent(String(f.path || f.url || '').split('/').pop()));
+  const label = () => document.querySelectorAll('#input .thumbnail-wrapper').forEach((w, i) => {
+    if (names[i] && w.dataset.name !== names[i]) { w.dataset.name = names[i]; w.title = names[i]; }
+  });
+  label();
+  setTimeout(label, 100);  // the thumbnails may be drawn after the value
+  return [];
+}"""
 # After an export: its file, named after the chat, is clicked once it arrives (one click).
 DOWNLOAD_JS = """async () => {
   for (let i = 0; i < 100; i++) {

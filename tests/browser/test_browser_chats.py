@@ -14,6 +14,7 @@ import pytest
 from app.settings import load_settings
 from testkit.engines import load_engine
 from testkit.launch import launched_app
+from tests import media_factory as mf
 from tests.browser.test_browser import (
     ARGS,
     ARTIFACTS,
@@ -717,5 +718,35 @@ def test_gradios_own_names_and_notes_are_in_chinese_on_the_chinese_page(browser_
         other.goto(url)
         other.locator("#input button[aria-label='Upload a file']").wait_for(state="attached")
         english.close()
+    finally:
+        context.close()
+
+
+def test_every_attachment_shows_its_name_in_the_box_and_the_chat(browser_and_url, tmp_path):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    files = [
+        mf.make_image(tmp_path / "red.jpg"),
+        mf.make_pdf(tmp_path / "report.pdf", pages=1),
+        mf.make_video(tmp_path / "clip.mp4"),
+    ]
+    try:
+        page.set_input_files("#input input[type=file]", [str(f) for f in files])
+        # Before: a PDF and a video in the box were the same bare icons, without a name.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#input .thumbnail-wrapper')]"
+            ".map(w => w.dataset.name).join() === 'red.jpg,report.pdf,clip.mp4'",
+            timeout=15000,
+        )
+        page.fill("#input textarea", "What are these?")
+        page.locator("#input textarea").press("Enter")
+        _wait_idle(page)
+        # In the chat, the video (a bare player before) and the photo say their names.
+        page.wait_for_function(
+            "() => { const n = [...document.querySelectorAll('#chatbot .attachment-name')]"
+            ".map(s => s.textContent); return n.includes('clip.mp4') && n.includes('red.jpg'); }",
+            timeout=15000,
+        )
+        page.screenshot(path=str(ARTIFACTS / "52-attachment-names.png"))
     finally:
         context.close()
