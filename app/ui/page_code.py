@@ -30,8 +30,8 @@ CSS = """
 #input .thumbnail-wrapper[data-name]::after { content: attr(data-name); position: absolute;
   left: 0; top: 100%; max-width: 8em; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; font-size: 0.7em; opacity: 0.8; }
-#chatbot .attachment-name { display: block; font-size: 0.75em; opacity: 0.8;
-  overflow-wrap: anywhere; }
+#chatbot [data-attachment-name]::after { content: attr(data-attachment-name); display: block;
+  font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
@@ -169,15 +169,14 @@ PAGE_JS = """() => {
     if (chinese) inChinese();
     // Each file in a question says its name (a video showed a bare player, a photo nothing).
     document.querySelectorAll("#chatbot [data-testid='user'] :is(img, video)").forEach(m => {
-      const holder = m.closest('.message-content, .file-container, div') || m.parentElement;
-      if (!holder || holder.querySelector(':scope > .attachment-name')) return;
+      // Shown by CSS from an attribute: not part of the message's text (copy, tests, readers).
+      const holder = m.parentElement;
       const source = m.currentSrc || m.src || m.querySelector('source')?.src || '';
       const file = decodeURIComponent(source.split('?')[0].split('/').pop() || '');
-      if (!file) return;
-      const caption = document.createElement('span');
-      caption.className = 'attachment-name';
-      caption.textContent = file;
-      holder.append(caption);
+      if (holder && file && holder.dataset.attachmentName !== file) {
+        holder.dataset.attachmentName = file;
+        holder.title = file;
+      }
     });
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));

@@ -743,8 +743,9 @@ def test_every_attachment_shows_its_name_in_the_box_and_the_chat(browser_and_url
         _wait_idle(page)
         # In the chat, the video (a bare player before) and the photo say their names.
         page.wait_for_function(
-            "() => { const n = [...document.querySelectorAll('#chatbot .attachment-name')]"
-            ".map(s => s.textContent); return n.includes('clip.mp4') && n.includes('red.jpg'); }",
+            "() => { const n = [...document.querySelectorAll('#chatbot [data-attachment-name]')]"
+            ".map(e => e.dataset.attachmentName);"
+            " return n.includes('clip.mp4') && n.includes('red.jpg'); }",
             timeout=15000,
         )
         page.screenshot(path=str(ARTIFACTS / "52-attachment-names.png"))
