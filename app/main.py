@@ -72,14 +72,15 @@ def build_local_engine(settings: Settings) -> Engine:
     from app.engines.local.loading.memory import GB
     from app.engines.zerogpu import for_zero_gpu
 
-    if not (settings.local.tiny_random or settings.local.trial):
+    options = load_options(settings)
+    if options.weights_store is not None:
         # The store's folder before its format 3 (named int8, it held 4-bit weights too): its
         # files are never read again, and they are gigabytes.
-        shutil.rmtree(user_cache_folder() / "int8", ignore_errors=True)
+        shutil.rmtree(options.weights_store.parent / "int8", ignore_errors=True)
     cache_gb = settings.local.prefix_cache_gb
     engine = build(
         local_checkpoint(settings),
-        load_options(settings),
+        options,
         budget_for=functools.partial(budget_of, settings),
         max_prompt_tokens=settings.local.max_prompt_tokens,
         prefix_cache_bytes=None if cache_gb is None else int(cache_gb * GB),

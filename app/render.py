@@ -66,26 +66,26 @@ def format_stats(usage: Usage) -> Said:
     gen_time = usage.total_s - (usage.first_token_s or 0.0)
     if usage.completion_tokens > 1 and gen_time > 0:
         parts.append(f"{(usage.completion_tokens - 1) / gen_time:.1f} tok/s")
+    parts.append(format_prompt(usage))
+    # A remote server's usage has no cached tokens: format_cached gives None there.
+    notes = (format_cached(usage), format_context(usage))
+    return joined(parts + [note for note in notes if note is not None])
+
+
+def format_prompt(usage: Usage) -> Said:
+    """`40 visual tokens in 100 prompt tokens (photo.jpg: 40)`, or the prompt's tokens alone
+    where the engine cannot tell its visual ones."""
     prompt = usage.prompt_tokens
     if usage.visual_tokens is None:
-        parts.append(say(f"{prompt} prompt tokens", f"提示词 {prompt} 个 token"))
-        return joined(parts + _present(format_context(usage)))
+        return say(f"{prompt} prompt tokens", f"提示词 {prompt} 个 token")
     by_file = ""
     if usage.visual_by_attachment:
         by_file = " (" + ", ".join(f"{n}: {t}" for n, t in usage.visual_by_attachment) + ")"
     seen = usage.visual_tokens
-    parts.append(
-        say(
-            f"{seen} visual tokens in {prompt} prompt tokens{by_file}",
-            f"提示词 {prompt} 个 token，其中视觉 {seen} 个{by_file}",
-        )
+    return say(
+        f"{seen} visual tokens in {prompt} prompt tokens{by_file}",
+        f"提示词 {prompt} 个 token，其中视觉 {seen} 个{by_file}",
     )
-    parts += _present(format_cached(usage)) + _present(format_context(usage))
-    return joined(parts)
-
-
-def _present(part: Said | None) -> list[str]:
-    return [] if part is None else [part]
 
 
 # From this share of the context on, the stats line warns that the next question may not fit.

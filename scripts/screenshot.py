@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from app.main import build_engine  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from testkit.launch import launched_app  # noqa: E402
-from tests.browser.test_browser import ARGS, CHROMIUM, _wait_idle  # noqa: E402
+from tests.browser.test_browser import ARGS, CHROMIUM, ask_the_trials_first_example  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshot.png"
 
@@ -30,13 +30,7 @@ def main() -> None:
     with launched_app(settings, build_engine(settings)) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(url)
-        page.locator("#banner summary", has_text="trained here on drawn pictures").wait_for()
-        page.get_by_text("What colour is the shape?").first.click()  # the first example
-        page.locator("#input .thumbnail-item, #input img").first.wait_for(timeout=15000)
-        page.locator("#input textarea").press("Enter")
-        page.wait_for_selector("#chatbot :text('tokens')", timeout=60000)
-        _wait_idle(page)
+        ask_the_trials_first_example(page, url)
         page.evaluate("window.scrollTo(0, 0)")
         page.mouse.click(5, 795)  # the focus off the box, whose caret would scroll the page
         page.evaluate("window.scrollTo(0, 0)")

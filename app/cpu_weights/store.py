@@ -86,7 +86,9 @@ class QuantizedStore:
         try:
             if failed:
                 raise failed[0]
-            _save_tensors(rest, {}, partial / REST)
+            # Copies: the rest may hold tensors that share memory (tied weights), which
+            # safetensors refuses; a quantized layer's tensors are its own.
+            _save_tensors({k: v.clone() for k, v in rest.items()}, {}, partial / REST)
             (partial / DONE).write_text(json.dumps(names))
             self._replace_older(partial)
             log.info("weights: quantized layers saved in %s for later starts", self.folder)
@@ -162,9 +164,8 @@ def _save_layer(layer: Int8Layer, path: Path) -> None:
 def _save_tensors(tensors: dict[str, Any], fields: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    # Copies where tensors share memory (a slice of a tied table), as safetensors requires.
-    own = {key: value.detach().contiguous().clone() for key, value in tensors.items()}
-    save_file(own, str(path), metadata={"format": str(FORMAT), "fields": json.dumps(fields)})
+    laid_out = {key: value.detach().contiguous() for key, value in tensors.items()}
+    save_file(laid_out, str(path), metadata={"format": str(FORMAT), "fields": json.dumps(fields)})
 
 
 def _load_layer(path: Path) -> dict[str, Any] | None:

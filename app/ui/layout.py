@@ -259,20 +259,23 @@ class ChatPage:
                 webcam_options=gr.WebcamOptions(mirror=False),
             )
 
+    def _present_examples(self) -> list[tuple[str, Path]]:
+        """The examples whose file is there (the empty chat's and the footer's)."""
+        return [(text, path) for text, path in self.options.examples if path.is_file()]
+
     def _chat_examples(self) -> list[ExampleMessage]:
         """The examples as the empty chat shows them: the question, its file, and the picture
         itself as the icon where it is one."""
         examples: list[ExampleMessage] = []
-        for text, path in self.options.examples:
-            if path.is_file():
-                example = ExampleMessage(text=text, files=[str(path)], display_text=text)
-                if path.suffix.lower() in PICTURE_SUFFIXES:
-                    example["icon"] = str(path)
-                examples.append(example)
+        for text, path in self._present_examples():
+            example = ExampleMessage(text=text, files=[str(path)], display_text=text)
+            if path.suffix.lower() in PICTURE_SUFFIXES:
+                example["icon"] = str(path)
+            examples.append(example)
         return examples
 
     def _render_footer(self) -> None:
-        examples = [(text, path) for text, path in self.options.examples if path.is_file()]
+        examples = self._present_examples()
         if examples:
             gr.Examples(
                 examples=[{"text": text, "files": [str(path)]} for text, path in examples],

@@ -208,7 +208,13 @@ def test_the_trial_page_answers_its_example_photo_rightly(tmp_path):
     from playwright.sync_api import sync_playwright
 
     from app.main import build_engine
-    from tests.browser.test_browser import ARGS, ARTIFACTS, CHROMIUM, _require_browser, _wait_idle
+    from tests.browser.test_browser import (
+        ARGS,
+        ARTIFACTS,
+        CHROMIUM,
+        _require_browser,
+        ask_the_trials_first_example,
+    )
 
     _require_browser()
     settings = load_settings(["--trial", "--max-new-tokens", "8"], environ={})
@@ -216,13 +222,7 @@ def test_the_trial_page_answers_its_example_photo_rightly(tmp_path):
     with launched_app(settings, build_engine(settings)) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 900})
-        page.goto(url)
-        page.locator("#banner summary", has_text="trained here on drawn pictures").wait_for()
-        page.get_by_text("What colour is the shape?").first.click()  # the first example
-        page.locator("#input .thumbnail-item, #input img").first.wait_for(timeout=15000)
-        page.locator("#input textarea").press("Enter")
-        page.wait_for_selector("#chatbot :text('tokens')", timeout=30000)
-        _wait_idle(page)
+        ask_the_trials_first_example(page, url)
         answer = page.locator("#chatbot [data-testid='bot']").first.inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "40-trial-answers-a-photo.png"), full_page=True)

@@ -128,6 +128,18 @@ def _wait_idle(page, timeout_s: float = 60, send: str = "Send") -> None:
     page.locator("#input button", has_text=send).wait_for(timeout=timeout_s * 1000)
 
 
+def ask_the_trials_first_example(page, url: str) -> None:
+    """The offline trial's page opened, its first example clicked and sent, its answer ended
+    (tests/app/test_seeing.py; scripts/screenshot.py makes the README's picture so)."""
+    page.goto(url)
+    page.locator("#banner summary", has_text="trained here on drawn pictures").wait_for()
+    page.get_by_text("What colour is the shape?").first.click()  # the first example
+    page.locator("#input .thumbnail-item, #input img").first.wait_for(timeout=15000)
+    page.locator("#input textarea").press("Enter")
+    page.wait_for_selector("#chatbot :text('tokens')", timeout=30000)
+    _wait_idle(page)
+
+
 def _set_max_new_tokens(page, value: int) -> None:
     box = page.locator("#max_new_tokens input[type=number]")
     if not box.is_visible():
