@@ -30,8 +30,9 @@ CSS = """
 #input .thumbnail-wrapper[data-name]::after { content: attr(data-name); position: absolute;
   left: 0; top: 100%; max-width: 8em; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; font-size: 0.7em; opacity: 0.8; }
+#chatbot [data-attachment-name] { flex-wrap: wrap; }
 #chatbot [data-attachment-name]::after { content: attr(data-attachment-name); display: block;
-  font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
+  flex-basis: 100%; font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
