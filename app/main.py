@@ -267,8 +267,19 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     handlers = ChatHandlers(requests, cancels, options.panel, trusted_networks(settings))
     saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
     demo = ChatPage(handlers, saved, options).build()
-    demo.queue(max_size=settings.web.queue_size, default_concurrency_limit=1)
+    demo.queue(max_size=gradio_queue_bound(settings.web.queue_size), default_concurrency_limit=1)
     return demo
+
+
+def gradio_queue_bound(fair_line: int) -> int:
+    """The bound of gradio's own queue, a backstop behind the fair queue's line.
+
+    gradio's queue holds the events not yet started: each question passes through it on its way
+    to the fair queue, which answers a flood in words, and the page's short events wait in it.
+    At a bound equal to the fair line a burst of questions on a busy machine met gradio's bare
+    "Queue is full" before the fair queue's worded answer; twice the line lets a line's worth of
+    questions in transit and as many page events wait."""
+    return 2 * fair_line
 
 
 def launch_kwargs(settings: Settings) -> dict:
