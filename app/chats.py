@@ -33,7 +33,9 @@ FORMAT = "qwen-vl-chat/1"
 # Characters kept of an imported file's name: file systems refuse names past 255 bytes.
 NAME_CHARS = 100
 NEW_CHAT = say("New chat", "新对话")  # the title of a chat before its first question
-IMPORTED = {ENGLISH: " (imported)", CHINESE: "（导入）"}  # what an imported chat's title ends with
+# What the title of an imported chat, and of a chat branched from another, ends with.
+IMPORTED = {ENGLISH: " (imported)", CHINESE: "（导入）"}
+BRANCHED = {ENGLISH: " (branch)", CHINESE: "（分支）"}
 YOU, ASSISTANT = say("You", "你"), say("Assistant", "助手")  # who speaks, in a Markdown export
 
 
@@ -61,12 +63,12 @@ def title_of(messages: Sequence[Mapping[str, Any]]) -> str:
     return NEW_CHAT
 
 
-def imported_title(title: str, language: str) -> str:
-    """The title of an imported chat: the original's, told apart from it in the list (once:
-    an import of an import too)."""
-    if title.endswith(tuple(IMPORTED.values())):
+def marked_title(title: str, mark: Mapping[str, str], language: str) -> str:
+    """The title of a chat made from another (imported, branched): the original's, told apart
+    from it in the list by `mark` (once: an import of an import, a branch of a branch too)."""
+    if title.endswith(tuple(mark.values())):
         return title
-    return title + IMPORTED.get(language, IMPORTED[ENGLISH])
+    return title + mark.get(language, mark[ENGLISH])
 
 
 def save(store: Store, messages: list, renamed: str | None = None) -> Store:

@@ -226,6 +226,30 @@ def user_turn_around(history: Sequence[Message], index: Any) -> tuple[int, int] 
     return (start, end) if has_files else None
 
 
+def branched_at(
+    history: Sequence[Message], index: Any
+) -> tuple[list[Message], list[Message]] | None:
+    """What a new chat branched from message `index` starts with: (the messages it holds, the
+    question to put in the box). From a reply: every message up to the end of that reply, and
+    no question. From a question: the turns before it, and the question itself (its text and
+    files), to change or send as it is. None where `index` is no message."""
+    at = index[0] if isinstance(index, list | tuple) else index
+    if not isinstance(at, int) or not 0 <= at < len(history):
+        return None
+    role = history[at].get("role")
+    if role == "user":
+        start, end = at, at + 1
+        while start > 0 and history[start - 1].get("role") == "user":
+            start -= 1
+        while end < len(history) and history[end].get("role") == "user":
+            end += 1
+        return list(history[:start]), list(history[start:end])
+    end = at + 1
+    while end < len(history) and history[end].get("role") == role:
+        end += 1
+    return list(history[:end]), []
+
+
 def asked_by_regenerate(history: Sequence[Message]) -> list[Message]:
     """The history up to the last question, whose answer is asked again; [] where none is."""
     before, last_turn = split_last_turn(history)

@@ -25,6 +25,7 @@ from app.said import in_language
 from app.ui.api_inputs import worded_api_inputs
 from app.ui.handlers import ChatHandlers
 from app.ui.page_code import (
+    BRANCH_ASKED_JS,
     CONFIRM_DELETE_JS,
     DOWNLOAD_JS,
     EDIT_ASKED_JS,
@@ -188,6 +189,7 @@ class ChatPage:
             # Never shown: an export downloads at once (DOWNLOAD_JS clicks its link).
             self.export_file = gr.File(label="Download", elem_id="export_file", interactive=False)
             self.delete_confirmed = gr.Checkbox(visible=False)
+            self.branch_asked = gr.Checkbox(visible=False)  # set by the page's script (a Branch)
             self.import_btn = gr.UploadButton(
                 word("import_json"), file_types=[".json"], elem_id="import_chat", size="sm"
             )
@@ -464,9 +466,34 @@ class ChatPage:
                 None, None, None, js=DOWNLOAD_JS, **QUIET
             )
         self.chatbot.like(s.feedback, [chatbot, store], [store], **SAVED_CHATS)
+        self.chatbot.select(
+            self._branch,
+            [chatbot, store, self.box, self.branch_asked],
+            [store, chat_list, chatbot, self.box, self.editing, self.edit_row],
+            js=BRANCH_ASKED_JS,
+            **SAVED_CHATS,
+        )
         self.import_btn.upload(leave, None, None, **QUIET).then(
             s.import_json, [self.import_btn, store], [store, chat_list, chatbot], **SAVED_CHATS
         )
+
+    def _branch(
+        self,
+        history: list | None,
+        sealed: Any,
+        box: dict | None,
+        asked: bool,
+        event: gr.SelectData,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
+        """Continue in a new chat from the message clicked, where its Branch button asked (a
+        click on a message to select its text does nothing): a reply still running here stops,
+        an edit in the box ends."""
+        if not asked:
+            return tuple(gr.skip() for _ in range(6))
+        self.handlers.leave(request)
+        branched = self.saved.branch(history, sealed, box, event.index, request)
+        return (*branched, *self.handlers.end_edit())
 
     def _delete(self, confirmed: bool, sealed: Any, request: gr.Request) -> Any:
         """Delete the chat open once the person said so (CONFIRM_DELETE_JS asked): a reply

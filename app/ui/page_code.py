@@ -33,6 +33,7 @@ CSS = """
 #chatbot [data-attachment-name] { flex-wrap: wrap; }
 #chatbot [data-attachment-name]::after { content: attr(data-attachment-name); display: block;
   flex-basis: 100%; font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
+#chatbot .branch-button { color: var(--block-label-text-color); }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
@@ -46,6 +47,7 @@ PAGE_JS_WORDS = (
     "edit_save",
     "edit_cancel",
     "chats",
+    "branch",
 )
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
 # an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
@@ -57,6 +59,11 @@ PAGE_JS = """() => {
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
   const CANCEL = labels(['Cancel', '取消']);
+  // A fork: two lines from one stem (the usual picture of a branch).
+  const BRANCH_ICON = '<svg width="14" height="14" viewBox="0 0 24 24" fill="none" ' +
+    'stroke="currentColor" stroke-width="2" stroke-linecap="round" aria-hidden="true">' +
+    '<circle cx="6" cy="5" r="2"/><circle cx="6" cy="19" r="2"/><circle cx="18" cy="7" r="2"/>' +
+    '<path d="M6 7v10M18 9c0 5-6 4-10 8"/></svg>';
   const FILES = 'img, video, audio, a[download], .file-preview, [data-testid="file"]';
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
@@ -88,6 +95,17 @@ PAGE_JS = """() => {
     e.stopImmediatePropagation();
     window.qwenEditAsked = Date.now();
     row.querySelector("[data-testid='user']")?.click();
+  }, true);
+  // Branch: the message's own bubble is clicked for it (gradio's select says which message),
+  // marked so that the app continues in a new chat from there.
+  document.addEventListener('click', e => {
+    const row = e.target.closest('#chatbot .branch-button')?.closest('.message-buttons')
+      ?.previousElementSibling;
+    if (!row?.matches('.message-row')) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    window.qwenBranchAsked = Date.now();
+    row.querySelector("[data-testid='user'], [data-testid='bot']")?.click();
   }, true);
   // An edit drops every later turn: say how many before it is saved.
   document.addEventListener('click', e => {
@@ -157,6 +175,16 @@ PAGE_JS = """() => {
       document.querySelectorAll(`#chatbot button[aria-label='${name}']`).forEach(
         b => b.setAttribute('aria-pressed', String(pressed)));
     }
+    // Each message offers to continue in a new chat from it (beside its copy and thumbs).
+    document.querySelectorAll('#chatbot .message-buttons .icon-button-wrapper').forEach(w => {
+      if (w.querySelector('.branch-button')) return;
+      const b = document.createElement('button');
+      b.className = 'icon-button padded branch-button';
+      b.setAttribute('aria-label', words.branch);
+      b.title = words.branch;
+      b.innerHTML = BRANCH_ICON;
+      w.append(b);
+    });
     // The side panel's toggle says what it opens (it was a bare chevron at the page's edge).
     document.querySelectorAll('.sidebar .toggle-button').forEach(b => {
       if (b.querySelector('.toggle-word')) return;
@@ -216,6 +244,11 @@ DOWNLOAD_JS = """async () => {
 # Edit (the page's script marks it, PAGE_JS): a click on a photo to look at it does not.
 EDIT_ASKED_JS = (
     "(history, box, asked) => [history, box, Date.now() - (window.qwenEditAsked || 0) < 2000]"
+)
+# Likewise a Branch button (PAGE_JS marks its click).
+BRANCH_ASKED_JS = (
+    "(history, store, box, asked) => "
+    "[history, store, box, Date.now() - (window.qwenBranchAsked || 0) < 2000]"
 )
 # Before Delete: the answer goes to the event as its first input.
 CONFIRM_DELETE_JS = (

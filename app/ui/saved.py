@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from app import chats
-from app.conversation import asked_by_edit, asked_by_regenerate, asked_by_send
+from app.conversation import (
+    asked_by_edit,
+    asked_by_regenerate,
+    asked_by_send,
+    branched_at,
+    user_messages_to_box,
+    with_draft,
+)
 from app.files import Folder, is_disk_full
 from app.render import interrupted_note
 from app.said import Said, chinese, in_language, message, say
@@ -185,6 +192,31 @@ class SavedChats:
         store = chats.delete_current(self._open(sealed, request))
         return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)
 
+    @worded(say("Continuing in a new chat", "在新对话中继续"), 4)
+    def branch(
+        self, history: list | None, sealed: Any, box: dict | None, index: Any, request: gr.Request
+    ) -> tuple[str, Any, Any, Any]:
+        """A new chat from message `index` of the chat shown (app/conversation.py
+        `branched_at`), beside it in the list and open; the original stays as it is. A question
+        branched from goes into the box, before any draft there; the replies kept keep their
+        thumbs."""
+        history = list(history or [])
+        branched = branched_at(history, index)
+        if branched is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        kept, question = branched
+        chat = self._current(sealed, request)
+        title = chats.marked_title(self._title(chat, history), chats.BRANCHED, language_of(request))
+        store = chats.save(chats.start_new(self._open(sealed, request)), kept, title)
+        store = chats.with_feedback(store, chats.feedback_values(kept, chat.get("feedback")))
+        shown = with_draft(user_messages_to_box(question), box) if question else gr.skip()
+        return (
+            self._sealed(store, request, sealed),
+            _list(store, request),
+            _chat(store, request),
+            shown,
+        )
+
     def _own_folder(self) -> Path:
         """A folder of its own for one export: files are named after their chat's title, and
         two people's "New chat" must not be one file."""
@@ -271,7 +303,7 @@ class SavedChats:
                 raise Refused(DISK_FULL) from err
             raise Refused(_not_an_export(path, _why_not(err))) from err
         # Beside the original in the list, told apart (once: an import of an import too).
-        imported = chats.imported_title(title, language_of(request))
+        imported = chats.marked_title(title, chats.IMPORTED, language_of(request))
         store = chats.save(chats.start_new(self._open(sealed, request)), messages, imported)
         store = chats.with_feedback(store, feedback)
         return self._sealed(store, request, sealed), _list(store, request), _chat(store, request)

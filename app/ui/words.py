@@ -15,6 +15,7 @@ from typing import Any
 ENGLISH = MappingProxyType(
     {
         "chats": "Chats",
+        "branch": "Continue in a new chat from here",
         "new_chat": "New chat",
         "saved_here": "Saved in this browser",
         "rename_placeholder": "A new name for this chat",
@@ -75,6 +76,7 @@ ENGLISH = MappingProxyType(
 CHINESE = MappingProxyType(
     {
         "chats": "对话",
+        "branch": "从这里在新对话中继续",
         "new_chat": "新对话",
         "saved_here": "保存在此浏览器中",
         "rename_placeholder": "为此对话起个新名字",

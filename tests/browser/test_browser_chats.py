@@ -751,3 +751,53 @@ def test_every_attachment_shows_its_name_in_the_box_and_the_chat(browser_and_url
         page.screenshot(path=str(ARTIFACTS / "52-attachment-names.png"))
     finally:
         context.close()
+
+
+def _branch_from(page, message: int) -> None:
+    """Continue in a new chat from the `message`-th message row (questions and replies, from 0)."""
+    page.locator("#chatbot .message-buttons .branch-button").nth(message).click()
+
+
+def test_a_chat_continues_in_a_new_chat_from_a_reply_or_a_question(browser_and_url, media):
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    try:
+        _ask(page, "Branch one", [media / "red.jpg"])
+        _ask(page, "Branch two")
+        _ask(page, "Branch three")
+        page.locator("#chatbot button[aria-label='Like']").first.click()  # the first reply's
+        page.locator("#chatbot button[aria-label='Liked']").wait_for(timeout=10000)
+        page.wait_for_timeout(1000)  # the like event keeps it in the browser's store
+        button = page.locator("#chatbot .branch-button").first
+        assert button.get_attribute("aria-label") == "Continue in a new chat from here"
+        # From the second reply: a new chat holding the first two turns, the photo too.
+        _branch_from(page, 3)
+        page.wait_for_function(
+            "() => ![...document.querySelectorAll(\"#chatbot [data-testid='user']\")]"
+            ".some(u => u.innerText.includes('Branch three'))",
+            timeout=15000,
+        )
+        assert [u for u in _users(page) if u] == ["Branch one", "Branch two"]
+        assert page.locator("#chatbot [data-testid='user'] img").count() == 1
+        assert page.locator("#chatbot .bot-row").count() == 2
+        assert page.locator("#chatbot button[aria-label='Liked']").count() == 1  # its thumb
+        assert _saved_titles(page) == ["Branch one (branch)", "Branch one"]
+        page.screenshot(path=str(ARTIFACTS / "53-branch-from-a-reply.png"))
+        _ask(page, "Branch four")  # the branch goes on; the photo is read again
+        assert "red.jpg" in page.locator("#chatbot [data-testid='bot']").last.inner_text()
+        # The original is as it was.
+        page.locator("#chat_list label", has_text="Branch one").last.click()
+        page.wait_for_selector("#chatbot [data-testid='user'] :text('Branch three')")
+        assert [u for u in _users(page) if u] == ["Branch one", "Branch two", "Branch three"]
+        # From a question: the turns before it, and the question in the box (a draft kept).
+        page.fill("#input textarea", "my draft")
+        _branch_from(page, 2)
+        page.wait_for_function(
+            "() => document.querySelector('#input textarea').value.startsWith('Branch two')",
+            timeout=15000,
+        )
+        assert page.locator("#input textarea").input_value() == "Branch two\n\nmy draft"
+        assert [u for u in _users(page) if u] == ["Branch one"]
+        assert len(_saved_titles(page)) == 3
+    finally:
+        context.close()

@@ -122,3 +122,10 @@ def test_a_text_only_chat_exports_as_a_markdown_file(tmp_path):
     assert path.name == "Greetings.md"
     text = path.read_text()
     assert text.startswith("# Greetings") and "Hello **there**." in text
+
+
+def test_a_chat_made_from_another_is_told_apart_once():
+    assert chats.marked_title("Cats", chats.BRANCHED, "en") == "Cats (branch)"
+    assert chats.marked_title("Cats (branch)", chats.BRANCHED, "en") == "Cats (branch)"
+    assert chats.marked_title("Cats", chats.BRANCHED, "zh-CN") == "Cats（分支）"
+    assert chats.marked_title("Cats", chats.IMPORTED, "en") == "Cats (imported)"

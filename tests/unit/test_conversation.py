@@ -1,6 +1,7 @@
 from app.conversation import (
     asked_by_send,
     box_to_user_messages,
+    branched_at,
     build_request,
     history_to_turns,
     split_last_turn,
@@ -138,3 +139,15 @@ def test_a_question_with_files_is_edited_in_the_box_in_its_place():
         "How many desks?",
     ]
     assert asked_by_send(box, history)[: len(history)] == history  # not editing: appended
+
+
+def test_a_branch_from_a_reply_keeps_all_up_to_it_and_from_a_question_the_turns_before():
+    # From any of the first reply's messages: the first turn whole (its thinking, stats, drawing).
+    for index in (3, 4, 6):
+        assert branched_at(HISTORY, index) == (HISTORY[:7], [])
+    # From any message of a question with files: the turns before, and the whole question.
+    assert branched_at(HISTORY, 1) == ([], HISTORY[:3])
+    assert branched_at(HISTORY, 7) == (HISTORY[:7], HISTORY[7:])
+    assert branched_at(HISTORY, [7, None]) == (HISTORY[:7], HISTORY[7:])  # gradio's pair
+    assert branched_at(HISTORY, 8) is None
+    assert branched_at(HISTORY, -1) is None
