@@ -249,8 +249,11 @@ def _secret_of_this_run() -> str:
 
 def build_app(settings: Settings, engine: Engine) -> Any:
     """The gradio Blocks with its queue set up; launching is the caller's."""
+    from gradio.utils import get_upload_folder as gradio_upload_folder
+
     from app.fair_queue import FairQueue
     from app.files import Folder
+    from app.previews import Previews
     from app.replies import RequestRunner, SessionCancels
     from app.settings import trusted_networks
     from app.ui.handlers import ChatHandlers
@@ -263,7 +266,8 @@ def build_app(settings: Settings, engine: Engine) -> Any:
     keep_s = options.keep_files_s
     cancels = SessionCancels()
     turns = FairQueue(capacity=engine.max_concurrent, max_in_line=settings.web.queue_size)
-    requests = RequestRunner(engine, cancels, turns, Folder.new("qwen-chat-", keep_s))
+    previews = Previews(gradio_upload_folder(), keep_s)
+    requests = RequestRunner(engine, cancels, turns, Folder.new("qwen-chat-", keep_s), previews)
     handlers = ChatHandlers(requests, cancels, options.panel, trusted_networks(settings))
     saved = SavedChats(StoreSeal(secret), Folder.new("qwen-chat-saved-", keep_s))
     demo = ChatPage(handlers, saved, options).build()

@@ -22,6 +22,7 @@ from app.fair_queue import FairQueue, TooManyWaiting
 from app.files import Folder
 from app.grounding import draw_marks, parse_marks
 from app.media.worker import DecodeStopped
+from app.previews import Previews
 from app.render import STOPPED, Reply, format_progress, format_stats, seconds
 from app.said import joined, message, say
 
@@ -85,11 +86,13 @@ class RequestRunner:
         cancels: SessionCancels,
         turns: FairQueue | None = None,
         output_dir: Folder | None = None,
+        previews: Previews | None = None,
     ) -> None:
         self.engine = engine
         self.cancels = cancels
         self.turns = turns or FairQueue()
         self.output_dir = output_dir or Folder.new("qwen-chat-")
+        self.previews = previews  # the page's posters of videos and PDFs (None: no page)
 
     def annotate(self, reply: Reply) -> str | None:
         """The last image of the prompt with the reply's boxes drawn, saved as PNG; or None."""
@@ -170,7 +173,9 @@ class RequestRunner:
         shown += f" and {more} more" if more > 0 else ""
 
         def work(_emit: Any) -> None:
-            self.engine.read_media(request, cancel)
+            read = self.engine.read_media(request, cancel)
+            if self.previews is not None:
+                self.previews.keep(read)
 
         try:
             for _ in pump(work, cancel, name="qwen-read-media", idle_s=PROGRESS_TICK_S):

@@ -51,8 +51,9 @@ class ScriptedEngine:
     media_cache: MediaCache = field(default_factory=MediaCache)
     requests: list[ChatRequest] = field(default_factory=list)  # what it was asked, in order
 
-    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> dict:
         self._visuals(request)
+        return {}  # no previews: the page's are made of a real engine's reading
 
     def _visuals(self, request: ChatRequest) -> tuple[list[ImageRef], list[tuple[str, int]]]:
         refs: list[ImageRef] = []

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from PIL import Image
 
-    from app.media import Budget
+    from app.media import Attached, Budget
     from app.weights import WeightsKind
 
 # The families whose grounding coordinates and prompt layout the app knows; MoE variants
@@ -192,12 +192,13 @@ class Engine(Protocol):
     # computes them.
     weights: WeightsKind | None
 
-    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> dict[str, Attached]:
         """Decode every attachment of `request` into the engine's media cache, and refuse (an
         EngineError) a request whose text or media are over the engine's bounds. Called
         before the request takes its turn on the model, so that reading one user's files
-        never holds the model for another; `stream` then finds them read. Raises
-        DecodeStopped (app.media.worker) when `cancel` is set while a file is read."""
+        never holds the model for another; `stream` then finds them read. Returns what each
+        file became, by its path (the page's previews are made of it). Raises DecodeStopped
+        (app.media.worker) when `cancel` is set while a file is read."""
         ...
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:

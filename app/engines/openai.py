@@ -48,7 +48,7 @@ from app.engines.remote_stream import (
     StreamWatch,
 )
 from app.grounding import model_input_size
-from app.media import Budget, MediaCache, MediaError, VideoClip, read_attachment
+from app.media import Attached, Budget, MediaCache, MediaError, VideoClip, read_attachment
 from app.media.worker import DecodePool, DecodeStopped
 from app.said import Said, message, say
 from app.weights import WeightsKind
@@ -305,14 +305,18 @@ class OpenAIEngine:
                 self._urls[(key, index)] = url
         return url
 
-    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> dict[str, Attached]:
         budget = request.budget or self.budget
         decode = self.decoder.for_request(cancel, request.asker) if self.decoder else None
+        read: dict[str, Attached] = {}
         for attachment in {a for turn in request.turns for a in turn.attachments}:
             try:
-                read_attachment(attachment.path, budget, self.media_cache, attachment.name, decode)
+                read[attachment.path] = read_attachment(
+                    attachment.path, budget, self.media_cache, attachment.name, decode
+                )
             except MediaError as err:
                 raise EngineError(message(err)) from err
+        return read
 
     def build_messages(
         self, request: ChatRequest, cancel: threading.Event | None = None

@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from app.engines.base import ChatRequest, Delta, Engine
+
+if TYPE_CHECKING:
+    from app.media import Attached
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,8 @@ class ZeroGPUEngine:
 
         self._generate_on_gpu = generate_on_gpu
 
-    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
-        self.inner.read_media(request, cancel)  # on the CPU: no GPU time spent decoding
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> dict[str, Attached]:
+        return self.inner.read_media(request, cancel)  # on the CPU: no GPU time spent decoding
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         deltas = self._generate_on_gpu(request)

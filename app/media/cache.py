@@ -37,19 +37,24 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decoded:
     """What a decoder made of one file: its sniffed kind (which budget fields it was read with,
-    `Budget.part`) and its visuals."""
+    `Budget.part`) and its visuals; a document's page count (more than its visuals where only
+    its first pages were read)."""
 
     kind: str
     visuals: list[Visual]
+    pages_in_file: int | None = None
 
 
 @dataclass(frozen=True)
 class Attached:
     """An attachment read within a budget: its visuals, and a key naming its content and budget
-    (the same file read with the same budget always gives the same key)."""
+    (the same file read with the same budget always gives the same key); its sniffed kind, and
+    a document's page count."""
 
     key: str
     visuals: list[Visual]
+    kind: str = ""
+    pages_in_file: int | None = None
 
 
 def content_key(path: str | Path) -> str:
@@ -131,7 +136,8 @@ def load_visuals(path: str | Path, budget: Budget, label: str) -> Decoded:
         if kind == "pages":
             return Decoded(kind, list(open_pages(path, budget, label)))
         if kind == "pdf":
-            return Decoded(kind, list(open_pdf(path, budget, label)))
+            pages, count = open_pdf(path, budget, label)
+            return Decoded(kind, list(pages), pages_in_file=count)
         if kind == "animation":
             return Decoded(kind, [open_animated_image(path, budget, label)])
         return Decoded("video", [open_video(path, budget, label, sniffed.format)])
@@ -170,6 +176,7 @@ def read_attachment(
         ) from err
     if cache is None:
         decoded = decode(path, budget, label)
-        return Attached(_text((digest, budget.part(decoded.kind))), decoded.visuals)
-    key, decoded = cache.get_or_load(digest, budget, lambda: decode(path, budget, label))
-    return Attached(key, decoded.visuals)
+        key = _text((digest, budget.part(decoded.kind)))
+    else:
+        key, decoded = cache.get_or_load(digest, budget, lambda: decode(path, budget, label))
+    return Attached(key, decoded.visuals, decoded.kind, decoded.pages_in_file)

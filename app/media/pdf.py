@@ -14,8 +14,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-def open_pdf(path: str | Path, budget: Budget, name: str | None = None) -> list[Image.Image]:
-    """The first pages of a PDF as images; every page's shape is checked before it renders."""
+def open_pdf(
+    path: str | Path, budget: Budget, name: str | None = None
+) -> tuple[list[Image.Image], int]:
+    """The first pages of a PDF as images, and how many pages it has; every page's shape is
+    checked before it renders."""
     import pypdfium2 as pdfium
 
     label = name or Path(path).name
@@ -44,7 +47,7 @@ def open_pdf(path: str | Path, budget: Budget, name: str | None = None) -> list[
                     )
                 ) from err
             pages.append(bitmap.to_pil().convert("RGB"))
-        return pages
+        return pages, len(pdf)
     finally:
         pdf.close()
 

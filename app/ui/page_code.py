@@ -31,6 +31,11 @@ CSS = """
   left: 0; top: 100%; max-width: 8em; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; font-size: 0.7em; opacity: 0.8; }
 #chatbot [data-attachment-name] { flex-wrap: wrap; }
+#chatbot [data-attachment-name][data-length]::after {
+  content: attr(data-attachment-name) " · " attr(data-length); }
+#chatbot .file-container:has(img.page-preview) .file-icon { display: none; }
+#chatbot img.page-preview { max-width: 120px; max-height: 160px; object-fit: contain;
+  border: 1px solid var(--border-color-primary); margin-right: 8px; }
 #chatbot [data-attachment-name]::after { content: attr(data-attachment-name); display: block;
   flex-basis: 100%; font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
 #chatbot .branch-button { color: var(--block-label-text-color); }
@@ -48,6 +53,8 @@ PAGE_JS_WORDS = (
     "edit_cancel",
     "chats",
     "branch",
+    "pages_one",
+    "pages_many",
 )
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
 # an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
@@ -154,6 +161,64 @@ PAGE_JS = """() => {
       }
     });
   };
+  // A video's still frame and length, a PDF's first page and page count: from the preview
+  // the app keeps beside the file once it has read it (app/previews.py). The browser may not
+  // play the video's codec, and gradio shows a PDF as a bare link. Asked again a while, as
+  // the app writes it when the question is read.
+  const previews = new Map();
+  const withPreview = (url, apply) => {
+    if (!url) return;
+    const known = previews.get(url) || {tries: 0, last: 0};
+    previews.set(url, known);
+    if (known.data) { apply(known.data); return; }
+    if (known.pending || known.tries >= 20 || Date.now() - known.last < 1000) return;
+    Object.assign(known, {pending: true, tries: known.tries + 1, last: Date.now()});
+    const [base, query] = url.split('?');
+    fetch(base + '.preview.json' + (query ? '?' + query : ''))
+      .then(r => r.ok ? r.json() : null)
+      .then(d => {
+        if (d && String(d.poster).startsWith('data:image/jpeg;base64,')) known.data = d;
+      })
+      .catch(() => {})
+      .finally(() => { known.pending = false; setTimeout(name, known.data ? 0 : 1100); });
+  };
+  const clock = seconds => {
+    const s = Math.max(0, Math.round(Number(seconds) || 0));
+    const [h, m] = [Math.floor(s / 3600), Math.floor(s / 60) % 60];
+    const ss = String(s % 60).padStart(2, '0');
+    return h ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+  };
+  const showPreviews = () => {
+    document.querySelectorAll("#chatbot [data-testid='user'] video").forEach(v => {
+      withPreview(v.currentSrc || v.src || v.querySelector('source')?.src, p => {
+        if (v.poster !== p.poster) v.poster = p.poster;
+        const length = clock(p.seconds);
+        if (v.parentElement && v.parentElement.dataset.length !== length) {
+          v.parentElement.dataset.length = length;
+        }
+        // A clip the browser cannot play said "0:00 / NaN:NaN".
+        const time = v.closest('.wrap')?.querySelector('.controls .time');
+        if (time && time.textContent.includes('NaN')) time.textContent = `0:00 / ${length}`;
+      });
+    });
+    document.querySelectorAll("#chatbot [data-testid='user'] a.file-link").forEach(a => {
+      if (!/[.]pdf$/i.test(a.getAttribute('download') || '')) return;
+      withPreview(a.href, p => {
+        const box = a.closest('.file-container');
+        if (!box) return;
+        let page = box.querySelector('img.page-preview');
+        if (!page) {
+          page = Object.assign(document.createElement('img'), {className: 'page-preview', alt: ''});
+          box.prepend(page);
+        }
+        if (page.src !== p.poster) page.src = p.poster;
+        const n = Number(p.pages) || 0;
+        const said = 'PDF · ' + (n === 1 ? words.pages_one : words.pages_many.replace('{n}', n));
+        const type = box.querySelector('.file-type');
+        if (n && type && type.textContent !== said) type.textContent = said;
+      });
+    });
+  };
   const name = () => {
     if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
       document.querySelectorAll('#edit_warning').forEach(w => w.remove());
@@ -197,7 +262,8 @@ PAGE_JS = """() => {
     });
     if (chinese) inChinese();
     // Each file in a question says its name (a video showed a bare player, a photo nothing).
-    document.querySelectorAll("#chatbot [data-testid='user'] :is(img, video)").forEach(m => {
+    const attached = "#chatbot [data-testid='user'] :is(img:not(.page-preview), video)";
+    document.querySelectorAll(attached).forEach(m => {
       // Shown by CSS from an attribute: not part of the message's text (copy, tests, readers).
       const holder = m.parentElement;
       const source = m.currentSrc || m.src || m.querySelector('source')?.src || '';
@@ -207,6 +273,7 @@ PAGE_JS = """() => {
         holder.title = file;
       }
     });
+    showPreviews();
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(

@@ -16,6 +16,8 @@ ENGLISH = MappingProxyType(
     {
         "chats": "Chats",
         "branch": "Continue in a new chat from here",
+        "pages_one": "1 page",
+        "pages_many": "{n} pages",
         "new_chat": "New chat",
         "saved_here": "Saved in this browser",
         "rename_placeholder": "A new name for this chat",
@@ -77,6 +79,8 @@ CHINESE = MappingProxyType(
     {
         "chats": "对话",
         "branch": "从这里在新对话中继续",
+        "pages_one": "1 页",
+        "pages_many": "{n} 页",
         "new_chat": "新对话",
         "saved_here": "保存在此浏览器中",
         "rename_placeholder": "为此对话起个新名字",

@@ -801,3 +801,42 @@ def test_a_chat_continues_in_a_new_chat_from_a_reply_or_a_question(browser_and_u
         assert len(_saved_titles(page)) == 3
     finally:
         context.close()
+
+
+_PREVIEWS = """() => {
+  const v = document.querySelector("#chatbot [data-testid='user'] video");
+  const page = document.querySelector('#chatbot img.page-preview');
+  return {
+    poster: (v && v.poster || '').slice(0, 23),
+    length: v && v.parentElement.dataset.length,
+    time: v && v.closest('.wrap')?.querySelector('.controls .time')?.textContent,
+    page: page ? page.naturalWidth > 0 && page.naturalHeight > page.naturalWidth : false,
+    type: document.querySelector('#chatbot .file-container .file-type')?.textContent,
+    names: [...document.querySelectorAll('#chatbot [data-attachment-name]')].map(
+      e => e.dataset.attachmentName),
+  };
+}"""
+
+
+def test_a_video_shows_a_still_frame_and_its_length_and_a_pdf_its_first_page(
+    browser_and_url, tmp_path
+):
+    """An MPEG-4 Part 2 clip (Chromium plays none) was an empty grey player saying
+    "0:00 / NaN:NaN"; a PDF a bare link. Both now show what the app's decoders read."""
+    browser, url = browser_and_url
+    context, page = _open(browser, url)
+    clip = mf.make_video(tmp_path / "old-camera.mp4", seconds=3.0, codec="mpeg4")
+    report = mf.make_pdf(tmp_path / "report.pdf", pages=3)
+    try:
+        _send(page, "What are these?", [clip, report])
+        _wait_idle(page)
+        page.wait_for_function(f"() => ({_PREVIEWS})().page === true", timeout=20000)
+        page.wait_for_function(f"() => ({_PREVIEWS})().poster.startsWith('data:image/jpeg')")
+        shown = page.evaluate(_PREVIEWS)
+        assert shown["length"] == "0:03", shown
+        assert shown["type"] == "PDF · 3 pages", shown
+        assert "NaN" not in (shown["time"] or ""), shown
+        assert shown["names"] == ["old-camera.mp4"], shown  # the page's picture is no file
+        page.screenshot(path=str(ARTIFACTS / "54-video-poster-and-pdf-page.png"))
+    finally:
+        context.close()

@@ -52,7 +52,7 @@ from app.engines.local.generation.scheduler import BatchScheduler
 from app.engines.local.generation.watch import WatchHooks
 from app.engines.local.loaded import LoadedModel
 from app.engines.pump import Emit, pump
-from app.media import Budget, MediaCache, MediaError
+from app.media import Attached, Budget, MediaCache, MediaError
 from app.media.worker import DecodePool, DecodeStopped
 from app.said import message, say
 from app.weights import WeightsKind
@@ -139,16 +139,17 @@ class LocalEngine:
     def _decoder_for(self, request: ChatRequest, cancel: threading.Event) -> Decode | None:
         return self.decoder.for_request(cancel, request.asker) if self.decoder else None
 
-    def read_media(self, request: ChatRequest, cancel: threading.Event) -> None:
+    def read_media(self, request: ChatRequest, cancel: threading.Event) -> dict[str, Attached]:
         self.bound.check_text(request.turns)
         visual = VisualBound.of(self.processor, self.max_prompt_tokens)
         budget = request.budget or self.budget
         try:
-            read_attachments(
+            read = read_attachments(
                 request.turns, budget, self.media_cache, self._decoder_for(request, cancel), visual
             )
         except MediaError as err:
             raise EngineError(message(err)) from err
+        return {path: attached for (path, _), attached in read.items()}
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
         self.bound.check_text(request.turns)
