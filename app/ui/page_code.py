@@ -33,6 +33,9 @@ CSS = """
 #chatbot [data-attachment-name] { flex-wrap: wrap; }
 #chatbot [data-attachment-name][data-length]::after {
   content: attr(data-attachment-name) " · " attr(data-length); }
+#input.queued { outline: 2px dashed var(--color-accent); outline-offset: 2px; }
+#queued_note { display: flex; gap: 10px; align-items: center; font-size: 0.85em; }
+#queued_note button { text-decoration: underline; color: var(--color-accent); }
 #chatbot .file-container:has(img.page-preview) .file-icon { display: none; }
 #chatbot img.page-preview { max-width: 120px; max-height: 160px; object-fit: contain;
   border: 1px solid var(--border-color-primary); margin-right: 8px; }
@@ -55,6 +58,8 @@ PAGE_JS_WORDS = (
     "branch",
     "pages_one",
     "pages_many",
+    "queued",
+    "unqueue",
 )
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
 # an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
@@ -74,12 +79,57 @@ PAGE_JS = """() => {
   const FILES = 'img, video, audio, a[download], .file-preview, [data-testid="file"]';
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
+  // The next question, typed while a reply streams: Enter queues it (the box keeps it, shown
+  // as queued, with a way out) and it is sent when the reply ends, however it ends. Opening or
+  // clearing a chat takes it out of the queue (the draft stays in the box).
+  const streaming = () => !!button('#input .stop-button');
+  const boxHolds = () => !!(document.querySelector('#input textarea')?.value.trim() ||
+    document.querySelector('#input .thumbnail-item'));
+  let queued = false;
+  const showQueued = () => {
+    const box = document.querySelector('#input');
+    box?.classList.toggle('queued', queued);
+    let note = document.querySelector('#queued_note');
+    if (!queued) { note?.remove(); return; }
+    if (note || !box) return;
+    note = document.createElement('div');
+    note.id = 'queued_note';
+    note.setAttribute('role', 'status');
+    const said = Object.assign(document.createElement('span'), {textContent: words.queued});
+    const out = Object.assign(document.createElement('button'),
+                              {type: 'button', textContent: words.unqueue});
+    out.addEventListener('click', () => { queued = false; showQueued(); });
+    note.append(said, out);
+    box.after(note);
+  };
+  const sendQueued = () => {
+    if (!queued || streaming()) return;
+    const send = button('#input .submit-button');
+    if (!send) return;
+    queued = false;
+    showQueued();
+    if (boxHolds()) send.click();
+  };
+  document.addEventListener('keydown', e => {
+    if (e.key !== 'Enter' || e.shiftKey || e.isComposing) return;
+    if (!e.target.matches('#input textarea') || !streaming()) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    if (boxHolds()) { queued = true; showQueued(); }
+  }, true);  // before gradio's own handler, which would drop it
+  const UNQUEUE = "#clear, #new_chat, #chat_list, #delete_chat, #import_chat, .branch-button, " +
+    "#chatbot button[aria-label='Clear']";
+  document.addEventListener('click', e => {
+    if (queued && e.target.closest(UNQUEUE)) { queued = false; showQueued(); }
+  }, true);
   document.addEventListener('keydown', e => {
     if (e.key === 'Escape') {
       const stop = button('#input .stop-button') || button('#input button', 'Stop');
       if (stop) { e.preventDefault(); stop.click(); }
     } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === 'KeyN') {
       e.preventDefault();
+      queued = false;
+      showQueued();
       document.querySelector('#new_chat')?.click();
     } else if (e.key === 'Enter' && !e.shiftKey && e.target.matches('#chatbot textarea')) {
       // An edit is saved with Enter, as the box sends (Shift+Enter: a new line).
@@ -274,6 +324,7 @@ PAGE_JS = """() => {
       }
     });
     showPreviews();
+    sendQueued();
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(

@@ -18,6 +18,8 @@ ENGLISH = MappingProxyType(
         "branch": "Continue in a new chat from here",
         "pages_one": "1 page",
         "pages_many": "{n} pages",
+        "queued": "⏳ Queued: sent when this reply ends.",
+        "unqueue": "Don't send",
         "new_chat": "New chat",
         "saved_here": "Saved in this browser",
         "rename_placeholder": "A new name for this chat",
@@ -38,7 +40,8 @@ ENGLISH = MappingProxyType(
         "undo": "Undo",
         "clear": "Clear",
         "keys_help": (
-            "Enter sends · Shift+Enter: a new line · Esc stops the reply · Alt+N: a new chat"
+            "Enter sends (while a reply streams: queues it) · Shift+Enter: a new line · "
+            "Esc stops the reply · Alt+N: a new chat"
         ),
         "send_label": "Send the message",
         "stop_label": "Stop the reply (Esc)",
@@ -81,6 +84,8 @@ CHINESE = MappingProxyType(
         "branch": "从这里在新对话中继续",
         "pages_one": "1 页",
         "pages_many": "{n} 页",
+        "queued": "⏳ 已排队：这条回答结束后发送。",
+        "unqueue": "不发送",
         "new_chat": "新对话",
         "saved_here": "保存在此浏览器中",
         "rename_placeholder": "为此对话起个新名字",
@@ -100,7 +105,9 @@ CHINESE = MappingProxyType(
         "regenerate": "重新生成",
         "undo": "撤销",
         "clear": "清空",
-        "keys_help": "Enter 发送 · Shift+Enter 换行 · Esc 停止回答 · Alt+N 新对话",
+        "keys_help": (
+            "Enter 发送（回答进行中则排队）· Shift+Enter 换行 · Esc 停止回答 · Alt+N 新对话"
+        ),
         "send_label": "发送消息",
         "stop_label": "停止回答（Esc）",
         "edit_drops_one": (

@@ -293,6 +293,63 @@ def test_esc_stops_a_streaming_reply(page):
     _shot(page, "13-esc-stopped")
 
 
+_STREAMING = """question => {
+  const rows = [...document.querySelectorAll('#chatbot .message-row')];
+  const last = rows[rows.length - 1], before = rows[rows.length - 2];
+  return !!document.querySelector('#input .stop-button') && last?.matches('.bot-row') &&
+    last.innerText.length > 20 && before?.innerText.includes(question);
+}"""
+
+
+def _wait_streaming(page, question: str) -> None:
+    """Until the reply to `question` streams (its text under way, Stop shown)."""
+    page.wait_for_function(_STREAMING, arg=question, timeout=30000)
+
+
+def _questions(page) -> list[str]:
+    return [u.inner_text().strip() for u in page.locator("#chatbot [data-testid='user']").all()]
+
+
+def test_a_question_typed_while_a_reply_streams_is_queued_and_sent_when_it_ends(page):
+    """Before: Enter while a reply streamed did nothing. Now it queues the box's question
+    (shown, removable), sent when the reply ends."""
+    page.locator("#clear").click()
+    _set_max_new_tokens(page, 3000)
+    _send(page, "Talk for a long time")
+    _wait_streaming(page, "Talk for a long time")
+    page.fill("#input textarea", "Not this one")
+    page.locator("#input textarea").press("Enter")
+    page.locator("#queued_note").wait_for()
+    page.locator("#queued_note button").click()  # taken out of the queue: a draft again
+    assert page.locator("#queued_note").count() == 0
+    page.keyboard.press("Escape")
+    _wait_idle(page, 10)
+    page.wait_for_timeout(500)
+    assert _questions(page) == ["Talk for a long time"]
+    assert page.locator("#input textarea").input_value() == "Not this one"
+
+    page.fill("#input textarea", "")
+    _send(page, "Talk again")
+    _wait_streaming(page, "Talk again")
+    page.fill("#input textarea", "Then this")
+    page.locator("#input textarea").press("Enter")
+    page.locator("#queued_note").wait_for()
+    assert page.locator("#input.queued").count() == 1
+    _shot(page, "14-queued-question")
+    assert _questions(page)[-1] == "Talk again"  # not sent yet
+    page.keyboard.press("Escape")  # the reply ends (stopped): the queued question goes
+    page.wait_for_function(
+        "() => [...document.querySelectorAll(\"#chatbot [data-testid='user']\")]"
+        ".some(u => u.innerText.includes('Then this'))",
+        timeout=15000,
+    )
+    assert page.locator("#queued_note").count() == 0
+    _wait_streaming(page, "Then this")
+    page.keyboard.press("Escape")
+    _wait_idle(page, 10)
+    assert _questions(page)[-2:] == ["Talk again", "Then this"]
+
+
 HOSTILE = (
     "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
     "<script>window.__pwned = 'model script'</script>"
