@@ -33,6 +33,8 @@ CSS = """
 #chatbot [data-attachment-name] { flex-wrap: wrap; }
 #chatbot [data-attachment-name][data-length]::after {
   content: attr(data-attachment-name) " · " attr(data-length); }
+#chatbot pre.as-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit;
+  background: none; border: none; padding: 0; margin: 0; color: inherit; }
 #input.queued { outline: 2px dashed var(--color-accent); outline-offset: 2px; }
 #queued_note { display: flex; gap: 10px; align-items: center; font-size: 0.85em; }
 #queued_note button { text-decoration: underline; color: var(--color-accent); }
@@ -76,7 +78,12 @@ PAGE_JS = """() => {
     'stroke="currentColor" stroke-width="2" stroke-linecap="round" aria-hidden="true">' +
     '<circle cx="6" cy="5" r="2"/><circle cx="6" cy="19" r="2"/><circle cx="18" cy="7" r="2"/>' +
     '<path d="M6 7v10M18 9c0 5-6 4-10 8"/></svg>';
-  const FILES = 'img, video, audio, a[download], .file-preview, [data-testid="file"]';
+  // How gradio's accessible name of a question starts, in English and as the page puts it in
+  // Chinese (GRADIO_IN_CHINESE).
+  const QUESTION_PREFIXES = ["user's message: ", GRADIO_IN_CHINESE["user's message: "]];
+  // Files of a question (never a picture its text names: that is Markdown, shown as typed).
+  const FILES =
+    ':is(img, video, audio, a[download], .file-preview, [data-testid="file"]):not(.md *)';
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
   // The next question, typed while a reply streams: Enter queues it (the box keeps it, shown
@@ -311,8 +318,25 @@ PAGE_JS = """() => {
       b.append(span);
     });
     if (chinese) inChinese();
+    // A person's own words as typed: gradio renders a question as Markdown and HTML (a <b>
+    // turned bold, an <img> tag a broken picture); the accessible name it gives the question
+    // holds the text as typed, which takes the rendering's place (gradio's comment marks kept:
+    // it may redraw there). A <pre>: never read as a formula by the page's math.
+    document.querySelectorAll("#chatbot [data-testid='user'] .message-content > .md").forEach(
+      md => {
+        const label = md.closest("[data-testid='user']").getAttribute('aria-label') || '';
+        const prefix = QUESTION_PREFIXES.find(p => label.startsWith(p));
+        if (prefix === undefined) return;
+        const typed = label.slice(prefix.length);
+        const shown = md.querySelector(':scope > pre.as-typed');
+        if (shown?.textContent === typed && md.children.length === 1) return;
+        [...md.childNodes].forEach(n => { if (n.nodeType !== Node.COMMENT_NODE) n.remove(); });
+        md.append(Object.assign(document.createElement('pre'),
+                                {className: 'as-typed', textContent: typed}));
+      });
     // Each file in a question says its name (a video showed a bare player, a photo nothing).
-    const attached = "#chatbot [data-testid='user'] :is(img:not(.page-preview), video)";
+    const attached =
+      "#chatbot [data-testid='user'] :is(img:not(.page-preview), video):not(.md *)";
     document.querySelectorAll(attached).forEach(m => {
       // Shown by CSS from an attribute: not part of the message's text (copy, tests, readers).
       const holder = m.parentElement;

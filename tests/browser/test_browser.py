@@ -352,6 +352,7 @@ def test_a_question_typed_while_a_reply_streams_is_queued_and_sent_when_it_ends(
 
 HOSTILE = (
     "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
+    "A price of $15.40 and $3.20, and a broken $$\\frac{$$ here.\n\n"
     "<script>window.__pwned = 'model script'</script>"
     "<img src=x onerror=\"window.__pwned = 'model img'\">"
 )
@@ -362,8 +363,8 @@ def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_p
 
     browser, _ = browser_and_url
     path = build_tiny_checkpoint(tmp_path / "scripted", "qwen3_vl", scripted_reply=HOSTILE)
-    engine = load_engine(str(path), max_new_tokens=256)
-    settings = load_settings(["--max-new-tokens", "256"], environ={})
+    engine = load_engine(str(path), max_new_tokens=1024)  # the whole scripted reply
+    settings = load_settings(["--max-new-tokens", "1024"], environ={})
     with launched_app(settings, engine) as url:
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
         page = context.new_page()
@@ -376,6 +377,9 @@ def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_p
         assert page.evaluate("() => window.__pwned") is None
         assert page.locator("#chatbot pre code").count() >= 1  # the code block
         assert page.locator("#chatbot strong", has_text="Bold").count() == 1
+        reply = page.locator("#chatbot [data-testid='bot']").first
+        assert "$15.40 and $3.20" in reply.inner_text()  # single dollars are currency
+        assert "\\frac{" in reply.inner_text()  # a formula KaTeX cannot read: its source
         context.close()
 
 
