@@ -35,6 +35,8 @@ CSS = """
   content: attr(data-attachment-name) " · " attr(data-length); }
 #chatbot pre.as-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit;
   background: none; border: none; padding: 0; margin: 0; color: inherit; }
+/* gradio's "Loading response" dots, left mid-chat while a later question streams. */
+#chatbot .message-wrap > .container:has(> .pending):has(~ .message-row) { display: none; }
 #input.queued { outline: 2px dashed var(--color-accent); outline-offset: 2px; }
 #queued_note { display: flex; gap: 10px; align-items: center; font-size: 0.85em; }
 #queued_note button { text-decoration: underline; color: var(--color-accent); }

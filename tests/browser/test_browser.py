@@ -335,6 +335,9 @@ def test_a_question_typed_while_a_reply_streams_is_queued_and_sent_when_it_ends(
     page.locator("#input textarea").press("Enter")
     page.locator("#queued_note").wait_for()
     assert page.locator("#input.queued").count() == 1
+    # gradio's "Loading response" dots, left between the turns while this one streamed: hidden.
+    dots = "es => es.filter(e => e.offsetParent !== null).length"
+    assert page.locator("#chatbot .pending").evaluate_all(dots) == 0
     _shot(page, "14-queued-question")
     assert _questions(page)[-1] == "Talk again"  # not sent yet
     page.keyboard.press("Escape")  # the reply ends (stopped): the queued question goes
