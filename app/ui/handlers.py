@@ -32,7 +32,7 @@ from app.said import in_language, say
 from app.said import message as message_of
 from app.settings import IPNetwork
 from app.ui.panel import PanelError, PanelOptions, request_settings
-from app.ui.words import language_of, word
+from app.ui.words import example_in, language_of, word
 
 
 def busy_box(**changes: Any) -> Any:
@@ -179,12 +179,22 @@ class ChatHandlers:
         return with_draft(question, box), start, gr.update(visible=True)
 
     @staticmethod
-    def take_example(box: dict | None, event: gr.SelectData) -> dict:
-        """An example of the empty chat clicked: its question and file in the box, before any
-        draft there (nothing is sent until the person sends it)."""
+    def take_example(
+        box: dict | None, event: gr.SelectData, request: gr.Request | None = None
+    ) -> dict:
+        """An example of the empty chat clicked: its question (in the page's language) and file
+        in the box, before any draft there (nothing is sent until the person sends it)."""
         example = event.value if isinstance(event.value, dict) else {}
         files = [f["path"] if isinstance(f, dict) else str(f) for f in example.get("files") or []]
-        return with_draft({"text": str(example.get("text") or ""), "files": files}, box)
+        text = example_in(str(example.get("text") or ""), language_of(request))
+        return with_draft({"text": text, "files": files}, box)
+
+    @staticmethod
+    def example_in_language(box: dict | None, request: gr.Request | None = None) -> Any:
+        """An example under the box, put in the box: its question in the page's language."""
+        if not box or not box.get("text"):
+            return gr.skip()
+        return {**box, "text": example_in(str(box["text"]), language_of(request))}
 
     @staticmethod
     def hold_buttons() -> tuple[Any, Any]:

@@ -34,7 +34,14 @@ from app.ui.page_code import (
 from app.ui.panel import FIELD_NAMES, FIELDS, ROWS, PanelOptions, with_panel_parameters
 from app.ui.safety import refuse_url_fetches
 from app.ui.saved import SavedChats
-from app.ui.words import language_of, word
+from app.ui.words import (
+    BOXES_QUESTION,
+    CHART_QUESTION,
+    CLIP_QUESTION,
+    RECEIPT_QUESTION,
+    language_of,
+    word,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 STORAGE_KEY = "qwen-vl-chat-saved-chats"  # the saved chats' key in the browser's storage (below)
@@ -62,10 +69,10 @@ LATEX: list[dict[str, str | bool]] = [
 # Files the empty chat's examples show as their icon (a video or PDF shows its question only).
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 EXAMPLE_PROMPTS = (
-    ("Which quarter sold the most, and how much?", EXAMPLES / "chart.png"),
-    ("Read the receipt: what is the total and what was bought?", EXAMPLES / "receipt.png"),
-    ("Outline every item on the receipt with a box.", EXAMPLES / "receipt.png"),
-    ("What happens in this clip, and when?", EXAMPLES / "ball.mp4"),
+    (CHART_QUESTION, EXAMPLES / "chart.png"),
+    (RECEIPT_QUESTION, EXAMPLES / "receipt.png"),
+    (BOXES_QUESTION, EXAMPLES / "receipt.png"),
+    (CLIP_QUESTION, EXAMPLES / "ball.mp4"),
 )
 
 
@@ -284,6 +291,12 @@ class ChatPage:
                 inputs=[self.box],
                 label=word("examples"),
                 examples_per_page=4,
+                # The question then put in the page's language (the page shows it so).
+                fn=self.handlers.example_in_language,
+                outputs=[self.box],
+                run_on_click=True,
+                cache_examples=False,
+                api_visibility="private",
             )
         by_name = {f.name: f for f in FIELDS}
         made = {}

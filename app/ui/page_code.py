@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from app.ui.words import GRADIO_IN_CHINESE, browser_word
+from app.ui.words import EXAMPLES_IN_CHINESE, GRADIO_IN_CHINESE, browser_word
 
 # The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
 # the text's colour, not as a red error; the banner is one line.
@@ -68,9 +68,11 @@ PAGE_JS_WORDS = (
 # The page's own script, given to launch(): keys (Esc, Alt+N, Enter in an edit), the warning of
 # an edit that drops later turns, words on an edit's ✓ and ✕, and the accessible names of Send
 # and Stop (gradio names Send "Submit"); in the browser's language.
-PAGE_JS = """() => {
+PAGE_JS = (
+    """() => {
   const words = __WORDS__;
   const GRADIO_IN_CHINESE = __GRADIO_IN_CHINESE__;
+  const EXAMPLES_IN_CHINESE = __EXAMPLES_IN_CHINESE__;
   // gradio's own names of the chatbot's buttons, in each language its i18n gives them.
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
@@ -211,11 +213,14 @@ PAGE_JS = """() => {
         if (said) e.setAttribute(attribute, said);
       });
     }
-    // Texts: the camera's and gradio's screen-reader-only labels and notes.
-    document.querySelectorAll('#camera, .sr-only, [data-testid="block-info"]').forEach(root => {
+    // Texts: the camera's and gradio's screen-reader-only labels and notes; the example
+    // questions (the box gets them in Chinese too: app/ui/handlers.py).
+    const roots = '#camera, .sr-only, [data-testid="block-info"], #chatbot .examples, .gallery';
+    document.querySelectorAll(roots).forEach(root => {
       const texts = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
       while (texts.nextNode()) {
-        const said = inChinese1(texts.currentNode.textContent.trim());
+        const text = texts.currentNode.textContent.trim();
+        const said = inChinese1(text) || EXAMPLES_IN_CHINESE[text];
         if (said) texts.currentNode.textContent = said;
       }
     });
@@ -361,9 +366,12 @@ PAGE_JS = """() => {
     document.body, {childList: true, subtree: true, characterData: true});
   name();
 }""".replace(
-    "__WORDS__",
-    "{" + ", ".join(f"{key}: {browser_word(key)}" for key in PAGE_JS_WORDS) + "}",
-).replace("__GRADIO_IN_CHINESE__", json.dumps(dict(GRADIO_IN_CHINESE), ensure_ascii=False))
+        "__WORDS__",
+        "{" + ", ".join(f"{key}: {browser_word(key)}" for key in PAGE_JS_WORDS) + "}",
+    )
+    .replace("__GRADIO_IN_CHINESE__", json.dumps(dict(GRADIO_IN_CHINESE), ensure_ascii=False))
+    .replace("__EXAMPLES_IN_CHINESE__", json.dumps(dict(EXAMPLES_IN_CHINESE), ensure_ascii=False))
+)
 # The box's files each named under their thumbnail (a PDF's and a video's were a bare icon),
 # from the box's own value, in the browser alone: run on each change of the box.
 NAME_ATTACHMENTS_JS = """(box) => {

@@ -12,6 +12,9 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from app.said import CHINESE as CHINESE_LANGUAGE
+from app.said import say
+
 ENGLISH = MappingProxyType(
     {
         "chats": "Chats",
@@ -173,6 +176,26 @@ GRADIO_IN_CHINESE = MappingProxyType(
         "bot's message: ": "助手消息：",
     }
 )
+
+
+# The example questions under the page's own example files (app/ui/layout.py), in both
+# languages: the page shows and fills in the browser's (the trial's stay English: its seeing
+# model reads English alone).
+CHART_QUESTION = say("Which quarter sold the most, and how much?", "哪个季度卖得最多？卖了多少？")
+RECEIPT_QUESTION = say(
+    "Read the receipt: what is the total and what was bought?",
+    "读一下这张收据：总额是多少，买了什么？",
+)
+BOXES_QUESTION = say("Outline every item on the receipt with a box.", "用方框标出收据上的每一项。")
+CLIP_QUESTION = say("What happens in this clip, and when?", "这段视频里发生了什么？在什么时候？")
+EXAMPLES_IN_CHINESE = MappingProxyType(
+    {str(q): q.chinese for q in (CHART_QUESTION, RECEIPT_QUESTION, BOXES_QUESTION, CLIP_QUESTION)}
+)
+
+
+def example_in(text: str, language: str) -> str:
+    """An example question in `language` (one the app has no words for, as it is)."""
+    return EXAMPLES_IN_CHINESE.get(text, text) if language == CHINESE_LANGUAGE else text
 
 
 def word(key: str) -> Any:

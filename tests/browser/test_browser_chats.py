@@ -875,3 +875,38 @@ def test_a_question_shows_as_typed_not_as_markdown_or_html(browser_and_url, loca
         assert page.locator("#chatbot textarea").input_value() == TYPED
     finally:
         context.close()
+
+
+def test_the_example_questions_are_in_the_pages_language(browser_and_url):
+    """Before: the Chinese page's example questions, and what they put in the box, were
+    English."""
+    from app.ui.words import CHART_QUESTION
+
+    browser, url = browser_and_url
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    box = page.locator("#input textarea")
+    try:
+        page.goto(url)
+        examples = page.locator("#chatbot .examples button.example")
+        examples.first.wait_for()
+        page.wait_for_function(
+            "q => document.querySelector('#chatbot .examples button.example')"
+            ".innerText.trim() === q",
+            arg=CHART_QUESTION.chinese,
+        )
+        examples.first.click()
+        page.wait_for_function(
+            "q => document.querySelector('#input textarea').value === q",
+            arg=CHART_QUESTION.chinese,
+        )
+        box.fill("")
+        # The examples under the box too.
+        page.locator(".container.gallery p", has_text=CHART_QUESTION.chinese).first.click()
+        page.wait_for_function(
+            "q => document.querySelector('#input textarea').value === q",
+            arg=CHART_QUESTION.chinese,
+        )
+        assert str(CHART_QUESTION) not in page.locator("body").inner_text()
+    finally:
+        context.close()

@@ -138,3 +138,23 @@ def test_an_example_of_the_empty_chat_fills_the_box_and_keeps_a_draft():
     assert empty == {"text": "Read it", "files": ["/ex/receipt.png"]}
     draft = ChatHandlers.take_example({"text": "mine", "files": ["/up/a.jpg"]}, event)
     assert draft == {"text": "Read it\n\nmine", "files": ["/ex/receipt.png", "/up/a.jpg"]}
+
+
+def test_an_example_goes_in_the_box_in_the_pages_language():
+    from types import SimpleNamespace
+
+    from app.ui.words import CLIP_QUESTION
+
+    chinese = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9"})
+    english = SimpleNamespace(headers={"accept-language": "en-US"})
+    chosen = {"index": 3, "value": {"text": str(CLIP_QUESTION), "files": ["/ex/ball.mp4"]}}
+    event = gr.SelectData(None, chosen)
+    assert ChatHandlers.take_example(None, event, chinese)["text"] == CLIP_QUESTION.chinese
+    assert ChatHandlers.take_example(None, event, english)["text"] == str(CLIP_QUESTION)
+    box = {"text": str(CLIP_QUESTION), "files": ["/ex/ball.mp4"]}
+    assert ChatHandlers.example_in_language(box, chinese) == {
+        "text": CLIP_QUESTION.chinese,
+        "files": ["/ex/ball.mp4"],
+    }
+    trial = {"text": "What colour is the shape?", "files": []}  # the trial's: English only
+    assert ChatHandlers.example_in_language(trial, chinese) == trial
