@@ -45,7 +45,8 @@ CSS = """
   border: 1px solid var(--border-color-primary); margin-right: 8px; }
 #chatbot [data-attachment-name]::after { content: attr(data-attachment-name); display: block;
   flex-basis: 100%; font-size: 0.75em; opacity: 0.8; overflow-wrap: anywhere; }
-#chatbot .branch-button { color: var(--block-label-text-color); }
+#chatbot .branch-button { color: var(--block-label-text-color); order: 2; }
+#chatbot .message-buttons button.thumb-down { order: 1; }
 #chatbot button.edit-labelled { width: auto !important; height: auto !important; gap: 4px;
   padding: 4px 10px !important; border: 1px solid var(--border-color-primary);
   border-radius: var(--radius-md); opacity: 1 !important; font-weight: 600; }
@@ -77,6 +78,8 @@ PAGE_JS = (
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
   const CANCEL = labels(['Cancel', '取消']);
+  const THUMBS = [[['Like', '赞'], false, false], [['Dislike', '踩'], false, true],
+                  [['Liked', '已赞'], true, false], [['Disliked', '已踩'], true, true]];
   // A fork: two lines from one stem (the usual picture of a branch).
   const BRANCH_ICON = '<svg width="14" height="14" viewBox="0 0 24 24" fill="none" ' +
     'stroke="currentColor" stroke-width="2" stroke-linecap="round" aria-hidden="true">' +
@@ -298,11 +301,15 @@ PAGE_JS = (
         b.append(span);
       });
     }
-    // A thumb says whether it is pressed (gradio shows it by its fill and its name only).
-    for (const [name, pressed] of [['Like', false], ['Dislike', false], ['Liked', true],
-                                   ['Disliked', true]]) {
-      document.querySelectorAll(`#chatbot button[aria-label='${name}']`).forEach(
-        b => b.setAttribute('aria-pressed', String(pressed)));
+    // A thumb says whether it is pressed (gradio shows it by its fill and its name only), in
+    // either language; up comes before down (gradio drew down first).
+    for (const [names, pressed, down] of THUMBS) {
+      document.querySelectorAll(labels(names)).forEach(b => {
+        if (b.getAttribute('aria-pressed') !== String(pressed)) {
+          b.setAttribute('aria-pressed', String(pressed));
+        }
+        b.classList.toggle('thumb-down', down);
+      });
     }
     // Each message offers to continue in a new chat from it (beside its copy and thumbs).
     document.querySelectorAll('#chatbot .message-buttons .icon-button-wrapper').forEach(w => {

@@ -174,6 +174,8 @@ GRADIO_IN_CHINESE = MappingProxyType(
         "Textbox": "文本框",
         "user's message: ": "用户消息：",
         "bot's message: ": "助手消息：",
+        "Liked": "已赞",  # gradio's names of a pressed thumb (an unpressed one it says: 赞, 踩)
+        "Disliked": "已踩",
     }
 )
 

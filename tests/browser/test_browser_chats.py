@@ -322,6 +322,9 @@ def test_thumbs_are_kept_with_the_chat_and_exported_with_it(browser_and_url, tmp
     assert page.locator("#chatbot button[aria-label='Like']").get_attribute("aria-pressed") == (
         "false"
     )
+    up = page.locator("#chatbot button[aria-label='Like']").first.bounding_box()
+    down = page.locator("#chatbot button[aria-label='Dislike']").first.bounding_box()
+    assert up["x"] < down["x"]  # up, then down (gradio drew down first)
     page.locator("#chatbot button[aria-label='Like']").first.click()
     page.locator("#chatbot button[aria-label='Liked'][aria-pressed='true']").wait_for(timeout=10000)
     page.wait_for_timeout(1000)  # the like event keeps it in the browser's store
@@ -701,6 +704,9 @@ def test_gradios_own_names_and_notes_are_in_chinese_on_the_chinese_page(browser_
         page.wait_for_selector("#input textarea")
         _send(page, "你好")
         _wait_idle(page, send="发送")
+        # A thumb says whether it is pressed here too, in Chinese ("Liked" stayed English).
+        page.locator("#chatbot button[aria-label='赞'][aria-pressed='false']").first.click()
+        page.locator("#chatbot button[aria-label='已赞'][aria-pressed='true']").wait_for()
         page.locator("#camera").click()
         page.locator("#camera").get_by_text("点击使用摄像头").first.wait_for()
         # Before: "Copy message", "Upload a file", "Click to Access Webcam", "common.complete"
