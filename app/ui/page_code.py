@@ -87,6 +87,7 @@ PAGE_JS = (
     '<path d="M6 7v10M18 9c0 5-6 4-10 8"/></svg>';
   // How gradio's accessible name of a question starts, in English and as the page puts it in
   // Chinese (GRADIO_IN_CHINESE).
+  const GROUNDING_TOKENS = /<\\|(?:object_ref|box|quad)_(start|end)\\|>/g;
   const QUESTION_PREFIXES = ["user's message: ", GRADIO_IN_CHINESE["user's message: "]];
   // Files of a question (never a picture its text names: that is Markdown, shown as typed).
   const FILES =
@@ -348,6 +349,17 @@ PAGE_JS = (
         md.append(Object.assign(document.createElement('pre'),
                                 {className: 'as-typed', textContent: typed}));
       });
+    // Qwen2-VL's grounding tokens read as words in a reply ("the cat (100,200),(500,600)");
+    // the chat keeps them (the boxes are drawn from them, and the model reads them back).
+    document.querySelectorAll("#chatbot [data-testid='bot'] .md").forEach(md => {
+      if (!md.textContent.includes('<|')) return;
+      const texts = document.createTreeWalker(md, NodeFilter.SHOW_TEXT);
+      while (texts.nextNode()) {
+        const text = texts.currentNode.data;
+        const shown = text.replace(GROUNDING_TOKENS, (_, kind) => kind === 'start' ? ' ' : '');
+        if (shown !== text) texts.currentNode.data = shown;
+      }
+    });
     // Each file in a question says its name (a video showed a bare player, a photo nothing).
     const attached =
       "#chatbot [data-testid='user'] :is(img:not(.page-preview), video):not(.md *)";

@@ -356,6 +356,8 @@ def test_a_question_typed_while_a_reply_streams_is_queued_and_sent_when_it_ends(
 HOSTILE = (
     "**Bold** and `code`:\n\n```python\nprint('hi')\n```\n\n$$E = mc^2$$\n\n"
     "A price of $15.40 and $3.20, and a broken $$\\frac{$$ here.\n\n"
+    "There is<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(100,200),(500,600)"
+    "<|box_end|>.\n\n"
     "<script>window.__pwned = 'model script'</script>"
     "<img src=x onerror=\"window.__pwned = 'model img'\">"
 )
@@ -383,6 +385,9 @@ def test_html_in_messages_never_runs_and_markdown_renders(browser_and_url, tmp_p
         reply = page.locator("#chatbot [data-testid='bot']").first
         assert "$15.40 and $3.20" in reply.inner_text()  # single dollars are currency
         assert "\\frac{" in reply.inner_text()  # a formula KaTeX cannot read: its source
+        # Qwen2-VL's grounding tokens read as words.
+        assert "There is the cat (100,200),(500,600)." in reply.inner_text()
+        assert "<|" not in reply.inner_text()
         context.close()
 
 
