@@ -287,11 +287,8 @@ PAGE_JS = (
       });
     });
   };
-  const name = () => {
-    if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
-      document.querySelectorAll('#edit_warning').forEach(w => w.remove());
-    }
-    // An edit's ✓ and ✕ say what they do.
+  // An edit's ✓ and ✕ say what they do.
+  const labelEditButtons = () => {
     for (const [selector, word] of [[SAVE, words.edit_save], [CANCEL, words.edit_cancel]]) {
       document.querySelectorAll(selector).forEach(b => {
         if (b.querySelector('.edit-word')) return;
@@ -302,8 +299,10 @@ PAGE_JS = (
         b.append(span);
       });
     }
-    // A thumb says whether it is pressed (gradio shows it by its fill and its name only), in
-    // either language; up comes before down (gradio drew down first).
+  };
+  // A thumb says whether it is pressed (gradio shows it by its fill and its name only), in
+  // either language; up comes before down (gradio drew down first).
+  const markThumbs = () => {
     for (const [names, pressed, down] of THUMBS) {
       document.querySelectorAll(labels(names)).forEach(b => {
         if (b.getAttribute('aria-pressed') !== String(pressed)) {
@@ -312,7 +311,9 @@ PAGE_JS = (
         b.classList.toggle('thumb-down', down);
       });
     }
-    // Each message offers to continue in a new chat from it (beside its copy and thumbs).
+  };
+  // Each message offers to continue in a new chat from it (beside its copy and thumbs).
+  const addBranchButtons = () => {
     document.querySelectorAll('#chatbot .message-buttons .icon-button-wrapper').forEach(w => {
       if (w.querySelector('.branch-button')) return;
       const b = document.createElement('button');
@@ -322,7 +323,9 @@ PAGE_JS = (
       b.innerHTML = BRANCH_ICON;
       w.append(b);
     });
-    // The side panel's toggle says what it opens (it was a bare chevron at the page's edge).
+  };
+  // The side panel's toggle says what it opens (it was a bare chevron at the page's edge).
+  const labelToggle = () => {
     document.querySelectorAll('.sidebar .toggle-button').forEach(b => {
       if (b.querySelector('.toggle-word')) return;
       const span = document.createElement('span');
@@ -332,11 +335,12 @@ PAGE_JS = (
       b.setAttribute('aria-label', words.chats);
       b.append(span);
     });
-    if (chinese) inChinese();
-    // A person's own words as typed: gradio renders a question as Markdown and HTML (a <b>
-    // turned bold, an <img> tag a broken picture); the accessible name it gives the question
-    // holds the text as typed, which takes the rendering's place (gradio's comment marks kept:
-    // it may redraw there). A <pre>: never read as a formula by the page's math.
+  };
+  // A person's own words as typed: gradio renders a question as Markdown and HTML (a <b>
+  // turned bold, an <img> tag a broken picture); the accessible name it gives the question
+  // holds the text as typed, which takes the rendering's place (gradio's comment marks kept:
+  // it may redraw there). A <pre>: never read as a formula by the page's math.
+  const showAsTyped = () => {
     document.querySelectorAll("#chatbot [data-testid='user'] .message-content > .md").forEach(
       md => {
         const label = md.closest("[data-testid='user']").getAttribute('aria-label') || '';
@@ -349,8 +353,10 @@ PAGE_JS = (
         md.append(Object.assign(document.createElement('pre'),
                                 {className: 'as-typed', textContent: typed}));
       });
-    // Qwen2-VL's grounding tokens read as words in a reply ("the cat (100,200),(500,600)");
-    // the chat keeps them (the boxes are drawn from them, and the model reads them back).
+  };
+  // Qwen2-VL's grounding tokens read as words in a reply ("the cat (100,200),(500,600)");
+  // the chat keeps them (the boxes are drawn from them, and the model reads them back).
+  const groundingAsWords = () => {
     document.querySelectorAll("#chatbot [data-testid='bot'] .md").forEach(md => {
       if (!md.textContent.includes('<|')) return;
       const texts = document.createTreeWalker(md, NodeFilter.SHOW_TEXT);
@@ -360,11 +366,13 @@ PAGE_JS = (
         if (shown !== text) texts.currentNode.data = shown;
       }
     });
-    // Each file in a question says its name (a video showed a bare player, a photo nothing).
+  };
+  // Each file in a question says its name (a video showed a bare player, a photo nothing),
+  // shown by CSS from an attribute: not part of the message's text (copy, tests, readers).
+  const nameAttachments = () => {
     const attached =
       "#chatbot [data-testid='user'] :is(img:not(.page-preview), video):not(.md *)";
     document.querySelectorAll(attached).forEach(m => {
-      // Shown by CSS from an attribute: not part of the message's text (copy, tests, readers).
       const holder = m.parentElement;
       const source = m.currentSrc || m.src || m.querySelector('source')?.src || '';
       const file = decodeURIComponent(source.split('?')[0].split('/').pop() || '');
@@ -373,12 +381,30 @@ PAGE_JS = (
         holder.title = file;
       }
     });
-    showPreviews();
-    sendQueued();
+  };
+  // Send and Stop say what they do (gradio names Send "Submit").
+  const labelSendAndStop = () => {
     document.querySelectorAll('#input .submit-button').forEach(
       b => b.setAttribute('aria-label', words.send_label));
     document.querySelectorAll('#input .stop-button').forEach(
       b => b.setAttribute('aria-label', words.stop_label));
+  };
+  // Run on every change of the page: gradio redraws freely.
+  const name = () => {
+    if (!document.querySelector('#chatbot textarea')) {  // the edit is saved or cancelled
+      document.querySelectorAll('#edit_warning').forEach(w => w.remove());
+    }
+    labelEditButtons();
+    markThumbs();
+    addBranchButtons();
+    labelToggle();
+    if (chinese) inChinese();
+    showAsTyped();
+    groundingAsWords();
+    nameAttachments();
+    showPreviews();
+    sendQueued();
+    labelSendAndStop();
   };
   // characterData too: gradio changes some texts in place (its screen-reader status).
   new MutationObserver(name).observe(
