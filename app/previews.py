@@ -32,7 +32,7 @@ from app.media import Attached, VideoClip
 log = logging.getLogger(__name__)
 
 PREVIEW_SUFFIX = ".preview.json"
-# The poster's longest side in pixels: a chat bubble's width, and some 20-40 KB as JPEG.
+# The poster's longest side in pixels: about a chat bubble's width (tens of KB as JPEG).
 POSTER_SIDE = 480
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from app.previews import PREVIEW_SUFFIX
 from app.ui.words import EXAMPLES_IN_CHINESE, GRADIO_IN_CHINESE, browser_word
 
 # The page's own style, given to launch(): a formula KaTeX cannot read shows as its source in
@@ -74,6 +75,7 @@ PAGE_JS = (
   const words = __WORDS__;
   const GRADIO_IN_CHINESE = __GRADIO_IN_CHINESE__;
   const EXAMPLES_IN_CHINESE = __EXAMPLES_IN_CHINESE__;
+  const PREVIEW_SUFFIX = __PREVIEW_SUFFIX__;
   // gradio's own names of the chatbot's buttons, in each language its i18n gives them.
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
@@ -242,7 +244,7 @@ PAGE_JS = (
     if (known.pending || known.tries >= 20 || Date.now() - known.last < 1000) return;
     Object.assign(known, {pending: true, tries: known.tries + 1, last: Date.now()});
     const [base, query] = url.split('?');
-    fetch(base + '.preview.json' + (query ? '?' + query : ''))
+    fetch(base + PREVIEW_SUFFIX + (query ? '?' + query : ''))
       .then(r => r.ok ? r.json() : null)
       .then(d => {
         if (d && String(d.poster).startsWith('data:image/jpeg;base64,')) known.data = d;
@@ -416,6 +418,7 @@ PAGE_JS = (
     )
     .replace("__GRADIO_IN_CHINESE__", json.dumps(dict(GRADIO_IN_CHINESE), ensure_ascii=False))
     .replace("__EXAMPLES_IN_CHINESE__", json.dumps(dict(EXAMPLES_IN_CHINESE), ensure_ascii=False))
+    .replace("__PREVIEW_SUFFIX__", json.dumps(PREVIEW_SUFFIX))
 )
 # The box's files each named under their thumbnail (a PDF's and a video's were a bare icon),
 # from the box's own value, in the browser alone: run on each change of the box.
