@@ -208,19 +208,32 @@ def asked_by_send(
     return [*kept, *new] if new else []
 
 
+def _message_at(history: Sequence[Message], index: Any) -> int | None:
+    """The position gradio's event `index` names (a number, or a [row, column] pair), where it
+    is one of `history`'s messages."""
+    at = index[0] if isinstance(index, list | tuple) else index
+    return at if isinstance(at, int) and 0 <= at < len(history) else None
+
+
+def _run_around(history: Sequence[Message], at: int) -> tuple[int, int]:
+    """(start, end) of the messages of one speaker around message `at`: a question's turn, or
+    a reply with its thinking, stats and drawing."""
+    role = history[at].get("role")
+    start, end = at, at + 1
+    while start > 0 and history[start - 1].get("role") == role:
+        start -= 1
+    while end < len(history) and history[end].get("role") == role:
+        end += 1
+    return start, end
+
+
 def user_turn_around(history: Sequence[Message], index: Any) -> tuple[int, int] | None:
     """(start, end) of the user turn holding message `index`, where that turn has files (those
     are edited in the box; a turn of text alone, in place); None otherwise."""
-    at = index[0] if isinstance(index, list | tuple) else index
-    if not isinstance(at, int) or not 0 <= at < len(history):
+    at = _message_at(history, index)
+    if at is None or history[at].get("role") != "user":
         return None
-    if history[at].get("role") != "user":
-        return None
-    start, end = at, at + 1
-    while start > 0 and history[start - 1].get("role") == "user":
-        start -= 1
-    while end < len(history) and history[end].get("role") == "user":
-        end += 1
+    start, end = _run_around(history, at)
     turn = history[start:end]
     has_files = any(_attachment_of(part) for message in turn for part in parts_of(message))
     return (start, end) if has_files else None
@@ -233,20 +246,12 @@ def branched_at(
     question to put in the box). From a reply: every message up to the end of that reply, and
     no question. From a question: the turns before it, and the question itself (its text and
     files), to change or send as it is. None where `index` is no message."""
-    at = index[0] if isinstance(index, list | tuple) else index
-    if not isinstance(at, int) or not 0 <= at < len(history):
+    at = _message_at(history, index)
+    if at is None:
         return None
-    role = history[at].get("role")
-    if role == "user":
-        start, end = at, at + 1
-        while start > 0 and history[start - 1].get("role") == "user":
-            start -= 1
-        while end < len(history) and history[end].get("role") == "user":
-            end += 1
+    start, end = _run_around(history, at)
+    if history[at].get("role") == "user":
         return list(history[:start]), list(history[start:end])
-    end = at + 1
-    while end < len(history) and history[end].get("role") == role:
-        end += 1
     return list(history[:end]), []
 
 
