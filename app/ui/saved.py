@@ -205,9 +205,10 @@ class SavedChats:
         if branched is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         kept, question = branched
-        chat = self._current(sealed, request)
+        opened = self._open(sealed, request)  # opened once: the chat shown, then the new one
+        chat = chats.find_chat(opened, opened.get("current")) or {}
         title = chats.marked_title(self._title(chat, history), chats.BRANCHED, language_of(request))
-        store = chats.save(chats.start_new(self._open(sealed, request)), kept, title)
+        store = chats.save(chats.start_new(opened), kept, title)
         store = chats.with_feedback(store, chats.feedback_values(kept, chat.get("feedback")))
         shown = with_draft(user_messages_to_box(question), box) if question else gr.skip()
         return (
