@@ -80,20 +80,26 @@ PAGE_JS = (
   const labels = names => names.map(n => `#chatbot button[aria-label='${n}']`).join(', ');
   const EDIT = labels(['Edit', '编辑']), SAVE = labels(['Submit', '发送']);
   const CANCEL = labels(['Cancel', '取消']);
+  // A thumb's names in each language, whether it is pressed, whether it is the down one (a
+  // pressed one gradio names in English: the page's Chinese for it, GRADIO_IN_CHINESE).
   const THUMBS = [[['Like', '赞'], false, false], [['Dislike', '踩'], false, true],
-                  [['Liked', '已赞'], true, false], [['Disliked', '已踩'], true, true]];
+                  [['Liked', GRADIO_IN_CHINESE.Liked], true, false],
+                  [['Disliked', GRADIO_IN_CHINESE.Disliked], true, true]];
   // A fork: two lines from one stem (the usual picture of a branch).
   const BRANCH_ICON = '<svg width="14" height="14" viewBox="0 0 24 24" fill="none" ' +
     'stroke="currentColor" stroke-width="2" stroke-linecap="round" aria-hidden="true">' +
     '<circle cx="6" cy="5" r="2"/><circle cx="6" cy="19" r="2"/><circle cx="18" cy="7" r="2"/>' +
     '<path d="M6 7v10M18 9c0 5-6 4-10 8"/></svg>';
+  // Qwen2-VL's grounding tokens, as they stand in a reply's text.
+  const GROUNDING_TOKENS = /<\\|(?:object_ref|box|quad)_(start|end)\\|>/g;
   // How gradio's accessible name of a question starts, in English and as the page puts it in
   // Chinese (GRADIO_IN_CHINESE).
-  const GROUNDING_TOKENS = /<\\|(?:object_ref|box|quad)_(start|end)\\|>/g;
   const QUESTION_PREFIXES = ["user's message: ", GRADIO_IN_CHINESE["user's message: "]];
   // Files of a question (never a picture its text names: that is Markdown, shown as typed).
   const FILES =
     ':is(img, video, audio, a[download], .file-preview, [data-testid="file"]):not(.md *)';
+  // The address a photo or video of the chat shows.
+  const sourceOf = m => m.currentSrc || m.src || m.querySelector('source')?.src || '';
   const button = (selector, text) => [...document.querySelectorAll(selector)]
     .find(b => b.offsetParent !== null && (!text || b.textContent.trim() === text));
   // The next question, typed while a reply streams: Enter queues it (the box keeps it, shown
@@ -260,7 +266,7 @@ PAGE_JS = (
   };
   const showPreviews = () => {
     document.querySelectorAll("#chatbot [data-testid='user'] video").forEach(v => {
-      withPreview(v.currentSrc || v.src || v.querySelector('source')?.src, p => {
+      withPreview(sourceOf(v), p => {
         if (v.poster !== p.poster) v.poster = p.poster;
         const length = clock(p.seconds);
         if (v.parentElement && v.parentElement.dataset.length !== length) {
@@ -376,8 +382,7 @@ PAGE_JS = (
       "#chatbot [data-testid='user'] :is(img:not(.page-preview), video):not(.md *)";
     document.querySelectorAll(attached).forEach(m => {
       const holder = m.parentElement;
-      const source = m.currentSrc || m.src || m.querySelector('source')?.src || '';
-      const file = decodeURIComponent(source.split('?')[0].split('/').pop() || '');
+      const file = decodeURIComponent(sourceOf(m).split('?')[0].split('/').pop() || '');
       if (holder && file && holder.dataset.attachmentName !== file) {
         holder.dataset.attachmentName = file;
         holder.title = file;
