@@ -204,7 +204,14 @@ def test_the_whole_chat_flow(page, media, tmp_path):
     _set_max_new_tokens(page, 12)
     _shot(page, "04-settings")
     page.locator("#regenerate").click()
-    page.wait_for_selector("#chatbot :text('12 tokens')", timeout=30000)
+    # The new reply's own stats: ":text('12 tokens')" also matched the stopped reply's "112
+    # tokens", and the chat was then read while the new reply streamed, without its stats.
+    page.wait_for_function(
+        "() => { const chat = document.querySelector('#chatbot').innerText;"
+        " return /· 12 tokens ·/.test(chat) && !chat.includes('stopped')"
+        " && !document.querySelector('#input .stop-button'); }",
+        timeout=30000,
+    )
     _wait_idle(page)
     assert _bot_text(page) != stopped
     # The stats line's context meter: the conversation against what the engine reads.
