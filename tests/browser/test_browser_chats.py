@@ -693,6 +693,14 @@ _ENGLISH_NAMES = """english => {
 }"""
 
 
+# A reply has come and ended (Send is on offer before a reply starts too: `_wait_idle` alone
+# can return before it has).
+_REPLY_ENDED = (
+    "() => document.querySelector('#chatbot .bot-row') &&"
+    " !document.querySelector('#input .stop-button')"
+)
+
+
 def test_gradios_own_names_and_notes_are_in_chinese_on_the_chinese_page(browser_and_url):
     from app.ui.words import GRADIO_IN_CHINESE
 
@@ -703,6 +711,7 @@ def test_gradios_own_names_and_notes_are_in_chinese_on_the_chinese_page(browser_
         page.goto(url)
         page.wait_for_selector("#input textarea")
         _send(page, "你好")
+        page.wait_for_function(_REPLY_ENDED, timeout=30000)
         _wait_idle(page, send="发送")
         # A thumb says whether it is pressed here too, in Chinese ("Liked" stayed English).
         page.locator("#chatbot button[aria-label='赞'][aria-pressed='false']").first.click()
@@ -855,11 +864,7 @@ def test_a_question_shows_as_typed_not_as_markdown_or_html(browser_and_url, loca
         page.goto(url)
         page.wait_for_selector("#input textarea")
         _send(page, TYPED)
-        page.wait_for_function(  # the reply has come and ended
-            "() => document.querySelector('#chatbot .bot-row') &&"
-            " !document.querySelector('#input .stop-button')",
-            timeout=30000,
-        )
+        page.wait_for_function(_REPLY_ENDED, timeout=30000)
         _wait_idle(page, send=send)
         question = page.locator("#chatbot [data-testid='user']").last
         page.wait_for_function(
