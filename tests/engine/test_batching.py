@@ -67,14 +67,33 @@ def _alone(engine, requests: list[ChatRequest]) -> list[str]:
     return [_reply(engine, request) for request in requests]
 
 
+def _most_rows_in_one_forward(engine, run):
+    """`run()`'s result, and the most rows the language model computed in one forward (a
+    batched decode step: a row a reply, every weight read once for all of them)."""
+    most = [0]
+
+    def count(_module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] == 1:  # a decode step, not a prompt
+            most[0] = max(most[0], embeds.shape[0])
+
+    hook = engine.model.model.language_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        return run(), most[0]
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("family", TRIAL_FAMILIES)
 def test_replies_decoded_together_equal_each_decoded_alone(tiny_checkpoint, media, family):
     engine = load_engine(tiny_checkpoint(family, suppress_eos=True), max_batch=4)
     requests = [_request(i, media) for i in range(4)]
     alone = _alone(engine, requests)
     assert engine.scheduler.largest_batch == 1
-    together = _together(engine, requests)
+    together, rows = _most_rows_in_one_forward(engine, lambda: _together(engine, requests))
     assert engine.scheduler.largest_batch >= 3  # the four overlapped
+    # ... in one forward a step: Qwen3.5's linear-attention states too, stacked for the step
+    assert rows >= 3
     assert together == alone
     assert len(set(alone)) == 4 and all(alone)
 

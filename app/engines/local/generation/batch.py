@@ -5,8 +5,9 @@ share that cost (and the per-step overhead of Python and small operations). Each
 own cache and RoPE offset (internals.py hands them to the model); the CPU kernels compute each
 row on its own, so a reply's tokens are the same in a batch as alone
 (tests/engine/test_batching.py).
-A model whose cache holds recurrent states (Qwen3.5's linear attention) steps its replies one
-after another instead: their states would have to be stacked and split at every step.
+A model whose cache holds recurrent states (Qwen3.5's linear attention) has them stacked for
+the step and copied back into each reply's cache (internals.py): a few megabytes a step, where
+stepping the replies one after another read every weight once a reply.
 """
 
 from __future__ import annotations
@@ -50,13 +51,6 @@ class BatchStep:
     def logits(self, rows: list[Row]) -> Any:
         """Each row's next-token logits, (rows, vocabulary) in float32, its cache grown by its
         last token."""
-        import torch
-
-        if all(kv.is_cuttable(row.cache) for row in rows):
-            return self._together(rows)
-        return torch.cat([self._alone(row) for row in rows])
-
-    def _together(self, rows: list[Row]) -> Any:
         internals = self.internals
         lengths = [_tokens_read(row) for row in rows]
         with internals.rows_attention():
@@ -67,17 +61,6 @@ class BatchStep:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1].float()
-
-    def _alone(self, row: Row) -> Any:
-        """A row whose cache is not per token (recurrent states) through its own cache."""
-        out = self.model(
-            input_ids=self._last_tokens([row]),
-            position_ids=self.internals.decode_positions([_tokens_read(row)], [row.rope_offset]),
-            cache=row.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
         return out.logits[:, -1].float()
 
     def _last_tokens(self, rows: list[Row]) -> Any:

@@ -12,9 +12,10 @@ not met as an AttributeError in someone's first question. The KV cache's interna
 Decoding several replies in one batch (batch.py) also lives on internals: each reply keeps its
 own cache and its own multimodal RoPE offset, so a batched step gives the model every reply's
 positions itself (`decode_positions`), one cache whose layers hand each row its own keys and
-values (`rows_cache`), and, for that step only, an attention that reads each row against its
-own keys (`rows_attention`). The sampling settings are turned into transformers' own logits
-processors (`sampling_plan`), so a reply sampled here sees exactly what `generate` applied.
+values, or stack the rows' linear-attention states for the step (`rows_cache`), and, for that
+step only, an attention that reads each row against its own keys (`rows_attention`). The
+sampling settings are turned into transformers' own logits processors (`sampling_plan`), so a
+reply sampled here sees exactly what `generate` applied.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class ModelInternals:
 
         combined = DynamicCache(config=self._text_config)
         combined.layers = [
-            _rows_layer_class()([cache.layers[index] for cache in caches])
+            _rows_of_layers([cache.layers[index] for cache in caches])
             for index in range(len(caches[0].layers))
         ]
         return combined
@@ -202,6 +203,67 @@ def _rows_layer_class() -> type:
     return RowsLayer
 
 
+def _rows_of_layers(layers: list[Any]) -> Any:
+    """Layer i of several replies' caches as one layer of a batched step's cache: keys and
+    values handed row by row, or linear-attention states stacked for the step."""
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    if isinstance(layers[0], LinearAttentionCacheLayerMixin):
+        return _rows_linear_layer_class()(layers)
+    return _rows_layer_class()(layers)
+
+
+@functools.cache
+def _rows_linear_layer_class() -> type:
+    """RowsLinearLayer, defined once transformers is imported (not at module import)."""
+    import torch
+    from transformers.cache_utils import LinearAttentionLayer
+
+    class RowsLinearLayer(LinearAttentionLayer):
+        """Layer i of several replies' caches where it is a linear-attention layer (Qwen3.5's
+        gated delta net): each reply's convolution and recurrent states stacked as the rows
+        of one state for the step (a decode step updates them in place, row by row alike),
+        and copied back into each reply's own layer once the layer has stepped them (its
+        recurrent state's update is the layer's last use of its cache)."""
+
+        def __init__(self, rows: list[Any]) -> None:
+            first = rows[0]
+            super().__init__(number_of_states=first.number_of_states)
+            self.rows = rows
+            self.device, self.dtype = first.device, first.dtype
+            for state in range(first.number_of_states):
+                self._stack(state)
+
+        def _stack(self, state: int) -> None:
+            rows, first = self.rows, self.rows[0]
+            if first.is_conv_states_initialized[state]:
+                self.conv_states[state] = torch.cat([row.conv_states[state] for row in rows])
+                self.is_conv_states_initialized[state] = True
+            if first.is_recurrent_states_initialized[state]:
+                held = [row.recurrent_states[state] for row in rows]
+                self.recurrent_states[state] = torch.cat(held)
+                self.is_recurrent_states_initialized[state] = True
+            self.has_previous_state[state] = all(row.has_previous_state[state] for row in rows)
+            self.conv_kernel_size[state] = first.conv_kernel_size[state]
+
+        def update_recurrent_state(self, recurrent_states: Any, state_idx: int = 0, **kwargs: Any):
+            out = super().update_recurrent_state(recurrent_states, state_idx, **kwargs)
+            conv: Any = self.conv_states[state_idx]
+            for index, row in enumerate(self.rows):
+                row.conv_states[state_idx].copy_(conv[index : index + 1])
+                row.recurrent_states[state_idx].copy_(out[index : index + 1])
+            return out
+
+        def increase_count(self, state_idx: int) -> None:
+            for row in self.rows:
+                row.increase_count(state_idx)
+
+        def get_seq_length(self) -> int:
+            return max(int(row.get_seq_length()) for row in self.rows)
+
+    return RowsLinearLayer
+
+
 def _register_rows_attention(own: str | None) -> str:
     """The name of an attention that reads each row of a `RowsKV` step through `own` (the
     model's attention), registered with transformers' public interfaces on first use."""
@@ -279,6 +341,23 @@ def _needed(model: Any) -> list[tuple[str, bool]]:
             hasattr(getattr(model, "config", None), "_attn_implementation_internal"),
         ),
         *((f"DynamicLayer.{part}", hasattr(probe, part)) for part in layer_parts),
+        *_needed_for_linear_attention(model),
+    ]
+
+
+def _needed_for_linear_attention(model: Any) -> list[tuple[str, bool]]:
+    """What a batched step's stacked states use of a linear-attention layer (Qwen3.5)."""
+    from transformers import cache_utils
+
+    text_config = getattr(model.config, "text_config", model.config)
+    if "linear_attention" not in (getattr(text_config, "layer_types", None) or ()):
+        return []
+    layer = getattr(cache_utils, "LinearAttentionLayer", None)
+    parts = ("conv_states", "recurrent_states", "has_previous_state", "conv_kernel_size")
+    probe = layer() if layer is not None else None
+    return [
+        ("cache_utils.LinearAttentionLayer", layer is not None),
+        *((f"LinearAttentionLayer.{part}", hasattr(probe, part)) for part in parts),
     ]
 
 

@@ -251,8 +251,8 @@ class BatchScheduler:
     def _step_failed(self, rows: list[Row], error: Exception) -> None:
         """Out of memory with several replies: the newest waits (the batch shrinks) and the
         others go on; anything else, or a reply alone, ends each reply with the error (as do
-        recurrent states, stepped one by one: those stepped before the failure cannot be
-        taken back)."""
+        recurrent states, updated in place layer by layer: a step that failed part-way
+        cannot be taken back)."""
         cuttable = all(kv.is_cuttable(row.cache) for row in rows)
         if is_out_of_memory(error) and len(rows) > 1 and cuttable:
             log.warning("out of memory decoding %d replies at once; one waits", len(rows))
