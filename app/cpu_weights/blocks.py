@@ -253,11 +253,19 @@ def _session(layer: BlockLayer) -> Any:
     # 12,288 columns is 100 MB) for good, in every layer (10 GB at the peak where measured).
     options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return runtime.InferenceSession(
+    session = runtime.InferenceSession(
         helper.make_model(graph, opset_imports=opsets).SerializeToString(),
         options,
         providers=["CPUExecutionProvider"],
     )
+    # ONNX Runtime's Python session keeps the model's bytes for as long as it lives (its own
+    # comment: "This is bad as we're holding the memory indefinitely"), only to build the
+    # session again should its providers change, which the app never asks: a second copy of
+    # every layer's weights beside the kernel's packed one, 1.4 GB of Qwen3-VL-2B's 4.8 GB
+    # after loading. Let go of it (where a later version names it otherwise, nothing changes).
+    if getattr(session, "_model_bytes", None) is not None:
+        session._model_bytes = None
+    return session
 
 
 class BlockLinear(nn.Module):
