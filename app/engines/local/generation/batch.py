@@ -6,8 +6,8 @@ own cache and RoPE offset (internals.py hands them to the model); the CPU kernel
 row on its own, so a reply's tokens are the same in a batch as alone
 (tests/engine/test_batching.py).
 A model whose cache holds recurrent states (Qwen3.5's linear attention) has them stacked for
-the step and copied back into each reply's cache (internals.py): a few megabytes a step, where
-stepping the replies one after another read every weight once a reply.
+the step and copied back into each reply's cache (internals.py): fixed-size states copied
+twice a step, where stepping the replies one after another read every weight once a reply.
 """
 
 from __future__ import annotations

@@ -206,9 +206,11 @@ def _rows_layer_class() -> type:
 def _rows_of_layers(layers: list[Any]) -> Any:
     """Layer i of several replies' caches as one layer of a batched step's cache: keys and
     values handed row by row, or linear-attention states stacked for the step."""
-    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+    from transformers import cache_utils
 
-    if isinstance(layers[0], LinearAttentionCacheLayerMixin):
+    # A transformers without linear-attention caches has no such layers to stack.
+    linear = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+    if linear is not None and isinstance(layers[0], linear):
         return _rows_linear_layer_class()(layers)
     return _rows_layer_class()(layers)
 
