@@ -52,6 +52,8 @@ QUESTIONS = (
     "How do bees decide where to build a new hive?",
 )
 PHOTO_QUESTION = "Describe this image."
+# `--sampled`: Qwen3-VL-2B-Instruct's generation config (the page's defaults for it).
+SAMPLED = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 1}
 PHOTO_AFTER_S = 2.0
 
 
@@ -102,7 +104,9 @@ def _at_once(ask: Any, questions: list[str], photo: str | None) -> dict[str, flo
 # --- the app's engine, in a child process taking one JSON command per line -----------------
 
 
-def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int, dtype: str) -> None:
+def app_child(
+    checkpoint: str, threads: int, max_batch: int, tokens: int, dtype: str, sampled: bool
+) -> None:
     from app.cpu_weights.threads import quiet_openmp
 
     quiet_openmp()  # as the app's entry point does, before torch is imported
@@ -123,7 +127,9 @@ def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int, dtype:
     def ask(question: str, photo: str | None, sent: float, system: str) -> dict[str, float]:
         files = (Attachment(photo, Path(photo).name),) if photo else ()
         turns = (Turn("system", system), Turn("user", question, files))
-        params = GenerationParams(max_new_tokens=tokens, temperature=0, enable_thinking=False)
+        # Sampled: the checkpoint's settings (None), as the page's defaults are; else greedy.
+        temperature = None if sampled else 0
+        params = GenerationParams(tokens, temperature, seed=1, enable_thinking=False)
         request = ChatRequest(turns, params, budget, owner=question)
         times = [
             time.perf_counter() for delta in engine.stream(request, threading.Event()) if delta.text
@@ -139,11 +145,11 @@ def app_child(checkpoint: str, threads: int, max_batch: int, tokens: int, dtype:
 
 class AppProcess:
     def __init__(
-        self, checkpoint: Path, threads: int, max_batch: int, tokens: int, dtype: str
+        self, checkpoint: Path, threads: int, max_batch: int, tokens: int, dtype: str, sampled: bool
     ) -> None:
         command = [sys.executable, "-m", "benchmarks.batching", "--app-child", str(checkpoint)]
         self.process = subprocess.Popen(
-            [*command, str(threads), str(max_batch), str(tokens), dtype],
+            [*command, str(threads), str(max_batch), str(tokens), dtype, str(int(sampled))],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -174,7 +180,15 @@ class AppProcess:
 
 
 class LlamaServer:
-    def __init__(self, llama_cpp: Path, checkpoint: Path, threads: int, slots: int, tokens: int):
+    def __init__(
+        self,
+        llama_cpp: Path,
+        checkpoint: Path,
+        threads: int,
+        slots: int,
+        tokens: int,
+        sampled: bool,
+    ):
         model, mmproj = gguf_files(checkpoint, llama_cpp)
         command = llama_server_command(llama_cpp, model, mmproj, 8093)
         command += ["-t", str(threads), "-c", str(4096 * slots), "-np", str(slots)]
@@ -183,6 +197,8 @@ class LlamaServer:
         )
         self.url = "http://127.0.0.1:8093"
         self.tokens = tokens
+        # Sampled: Qwen3-VL's generation config, as the app takes it from the checkpoint.
+        self.sampling = SAMPLED if sampled else {"temperature": 0}
         wait_until_ready(self.process, self.url + "/health", "llama-server", 300)
 
     def _ask(self, question: str, photo: str | None, sent: float, system: str) -> dict[str, float]:
@@ -199,7 +215,7 @@ class LlamaServer:
                 {"role": "user", "content": content},
             ],
             "max_tokens": self.tokens,
-            "temperature": 0,
+            **self.sampling,
             "ignore_eos": True,
             "stream": True,
         }
@@ -260,22 +276,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto", help="the app's --dtype (default: its own)")
     parser.add_argument(
-        "--app-child", nargs=5, metavar=("CKPT", "THREADS", "BATCH", "TOKENS", "DTYPE")
+        "--sampled", action="store_true", help="sample as the checkpoint says (default: greedy)"
+    )
+    parser.add_argument(
+        "--app-child", nargs=6, metavar=("CKPT", "THREADS", "BATCH", "TOKENS", "DTYPE", "SAMPLED")
     )
     args = parser.parse_args()
     if args.app_child:
-        path, threads, batch, tokens, dtype = args.app_child
-        app_child(path, int(threads), int(batch), int(tokens), dtype)
+        path, threads, batch, tokens, dtype, sampled = args.app_child
+        app_child(path, int(threads), int(batch), int(tokens), dtype, sampled == "1")
         return
     users = [int(n) for n in args.users.split(",")]
     checkpoint = build(FULL_LAYERS)
     photo = str(photo_at_cpu_budget(OFFICE, checkpoint.parent / "office-cpu-budget.png"))
-    app = AppProcess(checkpoint, args.threads, max(users), args.tokens, args.dtype)
+    app = AppProcess(checkpoint, args.threads, max(users), args.tokens, args.dtype, args.sampled)
     print(f"app loaded: {app.loaded}", flush=True)
     engines: dict[str, Any] = {"app": app}
     if args.llama_cpp:
         engines["llama-server"] = LlamaServer(
-            args.llama_cpp, checkpoint, args.threads, max(users), args.tokens
+            args.llama_cpp, checkpoint, args.threads, max(users), args.tokens, args.sampled
         )
     for engine in engines.values():  # warm: the first run of each pays for its kernels' set-up
         engine.run(list(QUESTIONS[:2]), None, "Warming up.")

@@ -14,8 +14,9 @@ own cache and its own multimodal RoPE offset, so a batched step gives the model 
 positions itself (`decode_positions`), one cache whose layers hand each row its own keys and
 values, or stack the rows' linear-attention states for the step (`rows_cache`), and, for that
 step only, an attention that reads each row against its own keys (`rows_attention`). The
-sampling settings are turned into transformers' own logits processors (`sampling_plan`), so a
-reply sampled here sees exactly what `generate` applied.
+sampling settings are turned into transformers' own logits processors (`sampling_plan`; top-p
+and suppressed tokens in lean forms that give the same scores, warpers.py), so a reply sampled
+here sees exactly what `generate` applied.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engines.base import EngineError
+from app.engines.local.generation.warpers import lean_processors
 
 # How each kind of attachment is encoded: its grid and pixel inputs, and the model's method.
 ENCODERS = {
@@ -122,8 +124,13 @@ class ModelInternals:
         config: its logits processors (suppressed tokens, sequence bias, repetition penalty,
         temperature, top-k, top-p), whether it samples, its end tokens and reply length."""
         config, _ = self.model._prepare_generation_config(None, **generate_kwargs)
-        processors = self.model._get_logits_processor(
-            config, input_ids_seq_length=prompt_tokens, device=self.model.device, model_kwargs={}
+        processors = lean_processors(
+            self.model._get_logits_processor(
+                config,
+                input_ids_seq_length=prompt_tokens,
+                device=self.model.device,
+                model_kwargs={},
+            )
         )
         eos = config.eos_token_id
         ends = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
