@@ -4,15 +4,15 @@
 own (sampling.py), on the model thread, between two decode steps, and two of them cost a CPU
 more than they need (Qwen3-VL-2B's vocabulary of 151,936; Intel Xeon, 2 cores):
 
-- top-p (`TopPLogitsWarper`) sorts the whole vocabulary: 11 ms a token, a tenth of a decode
-  step, and paid once per reply in a batch (four users sampling: 44 ms of a 170 ms step). It
-  runs after top-k, which left only k scores finite (20 with Qwen3-VL's settings, the page's
-  default); the others are -inf, and top-p removes them anyway. `SparseTopP` sorts only the
-  finite scores, lays them out where the full sort would have put them (after the -infs) and
-  takes the same softmax and cumulative sum over the whole row: the same numbers, hence the
-  same tokens kept, as transformers' (tests/engine/test_warpers.py). Two scores exactly equal
-  at the top-p boundary may be kept the other way round: transformers' sort does not order ties
-  either.
+- top-p (`TopPLogitsWarper`) sorts the whole vocabulary: 3.6-11 ms a token, the most of the
+  10.7 ms a sampled token's pick took (a decode step: 113-139 ms), and paid once per reply in a
+  batch (four users sampling: 38-41 ms between two steps, 7-9 greedy). It runs after top-k,
+  which left only k scores finite (20 with Qwen3-VL's settings, the page's default); the others
+  are -inf, and top-p removes them anyway. `SparseTopP` sorts only the finite scores, lays them
+  out where the full sort would have put them (after the -infs) and takes the same softmax and
+  cumulative sum over the whole row: the same numbers, hence the same tokens kept, as
+  transformers' (tests/unit/test_warpers.py). Two scores exactly equal at the top-p boundary
+  may be kept the other way round: transformers' sort does not order ties either.
 - suppressed tokens (`SuppressTokensLogitsProcessor`, the checkpoint's `suppress_tokens`) build
   a mask the size of the vocabulary each token: 1.1 ms, in greedy replies too. `IndexedSuppress`
   writes -inf at those ids: the same scores.
