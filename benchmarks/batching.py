@@ -52,8 +52,6 @@ QUESTIONS = (
     "How do bees decide where to build a new hive?",
 )
 PHOTO_QUESTION = "Describe this image."
-# `--sampled`: Qwen3-VL-2B-Instruct's generation config (the page's defaults for it).
-SAMPLED = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 1}
 PHOTO_AFTER_S = 2.0
 
 
@@ -99,6 +97,14 @@ def _at_once(ask: Any, questions: list[str], photo: str | None) -> dict[str, flo
     for thread in threads:
         thread.join()
     return summary([r for r in results if r], sent, len(questions))
+
+
+def checkpoint_sampling(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's own sampling settings (what the app takes by default), for a server
+    that does not read them."""
+    config = json.loads((checkpoint / "generation_config.json").read_text())
+    names = ("temperature", "top_p", "top_k")
+    return {name: config[name] for name in names if name in config} | {"seed": 1}
 
 
 # --- the app's engine, in a child process taking one JSON command per line -----------------
@@ -197,8 +203,7 @@ class LlamaServer:
         )
         self.url = "http://127.0.0.1:8093"
         self.tokens = tokens
-        # Sampled: Qwen3-VL's generation config, as the app takes it from the checkpoint.
-        self.sampling = SAMPLED if sampled else {"temperature": 0}
+        self.sampling = checkpoint_sampling(checkpoint) if sampled else {"temperature": 0}
         wait_until_ready(self.process, self.url + "/health", "llama-server", 300)
 
     def _ask(self, question: str, photo: str | None, sent: float, system: str) -> dict[str, float]:
