@@ -101,8 +101,9 @@ class ModelInternals:
         from transformers import DynamicCache
 
         combined = DynamicCache(config=self._text_config)
+        linear = _linear_attention_layer_kind()
         combined.layers = [
-            _rows_of_layers([cache.layers[index] for cache in caches])
+            _rows_of_layers([cache.layers[index] for cache in caches], linear)
             for index in range(len(caches[0].layers))
         ]
         return combined
@@ -210,13 +211,19 @@ def _rows_layer_class() -> type:
     return RowsLayer
 
 
-def _rows_of_layers(layers: list[Any]) -> Any:
-    """Layer i of several replies' caches as one layer of a batched step's cache: keys and
-    values handed row by row, or linear-attention states stacked for the step."""
+@functools.cache
+def _linear_attention_layer_kind() -> type | None:
+    """transformers' linear-attention cache layers' class (None in a transformers without
+    them: it has no such layers to stack)."""
     from transformers import cache_utils
 
-    # A transformers without linear-attention caches has no such layers to stack.
-    linear = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+    return getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+
+
+def _rows_of_layers(layers: list[Any], linear: type | None) -> Any:
+    """Layer i of several replies' caches as one layer of a batched step's cache: keys and
+    values handed row by row, or, where they are of the `linear` kind, linear-attention
+    states stacked for the step."""
     if linear is not None and isinstance(layers[0], linear):
         return _rows_linear_layer_class()(layers)
     return _rows_layer_class()(layers)
