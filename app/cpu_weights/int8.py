@@ -395,17 +395,23 @@ class Int8Placer:
 
 
 def _place_shared(parent: nn.Module, named: list[tuple[str, Int8Layer]]) -> None:
-    layers = [layer for _, layer in named]
-    widths = {_shape(x)[1] for x in layers}
-    kinds = {(x.get("bits"), x.get("block")) for x in layers}  # int8 rows: (None, None)
-    if len(widths) > 1 or len(kinds) > 1:
-        for name, layer in named:
+    """Siblings of one input placed as parts of one product, those of one width and kind
+    together (the default CPU path keeps q and k in 4 bits, v in 8: q and k are one product,
+    v its own); a sibling of a kind of its own goes in alone."""
+    together: dict[tuple[int, Any, Any], list[tuple[str, Int8Layer]]] = {}
+    for name, layer in named:
+        kind = (_shape(layer)[1], layer.get("bits"), layer.get("block"))  # int8 rows: None, None
+        together.setdefault(kind, []).append((name, layer))
+    for group in together.values():
+        if len(group) == 1:
+            name, layer = group[0]
             setattr(parent, name, int8_module(layer))
-        return
-    sizes = [_shape(x)[0] for x in layers]
-    shared = Int8Shared(int8_module(_concatenated(layers, sizes)), sizes)
-    for index, (name, _) in enumerate(named):
-        setattr(parent, name, Int8Part(shared, index))
+            continue
+        layers = [layer for _, layer in group]
+        sizes = [_shape(x)[0] for x in layers]
+        shared = Int8Shared(int8_module(_concatenated(layers, sizes)), sizes)
+        for index, (name, _) in enumerate(group):
+            setattr(parent, name, Int8Part(shared, index))
 
 
 def _shape(layer: Int8Layer) -> tuple[int, int]:

@@ -91,7 +91,7 @@ def test_the_weights_are_stored_as_mat_mul_n_bits_reads_them(fmt):
     assert torch.allclose(BlockLinear(layer)(rows), rows @ stored.T, rtol=1e-4, atol=1e-4)
 
 
-def test_projections_of_one_format_share_one_product_and_of_two_formats_do_not():
+def test_projections_of_one_format_share_one_product_and_one_of_another_goes_alone():
     torch.manual_seed(0)
     attention = nn.Module()
     attention.q_proj = nn.Linear(64, 64)
@@ -101,15 +101,20 @@ def test_projections_of_one_format_share_one_product_and_of_two_formats_do_not()
     mlp.gate_proj = nn.Linear(64, 96, bias=False)
     mlp.up_proj = nn.Linear(64, 96, bias=False)
     model = nn.ModuleDict({"self_attn": attention, "mlp": mlp})
-    formats = {"mlp.gate_proj": EIGHT_BITS}  # the rest in 4 bits
+    # As the default plan: q and k in 4 bits, v in 8 (q and k one product, v alone); the MLP's
+    # two in two formats (each alone).
+    formats = {"self_attn.v_proj": EIGHT_BITS, "mlp.gate_proj": EIGHT_BITS}  # the rest 4 bits
     named = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     alone = {
         n: BlockLinear(quantize_blocks(m.weight, m.bias, formats.get(n, FOUR_BITS)))
         for n, m in named.items()
     }
     assert quantize(model, formats=lambda name: formats.get(name, FOUR_BITS)) == (5, 0)
-    assert type(attention.k_proj).__name__ == "Int8Part"
+    assert type(attention.q_proj).__name__ == type(attention.k_proj).__name__ == "Int8Part"
+    assert attention.q_proj.shared is attention.k_proj.shared
+    assert attention.k_proj.shared.bounds == [0, 64, 96]  # q's 64 columns, then k's 32
     assert type(attention.k_proj.shared.linear).__name__ == "BlockLinear"
+    assert type(attention.v_proj).__name__ == "BlockLinear" and attention.v_proj.bits == 8
     assert type(mlp.gate_proj).__name__ == type(mlp.up_proj).__name__ == "BlockLinear"
     assert (mlp.gate_proj.bits, mlp.up_proj.bits) == (8, 4)
     x = torch.randn(5, 64)
