@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,3 +37,16 @@ def launched_app(settings: Settings, engine: Any, port: int | None = None) -> It
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def streaming_reply(client: Any, text: str, updates: int = 5) -> Any:
+    """A long reply to `text` asked through the page's /chat API (a gradio_client job), once it
+    has streamed `updates` updates: a reply caught mid-stream, for the tests of Stop."""
+    job = client.submit({"text": text, "files": []}, max_new_tokens=4000, api_name="/chat")
+    # A bound on a stream that never starts, not a timing: the first updates come within a
+    # second here; 30 s leaves a loaded machine far more than ten times that.
+    deadline = time.time() + 30
+    while time.time() < deadline and len(job.outputs()) < updates:
+        time.sleep(0.02)
+    assert len(job.outputs()) >= updates, f"fewer than {updates} updates streamed in 30 s"
+    return job

@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 from app.media import MediaCache
 from app.settings import load_settings
 from testkit.engines import load_engine
-from testkit.launch import launched_app
+from testkit.launch import launched_app, streaming_reply
 from tests import media_factory as mf
 from tests.panel import PAGE, panel
 
@@ -209,12 +209,7 @@ def test_undo_gives_back_the_turn_and_regenerate_replaces_the_reply(app_for, med
 def test_stop_mid_stream_ends_the_generation_thread(app_for):
     url, _ = app_for("qwen3_vl", long=True)
     client = Client(url, verbose=False)
-    job = client.submit(
-        {"text": "Talk for a long time", "files": []}, max_new_tokens=4000, api_name="/chat"
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline and len(job.outputs()) < 5:
-        time.sleep(0.02)
+    job = streaming_reply(client, "Talk for a long time")
     assert _generation_threads(), "generation should be running mid-stream"
     job.cancel()
     # A bound to catch a generation Stop never ends, not a timing: it ends within a decode

@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 
 from app.engines.openai import OpenAIEngine
 from app.settings import load_settings
-from testkit.launch import free_port, launched_app
+from testkit.launch import free_port, launched_app, streaming_reply
 from testkit.servers import convert_to_gguf, llama_server_command, wait_until_ready
 from tests.panel import panel
 
@@ -194,13 +194,7 @@ def test_a_video_as_frames(served, media):
 def test_stop_closes_the_stream_and_the_server_stops_generating(served):
     url, _, _ = served
     client = Client(url, verbose=False)
-    job = client.submit(
-        {"text": "Go on and on", "files": []}, max_new_tokens=4000, api_name="/chat"
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline and len(job.outputs()) < 5:
-        time.sleep(0.02)
-    assert len(job.outputs()) >= 5
+    job = streaming_reply(client, "Go on and on")
     job.cancel()
     # The 4000 tokens would keep this server busy for ~13 s; one that stopped answers at once.
     time.sleep(0.3)
