@@ -17,3 +17,27 @@ def load_engine(
     """Load `checkpoint` on a model thread of its own and build its engine; the memory-derived
     bounds and the page's name as `main` computes them, unless `overrides` says otherwise."""
     return build_local_engine(str(checkpoint), options or LoadOptions(), **overrides)
+
+
+def expected_cpu_attention() -> str:
+    """What the start-up line should name as the CPU path's attention on this machine, from
+    what the machine has (not from what the app built): the app's kernel wherever a C++
+    compiler is, on its AVX512-BF16 path where the CPU has that instruction set."""
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return "PyTorch's attention (no C++ compiler to build the app's)"
+    path = "AVX512-BF16" if {"avx512f", "avx512_bf16"} <= cpu_flags() else "portable"
+    return f"the app's attention kernel ({path})"
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in info.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()

@@ -2,30 +2,33 @@
 
 On the CPU's quantized paths (app/cpu_weights/) the attention layers keep their keys and values
 in bfloat16 instead of float32 (kv.py's `GrowingLayer` stores them so), and attend through
-`bfloat16_kv_attention`, registered with transformers' public `AttentionInterface`. Measured on
-Qwen3-VL-2B's shapes (2 cores, AMD EPYC with AVX-512 bf16):
+`bfloat16_kv_attention`, registered with transformers' public `AttentionInterface`:
 
-- exact: a token's keys, values and logits are bit for bit the same whether it was read in a
-  prefill or generated one at a time (checked after 6 decoded tokens, prompts of about 300 and
-  1,400 tokens; tests/engine/test_attention.py). With float32 keys PyTorch's attention gives a
-  one-token query other numbers than the same row of a prefill (keys differed by up to 0.11
-  after 6 tokens, logits by 0.1), so a reply reused from the prefix cache did not quite match
-  the same conversation read afresh;
-- half the memory: 112 KB a token instead of 224 (28 layers, 8 key-value heads of 128), so the
-  prefix cache and the prompt bound hold twice the tokens in the same memory;
-- faster decoding where the context is long: one token's attention over 2,000 cached tokens
-  took 0.77 ms a layer instead of 1.37 (the whole decode step 115 ms instead of 126); about the
-  same at 400 (attention is then a small part of a step).
+- through the app's own kernel (own_attention.cpp) wherever it was built and the mask is the
+  causal one (a prompt, a prompt after a cached part, one new token): every row computed by the
+  same instructions however many rows a call reads, so a token's keys, values and logits are
+  bit for bit the same whether it was read in a prefill or generated one at a time, at any
+  length (tests/engine/test_attention.py checks 60 generated tokens; PyTorch's flash kernel
+  drifted before that); its softmax stays float32;
+- else through PyTorch's: the one-token case reads each key-value head's group of query heads
+  as rows of one query (with `enable_gqa` bfloat16 took 0.84 ms a layer at 440 tokens, this
+  0.18, float32's 0.29); prefills go to transformers' own SDPA attention. With float32 keys
+  PyTorch's attention gave a one-token query other numbers than the same row of a prefill
+  (keys 0.11 apart after 6 tokens), so bfloat16 keys are kept on that path too.
 
-The one-token case reads each key-value head's group of query heads as rows of one query
-(PyTorch's bfloat16 attention with `enable_gqa` took 0.84 ms a layer at 440 tokens, this 0.18,
-float32's 0.29). Everything else (prefills, and any model whose keys are float32, such as the
-vision encoder's, which keeps no cache) goes to transformers' own SDPA attention unchanged.
+Keeping keys in bfloat16 halves their memory: 112 KB a token instead of 224 (28 layers, 8
+key-value heads of 128), so the prefix cache and the prompt bound hold twice the tokens. Any
+model whose keys are float32, such as the vision encoder's, which keeps no cache, goes to
+transformers' own SDPA attention unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.engines.local.generation.own_attention import AttentionKernel
 
 # The name the CPU path's models are given as their `attn_implementation`.
 BFLOAT16_KV = "sdpa_bfloat16_kv"
@@ -39,10 +42,12 @@ def bfloat16_kv_attention(
     attention_mask: Any,
     scaling: float | None = None,
     dropout: float = 0.0,
+    kernel: AttentionKernel | None = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
     """transformers' SDPA attention with `query` cast to the keys' dtype, and the output cast
-    back; a single new token's heads are read per key-value head (module docstring)."""
+    back; through the app's `kernel` where one was built and the mask is the causal one, else
+    PyTorch's, a single new token's heads read per key-value head (module docstring)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if key.dtype == query.dtype:
@@ -50,6 +55,10 @@ def bfloat16_kv_attention(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     cast = query.to(key.dtype)
+    if kernel is not None and not dropout and _causal(attention_mask, cast.shape, key.shape):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = kernel.attend(cast[0].contiguous(), _rows(key[0]), _rows(value[0]), scale)
+        return out.unsqueeze(0).to(query.dtype), None
     if cast.shape[2] != 1:
         out, _ = sdpa_attention_forward(
             module, cast, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -75,14 +84,43 @@ def _one_token(query: Any, key: Any, value: Any, mask: Any, scaling: float | Non
     return out.reshape(batch, heads, 1, dim).transpose(1, 2)
 
 
-def use_bfloat16_kv(model: Any) -> None:
+def _causal(mask: Any, query_shape: Any, key_shape: Any) -> bool:
+    """Whether one sequence's rows attend causally to its keys (row i of n to the first
+    keys - n + i + 1): what the app's kernel computes. Prompts and one new token are read so;
+    any other mask goes to PyTorch's attention."""
+    batch, _, rows, _ = query_shape
+    keys = key_shape[2]
+    if batch != 1 or key_shape[0] != 1 or rows > keys:
+        return False
+    if mask is None:  # transformers leaves out a mask that is plain causal
+        return rows in (1, keys)
+    import torch
+
+    if mask.dtype != torch.bool or mask.shape[-2:] != (rows, keys):
+        return False
+    seen = torch.arange(keys) <= torch.arange(keys - rows, keys).unsqueeze(1)
+    return bool((mask == seen).all())
+
+
+def _rows(tensor: Any) -> Any:
+    """(heads, tokens, dim) with each token's row contiguous, as the kernel reads it (a view
+    of a cache's larger buffer already is)."""
+    if tensor.stride(-1) == 1 and tensor.stride(-2) == tensor.shape[-1]:
+        return tensor
+    return tensor.contiguous()
+
+
+def use_bfloat16_kv(model: Any, kernel: AttentionKernel | None = None) -> None:
     """Make `model` attend through `bfloat16_kv_attention` (its caches then store bfloat16),
-    its masks made as for SDPA (without, transformers makes none for a name it does not know:
-    a prompt read after a cached part then attended to the wrong keys)."""
+    with the app's `kernel` where one was built, its masks made as for SDPA (without,
+    transformers makes none for a name it does not know: a prompt read after a cached part
+    then attended to the wrong keys)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(BFLOAT16_KV, bfloat16_kv_attention)
+    AttentionInterface.register(
+        BFLOAT16_KV, functools.partial(bfloat16_kv_attention, kernel=kernel)
+    )
     AttentionMaskInterface.register(BFLOAT16_KV, sdpa_mask)
     model.set_attn_implementation(BFLOAT16_KV)
 

@@ -18,6 +18,7 @@ from app.engines.local.generation.internals import (
     language_layer_index,
     outside_vision_encoder,
 )
+from app.engines.local.generation.own_attention import build_kernel
 from app.engines.local.loaded import LoadedModel
 from app.engines.local.loading.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.loading.placement import Placement, describe, place
@@ -231,8 +232,11 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
     processor = AutoProcessor.from_pretrained(path)
     model = _model(Path(path), plan, kwargs, options.weights_store)
     cpu_kernels = plan.kind.cpu_kernels
+    attention = kwargs["attn_implementation"]
     if cpu_kernels:
-        use_bfloat16_kv(model)
+        choice = build_kernel()
+        use_bfloat16_kv(model, choice.kernel)
+        attention = f"{choice.reason}, keys and values in bfloat16"
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s (%s), %s%s)",
         checkpoint,
@@ -241,7 +245,7 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
         kwargs["device_map"],
         plan.kind,
         plan.reason,
-        kwargs["attn_implementation"] + (", keys and values in bfloat16" if cpu_kernels else ""),
+        attention,
         "; --dtype float32 for the exact, slower path" if cpu_kernels else "",
     )
     if placement.spread:
