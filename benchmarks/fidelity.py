@@ -97,14 +97,22 @@ def token_chunks(base: Path) -> list[list[int]]:
 
 def _log_probs(engine: Any, chunks: list[list[int]]) -> Any:
     """Each chunk read on its own; the log-probabilities at its second half's positions (the
-    ones llama-perplexity scores)."""
+    ones llama-perplexity scores). Read into the cache the engine itself reads prompts into:
+    on the CPU's quantized paths it keeps keys and values in bfloat16 and attends through the
+    app's kernel (without it, transformers' own cache kept them in float32 and PyTorch's
+    attention ran: not what the app runs)."""
     import torch
 
+    from app.engines.local.generation import kv
+    from app.engines.local.generation.attention import stored_kv_dtype
+
+    model = engine.model
     out = []
     with torch.no_grad():
         for ids in chunks:
-            logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
-            out.append(logits[CONTEXT // 2 : CONTEXT - 1].log_softmax(-1))
+            cache = kv.new_cache(model.config.get_text_config(), stored_kv_dtype(model))
+            logits = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            out.append(logits.logits[0].float()[CONTEXT // 2 : CONTEXT - 1].log_softmax(-1))
     return torch.cat(out)
 
 
