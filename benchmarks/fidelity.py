@@ -61,7 +61,10 @@ def llama_rows(checkpoint: Path, llama_cpp: Path) -> tuple[list[str], Path]:
         out = _perplexity(
             llama_cpp, quantized, ["--kl-divergence-base", str(base), "--kl-divergence"]
         )
-        rows.append(_llama_row(f"llama.cpp {kind}", out))
+        # Bits a weight from the files' sizes against f16's 16 (llama-perplexity no longer
+        # prints the loader's "file size ... BPW" line).
+        bits = 16 * quantized.stat().st_size / f16.stat().st_size
+        rows.append(_llama_row(f"llama.cpp {kind}", out, bits))
         print(rows[-1], flush=True)
     return rows, base
 
@@ -73,7 +76,7 @@ def _perplexity(llama_cpp: Path, model: Path, extra: list[str]) -> str:
     return done.stdout + done.stderr
 
 
-def _llama_row(label: str, out: str) -> str:
+def _llama_row(label: str, out: str, bits: float) -> str:
     def number(pattern: str) -> float:
         found = re.search(pattern, out)
         return float(found.group(1)) if found else float("nan")
@@ -81,7 +84,6 @@ def _llama_row(label: str, out: str) -> str:
     mean = number(r"Mean\s+KLD:\s+([\d.]+)")
     p99 = number(r"99\.0%\s+KLD:\s+([\d.]+)")
     same = number(r"Same top p:\s+([\d.]+)")
-    bits = number(r"file size\s*=.*\(([\d.]+) BPW\)")  # its own count, the whole file's
     return f"| {label} | {mean:.4f} | {p99:.4f} | {same:.1f}% | {bits:.2f} (file) |"
 
 
