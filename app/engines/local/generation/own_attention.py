@@ -16,9 +16,10 @@ Prompts: 400 tokens 7.9 ms a layer against 8.7, but 1,400 tokens 92 against 62 a
 
 It is compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
 machine (about 20 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
-~/.cache/torch_extensions) under a name made of the source's and the CPU's fingerprints, and
-loaded from there on later starts. Where it cannot be built (no C++ compiler, as on many
-Windows laptops) the CPU path attends with PyTorch's kernel, and the start-up line says which.
+~/.cache/torch_extensions) under a name made of the source's, PyTorch's and the CPU's
+fingerprints, and loaded from there on later starts. Where it cannot be built (no C++
+compiler, as on many Windows laptops) the CPU path attends with PyTorch's kernel, and the
+start-up line says which.
 """
 
 from __future__ import annotations
@@ -127,9 +128,12 @@ def clear_stale_lock(folder: Path, now: float) -> None:
 
 
 def _fingerprint(flags: list[str]) -> str:
-    """The source's, the flags' and this CPU's fingerprint, for the build's name."""
+    """The source's, the flags', PyTorch's and this CPU's fingerprint, for the build's name."""
+    import torch
+
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join(flags).encode())
+    digest.update(torch.__version__.encode())  # its headers and ABI
     digest.update(_cpu_features().encode())
     return digest.hexdigest()[:16]
 
