@@ -133,7 +133,9 @@ def _fingerprint(flags: list[str]) -> str:
 
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join(flags).encode())
-    digest.update(torch.__version__.encode())  # its headers and ABI
+    # Its version (headers, ABI) and where it is installed: the build's commands name its
+    # headers' folder, so two environments sharing one folder would rebuild at each switch.
+    digest.update(f"{torch.__version__} {torch.__file__}".encode())
     digest.update(_cpu_features().encode())
     return digest.hexdigest()[:16]
 
