@@ -20,9 +20,10 @@ pytestmark = pytest.mark.skipif(
     reason="the kernel is built with a C++ compiler (without one the CPU path uses PyTorch's)",
 )
 
-# (query heads, key-value heads, head width): Qwen3-VL-2B's (16, 8, 128), grouped-query shapes,
-# and a width the AVX512-BF16 path does not take (48: the portable path).
-SHAPES = [(16, 8, 128), (8, 2, 64), (4, 4, 32), (6, 2, 48)]
+# (query heads, key-value heads, head width): Qwen3-VL-2B's (16, 8, 128), Qwen2-VL-2B's (12, 2,
+# 128: six heads a group, tasks of two rows), other grouped-query shapes, and a width the
+# AVX512-BF16 path does not take (48: the portable path).
+SHAPES = [(16, 8, 128), (12, 2, 128), (8, 2, 64), (4, 4, 32), (6, 2, 48)]
 
 
 @pytest.fixture(scope="module")
