@@ -135,3 +135,21 @@ def test_a_lock_left_by_a_stopped_build_is_removed_and_a_live_one_kept(tmp_path)
     clear_stale_lock(tmp_path, now)  # old and held by none: left by a stopped start
     assert not lock.exists()
     clear_stale_lock(tmp_path, now)  # and no lock at all is fine
+
+
+def test_a_mask_found_causal_is_remembered_by_identity_only():
+    """One forward's layers share one mask, checked once; another mask of the same shape is
+    checked afresh (a padded or windowed one must not pass for causal)."""
+    from app.engines.local.generation.attention import CausalMasks
+
+    masks = CausalMasks()
+    query, key = (1, 8, 20, 64), (1, 2, 30, 64)
+    causal = (torch.arange(30) <= torch.arange(10, 30).unsqueeze(1))[None, None]
+    assert masks.causal(causal, query, key) and masks.causal(causal, query, key)
+    other = causal.clone()
+    other[..., 0] = False  # the first key hidden from every row
+    assert not masks.causal(other, query, key)
+    assert masks.causal(causal.clone(), query, key)
+    assert not masks.causal(causal, (1, 8, 20, 64), (1, 2, 31, 64))  # the same mask, other keys
+    assert masks.causal(None, (1, 8, 1, 64), key)  # one new token, no mask
+    assert not masks.causal(None, query, key)  # a prompt after cached keys comes with its mask
