@@ -1,6 +1,6 @@
 """The app's own attention kernel (app/engines/local/generation/own_attention.cpp): built where
 a compiler is, every row of a prompt equal bit for bit to the same token attended alone, and
-close to float32 attention (PyTorch's bfloat16 flash kernel is 1e-3 away)."""
+no further from float32 attention than PyTorch's bfloat16 kernel."""
 
 from __future__ import annotations
 
@@ -64,19 +64,26 @@ def test_every_row_of_a_prompt_equals_the_same_token_attended_alone(kernel, head
 
 @pytest.mark.parametrize("heads, kv_heads, dim", SHAPES)
 @pytest.mark.parametrize("tokens", [1, 17, 400])
-def test_close_to_float32_attention(kernel, heads, kv_heads, dim, tokens):
+def test_as_close_to_float32_attention_as_pytorchs_bfloat16_kernel(
+    kernel, heads, kv_heads, dim, tokens
+):
+    """The values are weighed by bfloat16 weights, as PyTorch's kernel weighs them (the
+    portable path in float32): no further from float32 attention than PyTorch's."""
     query, key, value = _inputs(heads, kv_heads, dim, tokens, seed=tokens)
     got = kernel.attend(query, key, value, dim**-0.5)
-    expected = F.scaled_dot_product_attention(
-        query.float()[None],
-        key.float()[None],
-        value.float()[None],
-        is_causal=True,
-        scale=dim**-0.5,
-        enable_gqa=True,
-    )[0].transpose(0, 1)
+
+    def attention(q, k, v):
+        out = F.scaled_dot_product_attention(
+            q[None], k[None], v[None], is_causal=True, scale=dim**-0.5, enable_gqa=True
+        )
+        return out[0].transpose(0, 1).float()
+
+    expected = attention(query.float(), key.float(), value.float())
+    pytorchs = attention(query, key, value)
     assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert (got - expected).norm() / expected.norm() < 1e-5
+    error = (got - expected).norm() / expected.norm()
+    assert error <= 1.25 * (pytorchs - expected).norm() / expected.norm() + 1e-6
+    assert error < 3e-3
 
 
 def test_reads_keys_from_a_view_of_a_larger_cache_buffer(kernel):
