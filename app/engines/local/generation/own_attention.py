@@ -5,14 +5,13 @@ a prompt and in decoding only for short replies (on tiny checkpoints of four of 
 families the keys drifted apart within 60 generated tokens, tests/engine/test_attention.py),
 and for one new token it costs more in setting up than in arithmetic. This kernel computes
 every query row with the same instructions whatever the number of rows, so a token read in a
-prompt and the same token generated match bit for bit at any length, and its softmax stays
-float32 (1e-7 from float32 attention, the flash kernel 2e-3). Measured on Qwen3-VL-2B's shapes
-(2 cores, AMD EPYC with AVX512-BF16; docs/cpu.md): one new token over 400 cached tokens 0.15 ms
-a layer against the flash kernel's 0.27 (keys not in the cache, as in a step), over 2,000
-tokens 0.53-0.56 against 0.89; in the model, a one-reply step 80 ms instead of 84, four
-replies' 114 instead of 141. Prompts: 400 tokens 7.9 ms a layer against 8.7, but 1,400 tokens
-92 against 62 and 2,150 tokens 216 against 134 (the values are weighed in float32, where the
-flash kernel multiplies bfloat16).
+prompt and the same token generated match bit for bit at any length; scores and softmax are
+float32 and the values are weighed in bfloat16 pairs as PyTorch's kernel weighs them (1.2e-3
+from float32 attention, PyTorch's 2e-3). Measured on Qwen3-VL-2B's shapes (2 cores, AMD EPYC
+with AVX512-BF16; docs/cpu.md), a layer, keys not in the cache as in a step: one new token over
+400 cached tokens 0.16 ms against the flash kernel's 0.42, over 2,000 tokens 0.44 against
+1.01; prompts of 400 tokens 7.4 ms against 8.8, of 2,150 tokens 195 against 135 (slower
+there; in the model the long prompt's first token did not move against llama-server's).
 
 It is compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
 machine (about 20 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
