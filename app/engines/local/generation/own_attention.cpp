@@ -82,12 +82,6 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
-inline __m512 load_bf16(const uint16_t* p) {
-  const __m512i wide =
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
 // One (vector, key) score from its accumulated pair products: the same for every pair.
 inline float finish(__m512 acc, float scale) { return _mm512_reduce_add_ps(acc) * scale; }
 
@@ -170,7 +164,7 @@ void fast_task(const uint16_t* const* q, const int64_t* seen, int64_t vectors, c
                float* const* out) {
   int64_t most = 0;
   for (int64_t x = 0; x < vectors; ++x) most = std::max(most, seen[x]);
-  for (int64_t from = 0; from < most; from += BLOCK) {  // two vectors at a time
+  for (int64_t from = 0; from < most; from += BLOCK) {  // scores, two vectors at a time
     const int64_t to = std::min(most, from + BLOCK);
     const auto upto = [&](int64_t x) { return std::max(from, std::min(to, seen[x])); };
     int64_t x = 0;
