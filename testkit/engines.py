@@ -23,9 +23,7 @@ def expected_cpu_attention() -> str:
     """What the start-up line should name as the CPU path's attention on this machine, from
     what the machine has (not from what the app built): the app's kernel wherever a C++
     compiler is, on its AVX512-BF16 path where the CPU has that instruction set."""
-    import shutil
-
-    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if not has_cpp_compiler():
         return "PyTorch's attention (no C++ compiler to build the app's)"
     path = "AVX512-BF16" if {"avx512f", "avx512_bf16"} <= cpu_flags() else "portable"
     return f"the app's attention kernel ({path})"
@@ -41,3 +39,10 @@ def cpu_flags() -> set[str]:
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def has_cpp_compiler() -> bool:
+    """Whether a C++ compiler is on the PATH (the app's attention kernel is built with it)."""
+    import shutil
+
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))

@@ -4,7 +4,6 @@ no further from float32 attention than PyTorch's bfloat16 kernel."""
 
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +12,10 @@ import torch.nn.functional as F
 
 from app.engines.local.generation.attention import bfloat16_kv_attention
 from app.engines.local.generation.own_attention import build_kernel
-from testkit.engines import expected_cpu_attention
+from testkit.engines import expected_cpu_attention, has_cpp_compiler
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+    not has_cpp_compiler(),
     reason="the kernel is built with a C++ compiler (without one the CPU path uses PyTorch's)",
 )
 

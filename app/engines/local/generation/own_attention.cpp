@@ -210,12 +210,10 @@ void fast_task(const uint16_t* const* q, const int64_t* seen, int64_t vectors, c
 }
 #endif
 
-bool fast_for(int64_t dim) { return FAST_PATH && dim % 32 == 0 && dim <= FAST_MAX_DIM; }
-
 }  // namespace
 
 // Whether heads `dim` wide take the AVX512-BF16 path on this build (else the portable one).
-bool fast_path_for(int64_t dim) { return fast_for(dim); }
+bool fast_path_for(int64_t dim) { return FAST_PATH && dim % 32 == 0 && dim <= FAST_MAX_DIM; }
 
 // query (heads, rows, dim) bfloat16, contiguous; key and value (kv_heads, keys, dim) bfloat16
 // with contiguous rows (a head may start anywhere: a view of a larger cache buffer). Row i
@@ -242,7 +240,7 @@ torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value
   const auto* v = reinterpret_cast<const uint16_t*>(value.data_ptr<at::BFloat16>());
   float* o = out.data_ptr<float>();
   const int64_t k_head = key.stride(0), v_head = value.stride(0);
-  const bool fast = fast_for(dim) && group <= MAX_VECTORS;
+  const bool fast = fast_path_for(dim) && group <= MAX_VECTORS;
   // A task: one key-value head and a few consecutive rows, all its query heads at once.
   const int64_t tile = std::max<int64_t>(1, MAX_VECTORS / group);
   const int64_t tiles = (rows + tile - 1) / tile;
@@ -252,23 +250,23 @@ torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kv = task / tiles, first = (task % tiles) * tile;
       const int64_t last = std::min(rows, first + tile);
-      const uint16_t* qs[MAX_VECTORS];
-      float* outs[MAX_VECTORS];
-      int64_t seen[MAX_VECTORS], vectors = 0;
-      for (int64_t row = first; row < last; ++row)
-        for (int64_t head = kv * group; head < (kv + 1) * group && vectors < MAX_VECTORS; ++head) {
-          qs[vectors] = q + (head * rows + row) * dim;
-          outs[vectors] = o + (row * heads + head) * dim;
-          seen[vectors++] = offset + row + 1;
-        }
 #if FAST_PATH
-      if (fast) {
+      if (fast) {  // the task's rows' heads: at most MAX_VECTORS (tile * group)
+        const uint16_t* qs[MAX_VECTORS];
+        float* outs[MAX_VECTORS];
+        int64_t seen[MAX_VECTORS], vectors = 0;
+        for (int64_t row = first; row < last; ++row)
+          for (int64_t head = kv * group; head < (kv + 1) * group; ++head) {
+            qs[vectors] = q + (head * rows + row) * dim;
+            outs[vectors] = o + (row * heads + head) * dim;
+            seen[vectors++] = offset + row + 1;
+          }
         fast_task(qs, seen, vectors, k + kv * k_head, v + kv * v_head, dim, (float)scale,
                   scores.data(), stride, outs);
         continue;
       }
 #endif
-      // Portable: every vector of the task's rows, heads past MAX_VECTORS included.
+      // Portable: every vector of the task's rows, one at a time.
       for (int64_t row = first; row < last; ++row)
         for (int64_t head = kv * group; head < (kv + 1) * group; ++head)
           portable_vector(q + (head * rows + row) * dim, k + kv * k_head, v + kv * v_head,
