@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from app.engines.local.generation.attention import bfloat16_kv_attention
-from app.engines.local.generation.own_attention import build_kernel
+from app.engines.local.generation.own_kernels import build_kernels
 from testkit.engines import expected_cpu_attention, has_cpp_compiler
 
 pytestmark = pytest.mark.skipif(
@@ -27,9 +27,9 @@ SHAPES = [(16, 8, 128), (12, 2, 128), (8, 2, 64), (4, 4, 32), (6, 2, 48)]
 
 @pytest.fixture(scope="module")
 def kernel():
-    choice = build_kernel()
-    assert choice.kernel is not None, choice.reason
-    return choice.kernel
+    choice = build_kernels()
+    assert choice.kernels is not None, choice.reason
+    return choice.kernels
 
 
 def _inputs(heads, kv_heads, dim, tokens, seed=0):
@@ -41,7 +41,7 @@ def _inputs(heads, kv_heads, dim, tokens, seed=0):
 
 
 def test_the_kernel_builds_and_says_which_path_it_takes(kernel):
-    assert build_kernel().reason == expected_cpu_attention()
+    assert build_kernels().reason == expected_cpu_attention()
     assert kernel.fast_for(128) == ("AVX512-BF16" in expected_cpu_attention())
     assert not kernel.fast_for(48)
 
@@ -125,7 +125,7 @@ def test_a_lock_left_by_a_stopped_build_is_removed_and_a_live_one_kept(tmp_path)
     import fcntl
     import os
 
-    from app.engines.local.generation.own_attention import STALE_LOCK_S, clear_stale_lock
+    from app.engines.local.generation.own_kernels import STALE_LOCK_S, clear_stale_lock
 
     lock = tmp_path / "lock"
     lock.write_text("")

@@ -13,7 +13,8 @@ prompt.py          chat turns + media -> processor inputs, media spans and conte
 prefix_cache.py    earlier prompts' model state, matched by token ids and media keys
 kv.py              KV caches: growing in place, cut, copied, compacted, sized
 attention.py       the CPU path's attention: keys and values in bfloat16, exact per token
-own_attention.py   the app's attention kernel (own_attention.cpp), built once per machine
+own_kernels.py     the app's CPU kernels (attention, norms, rotary: *.cpp), built once per machine
+own_layers.py      the CPU path's decoder layers: transformers' arithmetic in fewer calls
 watch.py           layer hooks: Stop during a prefill, and its progress
 streamer.py        token ids -> text as each token decodes
 out_of_memory.py   telling an out-of-memory error, and giving the GPU's caches back

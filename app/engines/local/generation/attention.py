@@ -28,7 +28,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.engines.local.generation.own_attention import AttentionKernel
+    from app.engines.local.generation.own_kernels import OwnKernels
 
 # The name the CPU path's models are given as their `attn_implementation`.
 BFLOAT16_KV = "sdpa_bfloat16_kv"
@@ -42,7 +42,7 @@ def bfloat16_kv_attention(
     attention_mask: Any,
     scaling: float | None = None,
     dropout: float = 0.0,
-    kernel: AttentionKernel | None = None,
+    kernel: OwnKernels | None = None,
     masks: CausalMasks | None = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
@@ -131,7 +131,7 @@ def _rows(tensor: Any) -> Any:
     return tensor.contiguous()
 
 
-def use_bfloat16_kv(model: Any, kernel: AttentionKernel | None = None) -> None:
+def use_bfloat16_kv(model: Any, kernel: OwnKernels | None = None) -> None:
     """Make `model` attend through `bfloat16_kv_attention` (its caches then store bfloat16),
     with the app's `kernel` where one was built, its masks made as for SDPA (without,
     transformers makes none for a name it does not know: a prompt read after a cached part

@@ -276,8 +276,3 @@ torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value
   });
   return out;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("attend", &attend, "causal attention over bfloat16 keys and values, exact per row");
-  m.def("fast_path_for", &fast_path_for, "whether heads this wide take the AVX512-BF16 path");
-}

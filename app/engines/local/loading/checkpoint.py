@@ -18,7 +18,8 @@ from app.engines.local.generation.internals import (
     language_layer_index,
     outside_vision_encoder,
 )
-from app.engines.local.generation.own_attention import build_kernel
+from app.engines.local.generation.own_kernels import build_kernels
+from app.engines.local.generation.own_layers import use_own_layers
 from app.engines.local.loaded import LoadedModel
 from app.engines.local.loading.memory import GB, available_bytes, gpu_free_bytes
 from app.engines.local.loading.placement import Placement, describe, place
@@ -234,8 +235,10 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
     cpu_kernels = plan.kind.cpu_kernels
     attention = kwargs["attn_implementation"]
     if cpu_kernels:
-        choice = build_kernel()
-        use_bfloat16_kv(model, choice.kernel)
+        choice = build_kernels()
+        use_bfloat16_kv(model, choice.kernels)
+        if choice.kernels is not None:
+            use_own_layers(model, choice.kernels)
         attention = f"{choice.reason}, keys and values in bfloat16"
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s (%s), %s%s)",

@@ -1,8 +1,9 @@
-"""The app's own attention kernel for the CPU path (own_attention.cpp), built once per machine.
+"""The app's own CPU kernels (own_attention.cpp, own_norms.cpp; bound in own_kernels.cpp),
+built once per machine.
 
-Why: PyTorch's flash kernel, which the CPU path used before, gives a token the same numbers in
-a prompt and in decoding only for short replies (on tiny checkpoints of four of the five
-families the keys drifted apart within 60 generated tokens, tests/engine/test_attention.py),
+Attention. PyTorch's flash kernel, which the CPU path used before, gives a token the same
+numbers in a prompt and in decoding only for short replies (on tiny checkpoints of four of the
+five families the keys drifted apart within 60 generated tokens, tests/engine/test_attention.py),
 and for one new token it costs more in setting up than in arithmetic. This kernel computes
 every query row with the same instructions whatever the number of rows, so a token read in a
 prompt and the same token generated match bit for bit at any length; scores and softmax are
@@ -13,12 +14,15 @@ with AVX512-BF16; docs/cpu.md), a layer, keys not in the cache as in a step: one
 1.01; prompts of 400 tokens 7.4 ms against 8.8, of 2,150 tokens 195 against 135 (slower
 there; in the model the long prompt's first token did not move against llama-server's).
 
-It is compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
-machine (about 20 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
-~/.cache/torch_extensions) under a name made of the source's, PyTorch's and the CPU's
-fingerprints, and loaded from there on later starts. Where it cannot be built (no C++
-compiler, as on many Windows laptops) the CPU path attends with PyTorch's kernel, and the
-start-up line says which.
+Norms and rotary embedding (own_layers.py calls them): one call where PyTorch's take six to
+twelve small operations, each slow in a decode step (own_norms.cpp says why); exact per row too.
+
+They are compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
+machine (about 25 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
+~/.cache/torch_extensions) under a name made of the sources', PyTorch's and the CPU's
+fingerprints, and loaded from there on later starts. Where they cannot be built (no C++
+compiler, as on many Windows laptops) the CPU path runs PyTorch's attention and transformers'
+layers, and the start-up line says which.
 """
 
 from __future__ import annotations
@@ -35,19 +39,28 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("own_attention.cpp")
-# A build takes about 20 s on 2 cores; a lock this old was left by a start that was stopped.
+SOURCES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("own_kernels.cpp", "own_attention.cpp", "own_norms.cpp")
+)
+# A build takes about 25 s on 2 cores; a lock this old was left by a start that was stopped.
 STALE_LOCK_S = 600.0
 
 
 @dataclass(frozen=True)
-class AttentionKernel:
-    """The built kernel: `attend(query, key, value, scale)` as own_attention.cpp describes."""
+class OwnKernels:
+    """The built kernels, as own_attention.cpp and own_norms.cpp describe them."""
 
     module: Any
 
     def attend(self, query: Any, key: Any, value: Any, scale: float) -> Any:
         return self.module.attend(query, key, value, scale)
+
+    def rms_norm(self, x: Any, weight: Any, eps: float) -> Any:
+        return self.module.rms_norm(x, weight, eps)
+
+    def norm_rope(self, x: Any, weight: Any | None, eps: float, cos: Any, sin: Any) -> Any:
+        return self.module.norm_rope(x, weight, eps, cos, sin)
 
     def fast_for(self, dim: int) -> bool:
         """Whether heads `dim` wide take the AVX512-BF16 path (else the portable one)."""
@@ -56,14 +69,15 @@ class AttentionKernel:
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The kernel (None: PyTorch's attention instead) and why, for the start-up line."""
+    """The kernels (None: PyTorch's attention and transformers' layers instead) and why, for
+    the start-up line."""
 
-    kernel: AttentionKernel | None
+    kernels: OwnKernels | None
     reason: str
 
 
-def build_kernel() -> KernelChoice:
-    """The kernel for this machine: built on the first call on a machine, loaded after."""
+def build_kernels() -> KernelChoice:
+    """The kernels for this machine: built on the first call on a machine, loaded after."""
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         return KernelChoice(None, "PyTorch's attention (no C++ compiler to build the app's)")
@@ -73,7 +87,7 @@ def build_kernel() -> KernelChoice:
     # multiply and add fused where the source does not say so, so a row's instructions never
     # depend on where the compiler inlined them.
     flags = ["-O3", "-ffp-contract=off", *(["-march=native"] if x86 else [])]
-    name = f"qwen_vl_chat_attention_{_fingerprint(flags)}"
+    name = f"qwen_vl_chat_kernels_{_fingerprint(flags)}"
     # Its import warns that no CUDA runtime is found: true of every CPU machine, and no concern
     # of a kernel for the CPU.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -84,21 +98,21 @@ def build_kernel() -> KernelChoice:
         folder.mkdir(parents=True, exist_ok=True)
         clear_stale_lock(folder, time.time())
         if not (folder / f"{name}.so").exists():
-            log.info("building the app's attention kernel for this CPU (once, about 20 s)")
+            log.info("building the app's CPU kernels for this CPU (once, about 25 s)")
         module = load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=flags,
             build_directory=str(folder),
             verbose=False,
         )
     except Exception as err:  # noqa: BLE001 - any build failure: PyTorch's kernel instead
         last = str(err).strip().splitlines()[-1:] or ["unknown error"]
-        log.warning("could not build the app's attention kernel (%s); using PyTorch's", last[0])
+        log.warning("could not build the app's CPU kernels (%s); using PyTorch's", last[0])
         return KernelChoice(None, "PyTorch's attention (the app's kernel failed to build)")
-    kernel = AttentionKernel(module)
-    path = "AVX512-BF16" if kernel.fast_for(128) else "portable"
-    return KernelChoice(kernel, f"the app's attention kernel ({path})")
+    kernels = OwnKernels(module)
+    path = "AVX512-BF16" if kernels.fast_for(128) else "portable"
+    return KernelChoice(kernels, f"the app's attention kernel ({path})")
 
 
 def clear_stale_lock(folder: Path, now: float) -> None:
@@ -122,15 +136,17 @@ def clear_stale_lock(folder: Path, now: float) -> None:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return  # held by a build under way
-        log.debug("removing the attention kernel's build lock (%.0f s old, held by none)", age)
+        log.debug("removing the CPU kernels' build lock (%.0f s old, held by none)", age)
         lock.unlink(missing_ok=True)
 
 
 def _fingerprint(flags: list[str]) -> str:
-    """The source's, the flags', PyTorch's and this CPU's fingerprint, for the build's name."""
+    """The sources', the flags', PyTorch's and this CPU's fingerprint, for the build's name."""
     import torch
 
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
     digest.update(" ".join(flags).encode())
     # Its version (headers, ABI) and where it is installed: the build's commands name its
     # headers' folder, so two environments sharing one folder would rebuild at each switch.
