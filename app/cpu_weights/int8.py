@@ -43,6 +43,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -232,6 +233,18 @@ class Int8Embedding(nn.Module):
         return f"{self.num_embeddings}x{self.embedding_dim}, int8 rows"
 
 
+@dataclass
+class _Taken:
+    """What an `Int8Shared` holds between its parts' calls: the input it was last given, its
+    output, and the parts that have not taken their columns of it yet. A plain object: set
+    on the module itself, each of these would go through `nn.Module.__setattr__` (a few
+    microseconds, five times a layer at every token)."""
+
+    input: Tensor | None = None
+    output: Tensor | None = None
+    waiting: set[int] = field(default_factory=set)
+
+
 class Int8Shared(nn.Module):
     """One int8 linear layer holding the rows of several that read the same input (a
     layer's q, k and v projections; its MLP's gate and up): their input is quantized once
@@ -242,21 +255,20 @@ class Int8Shared(nn.Module):
         super().__init__()
         self.linear = linear
         self.bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self._input: Tensor | None = None
-        self._output: Tensor | None = None
-        self._waiting: set[int] = set()
+        self._taken = _Taken()
 
     def part(self, x: Tensor, index: int) -> Tensor:
+        taken = self._taken
         # `is`, not equality: the input is the very tensor the first part was given. While
         # it is kept here no other tensor can have its identity.
-        if x is not self._input or index not in self._waiting:
-            self._input, self._output = x, self.linear(x)
-            self._waiting = set(range(len(self.bounds) - 1))
-        self._waiting.discard(index)
-        assert self._output is not None  # set above, or by the part before this one
-        out = self._output[..., self.bounds[index] : self.bounds[index + 1]]
-        if not self._waiting:
-            self._input = self._output = None
+        if x is not taken.input or index not in taken.waiting:
+            taken.input, taken.output = x, self.linear(x)
+            taken.waiting = set(range(len(self.bounds) - 1))
+        taken.waiting.discard(index)
+        assert taken.output is not None  # set above, or by the part before this one
+        out = taken.output[..., self.bounds[index] : self.bounds[index + 1]]
+        if not taken.waiting:
+            taken.input = taken.output = None
         return out
 
 
