@@ -29,6 +29,14 @@ def expected_cpu_attention() -> str:
     return f"the app's attention kernel ({path})"
 
 
+def expected_cpu_path(decoder_layers: int) -> str:
+    """The start-up line's account of the CPU path's kernels for a model of `decoder_layers`
+    layers that the app's layers take (every family's but Qwen3.5's), keys and values
+    included."""
+    layers = f", its norms and rotary in {decoder_layers} decoder layers"
+    return f"{expected_cpu_attention()}{layers if has_cpp_compiler() else ''}, keys and values"
+
+
 def cpu_flags() -> set[str]:
     """This CPU's feature flags as Linux lists them (empty elsewhere)."""
     try:

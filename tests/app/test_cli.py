@@ -13,7 +13,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from testkit.engines import expected_cpu_attention
+from testkit.engines import expected_cpu_path
 from testkit.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ def test_offline_trial_serves_a_tiny_model_with_a_banner(tmp_path):
     loaded = [line for line in console.splitlines() if " loaded " in line]
     if on_cpu:
         said = (
-            f"(cpu, int4 (the CPU's default), {expected_cpu_attention()}, keys and values in "
+            f"(cpu, int4 (the CPU's default), {expected_cpu_path(2)} in "
             "bfloat16; --dtype float32 for the exact"
         )
         assert said in loaded[0]

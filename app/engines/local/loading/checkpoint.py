@@ -237,9 +237,9 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
     if cpu_kernels:
         choice = build_kernels()
         use_bfloat16_kv(model, choice.kernels)
-        if choice.kernels is not None:
-            use_own_layers(model, choice.kernels)
-        attention = f"{choice.reason}, keys and values in bfloat16"
+        lean = use_own_layers(model, choice.kernels) if choice.kernels is not None else 0
+        layers = f", its norms and rotary in {lean} decoder layers" if lean else ""
+        attention = f"{choice.reason}{layers}, keys and values in bfloat16"
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s (%s), %s%s)",
         checkpoint,
