@@ -55,7 +55,10 @@ def use_own_layers(model: Any, kernels: OwnKernels) -> int:
 
 
 def can_be_lean(layer: Any) -> bool:
-    """Whether `layer` is a decoder layer whose arithmetic `lean_forward` repeats."""
+    """Whether `layer` is a decoder layer whose arithmetic `lean_forward` repeats (and whose
+    `forward` accelerate has not wrapped: its hooks move weights and inputs between devices)."""
+    if hasattr(layer, "_hf_hook"):
+        return False
     attention = getattr(layer, "self_attn", None)
     norms: list[Any] = [
         getattr(layer, name, None) for name in ("input_layernorm", "post_attention_layernorm")
@@ -89,8 +92,9 @@ def lean_forward(
     position_embeddings: tuple[Any, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """transformers' decoder layer forward (Qwen3-VL's), its norms and rotary embedding by the
-    app's kernels. Keywords as transformers' text model passes them."""
+    """transformers' decoder layer forward of these families, its norms and rotary embedding by
+    the app's kernels; transformers' own where the input is not float32 or has no rotary
+    embedding. Keywords as transformers' text models pass them."""
     if hidden_states.dtype != _float32() or position_embeddings is None:
         return type(layer).forward(
             layer,
