@@ -8,7 +8,7 @@
 // that only for short replies. Scores and softmax are float32; the values are weighed by the
 // softmax rounded to bfloat16, as the flash kernel weighs them, with float32 sums; and one
 // token's attention reads each key and value once for all heads that share them.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -219,7 +219,7 @@ bool fast_path_for(int64_t dim) { return FAST_PATH && dim % 32 == 0 && dim <= FA
 // with contiguous rows (a head may start anywhere: a view of a larger cache buffer). Row i
 // attends to keys [0, keys - rows + i]: a causal prompt after `keys - rows` cached tokens, or
 // one new token (rows = 1) to all of them. Returns (rows, heads, dim) float32.
-torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value, double scale) {
+at::Tensor attend(at::Tensor query, at::Tensor key, at::Tensor value, double scale) {
   TORCH_CHECK(query.scalar_type() == at::kBFloat16 && key.scalar_type() == at::kBFloat16 &&
                   value.scalar_type() == at::kBFloat16,
               "bfloat16 query, keys and values");
@@ -233,7 +233,7 @@ torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value
                   key.size(2) == dim && value.size(2) == dim && value.size(0) == kv_heads,
               "shapes");
   const int64_t group = heads / kv_heads, offset = keys - rows;
-  auto out = torch::empty({rows, heads, dim}, query.options().dtype(at::kFloat));
+  auto out = at::empty({rows, heads, dim}, query.options().dtype(at::kFloat));
   if (rows == 0) return out;
   const auto* q = reinterpret_cast<const uint16_t*>(query.data_ptr<at::BFloat16>());
   const auto* k = reinterpret_cast<const uint16_t*>(key.data_ptr<at::BFloat16>());

@@ -2,11 +2,11 @@
 // (own_attention.cpp), norms and rotary embedding (own_norms.cpp).
 #include <torch/extension.h>
 
-torch::Tensor attend(torch::Tensor query, torch::Tensor key, torch::Tensor value, double scale);
+at::Tensor attend(at::Tensor query, at::Tensor key, at::Tensor value, double scale);
 bool fast_path_for(int64_t dim);
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
-torch::Tensor norm_rope(torch::Tensor x, c10::optional<torch::Tensor> weight, double eps,
-                        torch::Tensor cos, torch::Tensor sin);
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
+at::Tensor norm_rope(at::Tensor x, c10::optional<at::Tensor> weight, double eps,
+                        at::Tensor cos, at::Tensor sin);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend", &attend, "causal attention over bfloat16 keys and values, exact per row");

@@ -18,7 +18,7 @@ Norms and rotary embedding (own_layers.py calls them): one call where PyTorch's 
 twelve small operations, each slow in a decode step (own_norms.cpp says why); exact per row too.
 
 They are compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
-machine (about 25 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
+machine (about 30 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
 ~/.cache/torch_extensions) under a name made of the sources', PyTorch's and the CPU's
 fingerprints, and loaded from there on later starts. Where they cannot be built (no C++
 compiler, as on many Windows laptops) the CPU path runs PyTorch's attention and transformers'
@@ -43,7 +43,7 @@ SOURCES = tuple(
     Path(__file__).with_name(name)
     for name in ("own_kernels.cpp", "own_attention.cpp", "own_norms.cpp")
 )
-# A build takes about 25 s on 2 cores; a lock this old was left by a start that was stopped.
+# A build takes about 30 s on 2 cores; a lock this old was left by a start that was stopped.
 STALE_LOCK_S = 600.0
 
 
@@ -98,7 +98,7 @@ def build_kernels() -> KernelChoice:
         folder.mkdir(parents=True, exist_ok=True)
         clear_stale_lock(folder, time.time())
         if not (folder / f"{name}.so").exists():
-            log.info("building the app's CPU kernels for this CPU (once, about 25 s)")
+            log.info("building the app's CPU kernels for this CPU (once, about 30 s)")
         module = load(
             name=name,
             sources=[str(source) for source in SOURCES],

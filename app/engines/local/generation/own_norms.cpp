@@ -12,7 +12,7 @@
 // token generated get the same bits (the prefix cache rests on that). Sums of squares run in
 // sixteen lanes in a fixed order, then a fixed tree; -ffp-contract=off (own_kernels.py) keeps
 // the compiler from fusing multiplies and adds differently where it inlines differently.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -39,7 +39,7 @@ float inverse_rms(const float* x, int64_t n, float eps) {
   return 1.0f / std::sqrt(part[0] / float(n) + eps);
 }
 
-void check_float(const torch::Tensor& t, const char* what) {
+void check_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), what,
               ": a contiguous float32 tensor");
 }
@@ -48,12 +48,12 @@ void check_float(const torch::Tensor& t, const char* what) {
 
 // weight * (x / rms(x)) over the last axis of x (any leading shape), as transformers' Qwen
 // RMSNorm computes it in float32.
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   check_float(x, "x");
   check_float(weight, "weight");
   const int64_t n = x.size(-1), rows = n ? x.numel() / n : 0;
   TORCH_CHECK(weight.numel() == n, "one weight a column");
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   const float* in = x.data_ptr<float>();
   const float* w = weight.data_ptr<float>();
   float* o = out.data_ptr<float>();
@@ -74,8 +74,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 // the rotary embedding as transformers' `apply_rotary_pos_emb` does (x * cos + rotate_half(x) *
 // sin; cos and sin (batch, tokens, dim)). Returns (batch, heads, tokens, dim), the layout the
 // cache and attention read.
-torch::Tensor norm_rope(torch::Tensor x, c10::optional<torch::Tensor> weight, double eps,
-                        torch::Tensor cos, torch::Tensor sin) {
+at::Tensor norm_rope(at::Tensor x, c10::optional<at::Tensor> weight, double eps,
+                        at::Tensor cos, at::Tensor sin) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "x: (batch, tokens, heads, dim)");
   TORCH_CHECK(x.stride(3) == 1 && x.stride(2) == x.size(3), "x: contiguous heads");
   check_float(cos, "cos");
@@ -90,7 +90,7 @@ torch::Tensor norm_rope(torch::Tensor x, c10::optional<torch::Tensor> weight, do
     TORCH_CHECK(weight->numel() == dim, "one weight a column of a head");
     w = weight->data_ptr<float>();
   }
-  auto out = torch::empty({batch, heads, tokens, dim}, x.options());
+  auto out = at::empty({batch, heads, tokens, dim}, x.options());
   const float* in = x.data_ptr<float>();
   const float* c = cos.data_ptr<float>();
   const float* s = sin.data_ptr<float>();
