@@ -50,7 +50,7 @@ def cpu_flags() -> set[str]:
 
 
 def has_cpp_compiler() -> bool:
-    """Whether a C++ compiler is on the PATH (the app's attention kernel is built with it)."""
-    import shutil
+    """Whether a C++ compiler is on the PATH (the app's kernels are built with it)."""
+    from app.engines.local.generation.own_kernels import cpp_compiler
 
-    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
+    return cpp_compiler() is not None

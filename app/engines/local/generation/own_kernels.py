@@ -78,8 +78,7 @@ class KernelChoice:
 
 def build_kernels() -> KernelChoice:
     """The kernels for this machine: built on the first call on a machine, loaded after."""
-    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
+    if cpp_compiler() is None:
         return KernelChoice(None, "PyTorch's attention (no C++ compiler to build the app's)")
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     # -march=native: the build is for this CPU only, hence the CPU in the name (a home folder
@@ -113,6 +112,11 @@ def build_kernels() -> KernelChoice:
     kernels = OwnKernels(module)
     path = "AVX512-BF16" if kernels.fast_for(128) else "portable"
     return KernelChoice(kernels, f"the app's attention kernel ({path})")
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler on the PATH that PyTorch's extension tools would build with, if any."""
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
 def clear_stale_lock(folder: Path, now: float) -> None:
