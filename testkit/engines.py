@@ -30,11 +30,22 @@ def expected_cpu_attention() -> str:
 
 
 def expected_cpu_path(decoder_layers: int) -> str:
-    """The start-up line's account of the CPU path's kernels for a model of `decoder_layers`
-    layers that the app's layers take (every family's but Qwen3.5's), keys and values
-    included."""
+    """The start-up line's account of the default CPU path's kernels for a model of
+    `decoder_layers` layers that the app's layers take (every family's but Qwen3.5's), keys and
+    values included."""
+    if not has_cpp_compiler():
+        return f"{expected_cpu_attention()}, keys and values"
+    # The layers in blocks of 4 and 8 bits: in each decoder layer q and k (one product), v, o,
+    # gate and up (one product), down; then the output layer.
+    products = f", its products in {5 * decoder_layers + 1} layers" if has_block_products() else ""
     layers = f", its norms and rotary in {decoder_layers} decoder layers"
-    return f"{expected_cpu_attention()}{layers if has_cpp_compiler() else ''}, keys and values"
+    return f"{expected_cpu_attention()}{products}{layers}, keys and values"
+
+
+def has_block_products() -> bool:
+    """Whether the app's block products run here, from what the machine has: a C++ compiler
+    and AVX-512 with VNNI."""
+    return has_cpp_compiler() and {"avx512f", "avx512bw", "avx512_vnni"} <= cpu_flags()
 
 
 def cpu_flags() -> set[str]:

@@ -1,4 +1,5 @@
-"""The language model's linear layers in 4 and 8 bits on the CPU, by ONNX Runtime's kernel.
+"""The language model's linear layers in 4 and 8 bits on the CPU, by the app's own kernel or
+ONNX Runtime's.
 
 Decoding on a CPU reads every weight once a token, so its speed is the weights' bytes. The
 int8 path (app/cpu_weights/int8.py) reads 1.7 GB a token for Qwen3-VL-2B's language
@@ -23,6 +24,12 @@ divergence; these are 0.72x. Each row of the input is quantized on its own, so a
 does not depend on the other rows of the call: a prompt read in parts gives the same bits as
 read at once, which the prefix cache rests on.
 
+Where the app's kernels are built and the CPU has AVX-512 VNNI, the same weights are multiplied
+by the app's own kernel instead (own_products.cpp, through `BlockProducts`): MatMulNBits spends
+more time unpacking a block of 32 four-bit weights than reading it, and unpacks it again for
+every row. Measured in Qwen3-VL-2B's 28 layers, interleaved: a decode step 8% faster with one
+reply, 18% with four, a 400-token prompt 15% (docs/cpu.md, "The app's products").
+
 Threads: ONNX Runtime keeps its own pool (one, for every layer, as many threads as PyTorch's),
 told not to spin between calls. PyTorch's OpenMP threads must not spin either, or the two pools
 fight for the cores between the layers (200 ms a token instead of 62): `OMP_WAIT_POLICY=passive`
@@ -34,7 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +77,20 @@ EIGHT_BITS = BlockFormat(8, 128)
 # What is kept of a layer in a block format (and saved by store.py): its packed levels, scales,
 # zero points, bias and format.
 BlockLayer = dict[str, Any]
+
+
+class BlockProducts(Protocol):
+    """A kernel that multiplies rows by weights in blocks (the app's own:
+    app/engines/local/generation/own_kernels.py); where it runs here, `BlockLinear` computes
+    with it instead of ONNX Runtime."""
+
+    def block_products_fast(self) -> bool: ...
+
+    def repack_blocks(
+        self, levels: Tensor, scales: Tensor, zeros: Tensor, bits: int, block: int
+    ) -> Tensor: ...
+
+    def block_product(self, x: Tensor, packed: Tensor, bits: int, block: int) -> Tensor: ...
 
 
 @functools.cache
@@ -268,37 +289,77 @@ def _session(layer: BlockLayer) -> Any:
     return session
 
 
-class BlockLinear(nn.Module):
-    """y = x W^T + b with W in a block format (4 or 8 bits, a scale and zero point a
-    block)."""
+class OnnxProduct:
+    """Rows times a layer's block weights by ONNX Runtime's `MatMulNBits`."""
+
+    kernel = "ONNX Runtime"
 
     def __init__(self, layer: BlockLayer) -> None:
-        super().__init__()
-        self.in_features = layer["in_features"]
-        self.out_features = layer["packed"].shape[0]
-        self.register_buffer("bias", layer["bias"])
-        # The weights live only in the session (repacked for its kernel there): kept here
-        # too, they would take their memory twice. The int8 store saves them as made.
-        self.bits = layer["bits"]
-        self.bits_a_weight = BlockFormat(layer["bits"], layer["block"]).bits_a_weight()
         self._session = _session(layer)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, rows: Tensor) -> Tensor:
         # numpy in and out, no torch operation between: a decode step makes 141 of these
         # calls, and each torch operation there costs tens of microseconds (own_layers.py).
         import numpy
 
-        shape, dtype = x.shape, x.dtype
-        flat = x.reshape(-1, self.in_features).float().numpy()
-        rows = flat.shape[0]
-        if rows % 2:
+        flat = rows.numpy()
+        count = flat.shape[0]
+        if count % 2:
             # With blocks of 64 or more, MLAS computes rows in pairs and an odd last row
             # alone, in another kernel whose sums differ in the last bits: a decoded token
             # (one row) would not equal the same token read in a prompt. Padded to pairs,
             # every row is computed alike (one row: 2 ms more in 28 layers).
             flat = numpy.concatenate([flat, flat[-1:]])
         product = self._session.run(None, {"A": numpy.ascontiguousarray(flat)})[0]
-        y = torch.from_numpy(product[:rows])
+        return torch.from_numpy(product[:count])
+
+
+class OwnProduct:
+    """Rows times a layer's block weights by the app's own kernel, the weights repacked for
+    it."""
+
+    kernel = "the app's kernel"
+
+    def __init__(self, layer: BlockLayer, products: BlockProducts) -> None:
+        bits, blocks = layer["bits"], layer["scales"].shape[1]
+        levels = _unpacked(layer["packed"], bits)
+        levels = levels.reshape(levels.shape[0], -1).contiguous()
+        zeros = _unpacked(layer["zero_points"], bits)[:, :blocks].contiguous()
+        self._packed = products.repack_blocks(levels, layer["scales"], zeros, bits, layer["block"])
+        self._products, self._bits, self._block = products, bits, layer["block"]
+        self._out = layer["packed"].shape[0]
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        y = self._products.block_product(rows, self._packed, self._bits, self._block)
+        return y if y.shape[1] == self._out else y[:, : self._out]
+
+
+class BlockLinear(nn.Module):
+    """y = x W^T + b with W in a block format (4 or 8 bits, a scale and zero point a
+    block), multiplied by `products` where it runs here, else by ONNX Runtime."""
+
+    def __init__(self, layer: BlockLayer, products: BlockProducts | None = None) -> None:
+        super().__init__()
+        self.in_features = layer["in_features"]
+        self.out_features = layer["packed"].shape[0]
+        self.register_buffer("bias", layer["bias"])
+        # The weights live only in the product (repacked for its kernel there): kept here
+        # too, they would take their memory twice. The store saves them as made.
+        self.bits = layer["bits"]
+        self.bits_a_weight = BlockFormat(layer["bits"], layer["block"]).bits_a_weight()
+        self._product: OwnProduct | OnnxProduct
+        if products is not None and products.block_products_fast():
+            self._product = OwnProduct(layer, products)
+        else:
+            self._product = OnnxProduct(layer)
+
+    @property
+    def on_own_kernel(self) -> bool:
+        return isinstance(self._product, OwnProduct)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, x.dtype
+        y = self._product(x.reshape(-1, self.in_features).float())
         bias: Any = self.bias
         if bias is not None:
             y = y.add_(bias)
@@ -307,8 +368,13 @@ class BlockLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, "
-            f"{self.bits}-bit weights (ONNX Runtime)"
+            f"{self.bits}-bit weights ({self._product.kernel})"
         )
+
+
+def own_kernel_layers(model: nn.Module) -> int:
+    """How many of `model`'s layers in a block format the app's own kernel multiplies."""
+    return sum(isinstance(m, BlockLinear) and m.on_own_kernel for m in model.modules())
 
 
 def is_block_layer(layer: dict[str, Any]) -> bool:

@@ -53,6 +53,7 @@ from app.cpu_weights.blocks import (
     EIGHT_BITS,
     BlockFormat,
     BlockLinear,
+    BlockProducts,
     is_block_layer,
     quantize_blocks,
 )
@@ -301,13 +302,17 @@ BlockFormats = Callable[[str], BlockFormat | None]
 
 
 def quantize(
-    model: Any, keep: Keep | None = None, formats: BlockFormats | None = None
+    model: Any,
+    keep: Keep | None = None,
+    formats: BlockFormats | None = None,
+    products: BlockProducts | None = None,
 ) -> tuple[int, int]:
     """Replace, in place, every `nn.Linear` and `nn.Embedding` of `model` by its int8 form (a
     linear layer that `formats(name)` gives a block format: in that); (linears, embeddings)
     replaced. A layer's weight is made float32 only while it is quantized; a table shared by
     the input embedding and the output layer (tied weights, as in Qwen3-VL-2B) is quantized once
-    for the int8 layers. `keep(name, layer)` is given each layer's quantized form."""
+    for the int8 layers. `keep(name, layer)` is given each layer's quantized form; layers in a
+    block format are multiplied by `products` where it runs (blocks.BlockLinear)."""
 
     kinds = (nn.Linear, nn.Embedding)
     # Names, not modules: a float layer is freed as soon as its int8 form replaces it.
@@ -319,7 +324,7 @@ def quantize(
     ]
     uses = Counter(id(getattr(parent, name).weight) for _, parent, name in places)
     shared: dict[int, tuple[Tensor, Tensor]] = {}  # a tied weight's int8 rows, made once
-    placer = Int8Placer()
+    placer = Int8Placer(products)
     counts = [0, 0]
     with torch.no_grad():
         for full_name, parent, name in places:
@@ -361,12 +366,12 @@ def _int8_layer(
     return layer
 
 
-def int8_module(layer: Int8Layer) -> nn.Module:
+def int8_module(layer: Int8Layer, products: BlockProducts | None = None) -> nn.Module:
     """The module of a layer kept by `quantize` (a linear one where it has "bias"; in a block
-    format where it has packed weights)."""
+    format where it has packed weights, multiplied by `products` where it runs)."""
 
     if is_block_layer(layer):
-        return BlockLinear(layer)
+        return BlockLinear(layer, products)
     if "bias" in layer:
         return Int8Linear(layer["qweight"], layer["scale"], layer["bias"])
     return Int8Embedding(layer["qweight"], layer["scale"], layer["padding_idx"])
@@ -379,9 +384,11 @@ SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 class Int8Placer:
     """Puts int8 layers in place of a model's float ones. Siblings that read one input
-    (`SHARED_INPUT`) wait for each other and go in as the parts of one `Int8Shared`."""
+    (`SHARED_INPUT`) wait for each other and go in as the parts of one `Int8Shared`. Layers in
+    a block format are multiplied by `products` where it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, products: BlockProducts | None = None) -> None:
+        self._products = products
         self._waiting: dict[
             tuple[int, tuple[str, ...]], tuple[nn.Module, dict[str, Int8Layer]]
         ] = {}
@@ -389,24 +396,26 @@ class Int8Placer:
     def put(self, parent: nn.Module, name: str, layer: Int8Layer) -> None:
         group = next((names for names in SHARED_INPUT if name in names), None)
         if group is None or "bias" not in layer:
-            setattr(parent, name, int8_module(layer))
+            setattr(parent, name, int8_module(layer, self._products))
             return
         key = (id(parent), group)
         _, siblings = self._waiting.setdefault(key, (parent, {}))
         siblings[name] = layer
         if len(siblings) == len(group):
             del self._waiting[key]
-            _place_shared(parent, [(n, siblings[n]) for n in group])
+            _place_shared(parent, [(n, siblings[n]) for n in group], self._products)
 
     def finish(self) -> None:
         """Siblings whose group is not whole go in alone."""
         for parent, siblings in self._waiting.values():
             for name, layer in siblings.items():
-                setattr(parent, name, int8_module(layer))
+                setattr(parent, name, int8_module(layer, self._products))
         self._waiting.clear()
 
 
-def _place_shared(parent: nn.Module, named: list[tuple[str, Int8Layer]]) -> None:
+def _place_shared(
+    parent: nn.Module, named: list[tuple[str, Int8Layer]], products: BlockProducts | None
+) -> None:
     """Siblings of one input placed as parts of one product, those of one width and kind
     together (the default CPU path keeps q and k in 4 bits, v in 8: q and k are one product,
     v its own); a sibling of a kind of its own goes in alone."""
@@ -417,11 +426,11 @@ def _place_shared(parent: nn.Module, named: list[tuple[str, Int8Layer]]) -> None
     for group in together.values():
         if len(group) == 1:
             name, layer = group[0]
-            setattr(parent, name, int8_module(layer))
+            setattr(parent, name, int8_module(layer, products))
             continue
         layers = [layer for _, layer in group]
         sizes = [_shape(x)[0] for x in layers]
-        shared = Int8Shared(int8_module(_concatenated(layers, sizes)), sizes)
+        shared = Int8Shared(int8_module(_concatenated(layers, sizes), products), sizes)
         for index, (name, _) in enumerate(group):
             setattr(parent, name, Int8Part(shared, index))
 
@@ -488,11 +497,14 @@ def return_freed_memory() -> None:
 
 
 def to_cpu_kernels(
-    model: Any, keep: Keep | None = None, formats: BlockFormats | None = None
+    model: Any,
+    keep: Keep | None = None,
+    formats: BlockFormats | None = None,
+    products: BlockProducts | None = None,
 ) -> Any:
     """`model` (loaded in bfloat16 on the CPU) in int8 where it counts (the layers `formats`
-    names in their block formats), float32 elsewhere."""
-    linears, embeddings = quantize(model, keep, formats)
+    names in their block formats, multiplied by `products` where it runs), float32 elsewhere."""
+    linears, embeddings = quantize(model, keep, formats, products)
     # `.float()` casts parameters and floating buffers; the int8 buffers stay int8.
     model.float()
     return_freed_memory()

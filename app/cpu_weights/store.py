@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from app.cpu_weights.blocks import BlockProducts
 from app.cpu_weights.int8 import (
     BlockFormats,
     Int8Layer,
@@ -63,9 +64,15 @@ class QuantizedStore:
     def exists(self) -> bool:
         return (self.folder / DONE).is_file()
 
-    def quantize_and_save(self, model: Any, formats: BlockFormats | None = None) -> Any:
+    def quantize_and_save(
+        self,
+        model: Any,
+        formats: BlockFormats | None = None,
+        products: BlockProducts | None = None,
+    ) -> Any:
         """`model` (bfloat16) quantized by `to_cpu_kernels` (int8, and block formats where
-        `formats` says), each layer saved as it is made."""
+        `formats` says, multiplied by `products` where it runs), each layer saved as it is
+        made."""
         partial = self.folder.with_name(self.folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -80,7 +87,7 @@ class QuantizedStore:
                     failed.append(err)
             names.append(name)
 
-        model = to_cpu_kernels(model, keep, formats)
+        model = to_cpu_kernels(model, keep, formats, products)
         int8 = tuple(f"{name}." for name in names)
         rest = {k: v for k, v in model.state_dict().items() if not k.startswith(int8)}
         try:
@@ -105,9 +112,10 @@ class QuantizedStore:
                 shutil.rmtree(older, ignore_errors=True)
         os.replace(partial, self.folder)
 
-    def load(self, checkpoint: Path, attention: str) -> Any:
-        """The quantized model of `checkpoint` from the saved layers; None where they do not
-        fit the model or are of another format (then the caller quantizes afresh)."""
+    def load(self, checkpoint: Path, attention: str, products: BlockProducts | None = None) -> Any:
+        """The quantized model of `checkpoint` from the saved layers (those in a block format
+        multiplied by `products` where it runs); None where they do not fit the model or are of
+        another format (then the caller quantizes afresh)."""
         import torch
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
@@ -123,7 +131,7 @@ class QuantizedStore:
         if rest is None:
             log.warning("the saved weights in %s are of another format", self.folder)
             return None
-        placer = Int8Placer()
+        placer = Int8Placer(products)
         for index, name in enumerate(names):
             layer = _load_layer(self.folder / _layer_file(index))
             if layer is None:

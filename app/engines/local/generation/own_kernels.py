@@ -1,5 +1,5 @@
-"""The app's own CPU kernels (own_attention.cpp, own_norms.cpp; bound in own_kernels.cpp),
-built once per machine.
+"""The app's own CPU kernels (own_attention.cpp, own_norms.cpp, own_products.cpp; bound in
+own_kernels.cpp), built once per machine.
 
 Attention. PyTorch's flash kernel, which the CPU path used before, gives a token the same
 numbers in a prompt and in decoding only for short replies (on tiny checkpoints of four of the
@@ -16,6 +16,10 @@ there; in the model the long prompt's first token did not move against llama-ser
 
 Norms and rotary embedding (own_layers.py calls them): one call where PyTorch's take six to
 twelve small operations, each slow in a decode step (own_norms.cpp says why); exact per row too.
+
+Products with weights in blocks of 4 or 8 bits (app/cpu_weights/blocks.py calls them, on CPUs
+with AVX-512 VNNI; ONNX Runtime's MatMulNBits elsewhere): exact per row, and faster than
+MatMulNBits where measured, most with several rows (own_products.cpp says why).
 
 They are compiled with PyTorch's C++ extension tools the first time the CPU path loads on a
 machine (about 30 seconds), kept in PyTorch's extension folder (`TORCH_EXTENSIONS_DIR`, else
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("own_kernels.cpp", "own_attention.cpp", "own_norms.cpp")
+    for name in ("own_kernels.cpp", "own_attention.cpp", "own_norms.cpp", "own_products.cpp")
 )
 # A build takes about 30 s on 2 cores; a lock this old was left by a start that was stopped.
 STALE_LOCK_S = 600.0
@@ -49,7 +53,8 @@ STALE_LOCK_S = 600.0
 
 @dataclass(frozen=True)
 class OwnKernels:
-    """The built kernels, as own_attention.cpp and own_norms.cpp describe them."""
+    """The built kernels, as own_attention.cpp, own_norms.cpp and own_products.cpp describe
+    them."""
 
     module: Any
 
@@ -61,6 +66,20 @@ class OwnKernels:
 
     def norm_rope(self, x: Any, weight: Any | None, eps: float, cos: Any, sin: Any) -> Any:
         return self.module.norm_rope(x, weight, eps, cos, sin)
+
+    def block_products_fast(self) -> bool:
+        """Whether the block products run on this CPU (AVX-512 VNNI)."""
+        return bool(self.module.block_products_fast())
+
+    def repack_blocks(self, levels: Any, scales: Any, zeros: Any, bits: int, block: int) -> Any:
+        """Block weights (levels [out, blocks x block] and zero points [out, blocks], uint8, a
+        value a byte; scales [out, blocks]) in the product kernel's order."""
+        return self.module.block_repack(levels, scales, zeros, bits, block)
+
+    def block_product(self, x: Any, packed: Any, bits: int, block: int) -> Any:
+        """x [rows, in] float32 times weights `repack_blocks` made: [rows, out rounded up to
+        64] float32."""
+        return self.module.block_product(x, packed, bits, block)
 
     def fast_for(self, dim: int) -> bool:
         """Whether heads `dim` wide take the AVX512-BF16 path (else the portable one)."""

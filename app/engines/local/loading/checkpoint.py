@@ -18,7 +18,7 @@ from app.engines.local.generation.internals import (
     language_layer_index,
     outside_vision_encoder,
 )
-from app.engines.local.generation.own_kernels import build_kernels
+from app.engines.local.generation.own_kernels import OwnKernels, build_kernels
 from app.engines.local.generation.own_layers import use_own_layers
 from app.engines.local.loaded import LoadedModel
 from app.engines.local.loading.memory import GB, available_bytes, gpu_free_bytes
@@ -231,15 +231,15 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
             bnb_4bit_use_double_quant=True,
         )
     processor = AutoProcessor.from_pretrained(path)
-    model = _model(Path(path), plan, kwargs, options.weights_store)
     cpu_kernels = plan.kind.cpu_kernels
+    # Built before the model: the layers in blocks of 4 and 8 bits are repacked for the
+    # kernels' products as they are placed.
+    choice = build_kernels() if cpu_kernels else None
+    kernels = choice.kernels if choice is not None else None
+    model = _model(Path(path), plan, kwargs, options.weights_store, kernels)
     attention = kwargs["attn_implementation"]
-    if cpu_kernels:
-        choice = build_kernels()
-        use_bfloat16_kv(model, choice.kernels)
-        lean = use_own_layers(model, choice.kernels) if choice.kernels is not None else 0
-        layers = f", its norms and rotary in {lean} decoder layers" if lean else ""
-        attention = f"{choice.reason}{layers}, keys and values in bfloat16"
+    if choice is not None:
+        attention = f"{choice.reason}{_own_parts(model, kernels)}, keys and values in bfloat16"
     log.info(
         "loaded %s in %.1f s, %.1f s of it importing torch and transformers (%s, %s (%s), %s%s)",
         checkpoint,
@@ -256,9 +256,29 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
     return LoadedModel(model, processor, plan)
 
 
-def _model(path: Path, plan: WeightsPlan, kwargs: dict[str, Any], store_root: Path | None) -> Any:
+def _own_parts(model: Any, kernels: OwnKernels | None) -> str:
+    """The CPU path's model set to use the app's kernels beyond attention (bfloat16 keys and
+    values, decoder layers, block products), and, for the start-up line, where they run."""
+    from app.cpu_weights.blocks import own_kernel_layers
+
+    use_bfloat16_kv(model, kernels)
+    if kernels is None:
+        return ""
+    products, lean = own_kernel_layers(model), use_own_layers(model, kernels)
+    said = f", its products in {products} layers" if products else ""
+    return said + (f", its norms and rotary in {lean} decoder layers" if lean else "")
+
+
+def _model(
+    path: Path,
+    plan: WeightsPlan,
+    kwargs: dict[str, Any],
+    store_root: Path | None,
+    kernels: OwnKernels | None,
+) -> Any:
     """The model as `plan` says: read from the quantized store where it holds it, else from
-    the checkpoint (then quantized for the CPU's kernels, and saved in the store)."""
+    the checkpoint (then quantized for the CPU's kernels, and saved in the store); its layers
+    in a block format multiplied by `kernels` where they run."""
     from transformers import AutoModelForImageTextToText
 
     from app.cpu_weights.int8 import to_cpu_kernels
@@ -268,12 +288,13 @@ def _model(path: Path, plan: WeightsPlan, kwargs: dict[str, Any], store_root: Pa
     store = None
     if plan.kind.cpu_kernels and store_root is not None:
         store = QuantizedStore(store_folder(store_root, path, plan.kind))
-        if store.exists() and (model := store.load(path, kwargs["attn_implementation"])):
+        attention = kwargs["attn_implementation"]
+        if store.exists() and (model := store.load(path, attention, kernels)):
             return model
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.eval()
     if store is not None:
-        return store.quantize_and_save(model, formats)
+        return store.quantize_and_save(model, formats, kernels)
     if plan.kind.cpu_kernels:
-        return to_cpu_kernels(model, formats=formats)
+        return to_cpu_kernels(model, formats=formats, products=kernels)
     return model
