@@ -39,9 +39,16 @@ constexpr int64_t TILE = 16;
 // apart, each tile's run of 16-32 KB left the cores waiting on memory).
 constexpr int64_t GROUP = 4;
 
-// The bytes of one tile's block: four-bit levels, 16 columns x `block` weights, two a byte;
-// eight-bit ones a byte each.
+// The bytes of one tile's block: 16 columns x `block` weights of `bits` each.
 int64_t tile_block_bytes(int64_t bits, int64_t block) { return TILE * block * bits / 8; }
+
+// Weights a column per step of the kernel's loop, and the 64-byte lines a tile and step: four bits, one line holding 8 weights a column (0-3 in the low halves,
+// 4-7 in the high ones); eight bits, two lines of 4. A tile's lines of a step are side by side,
+// then the next tile's: the kernel reads them in address order (read in another order, the
+// products of one row took up to 1.6x as long).
+constexpr int64_t STEP = 8;
+constexpr int64_t step_lines(int bits) { return TILE * STEP * bits / 8 / 64; }
+constexpr int64_t step_bytes(int bits) { return GROUP * step_lines(bits) * 64; }
 
 // A group's block: its tiles' levels, then GROUP x TILE float32 scales, then as many uint8
 // zero points.
@@ -111,21 +118,35 @@ inline __m512i broadcast4(const int8_t* p) {
 
 #define UNROLL _Pragma("GCC unroll 16")
 
-// The group's four tiles times `R` rows from `row`. A block's integer dot products: four-bit
-// levels come 64 bytes a tile and a run of 8 weights (the tiles' runs side by side), the low
-// halves holding weights 0-3 of each of the 16 columns and the high halves weights 4-7;
-// eight-bit levels 64 bytes a tile and a run of 4. With one row, two sums a tile (alternate
-// runs), for two chains of dependent instructions: integer sums, whose order changes no bit.
-// Then per block, for each row and column, (dot - zero point x the row's level sum) in float,
-// times the weights' and the row's scales, added to the row's total: the same instructions for
-// every row, whatever R.
+// A step's weights of tile `t`, as `STEP / 4` registers of 4 weights a column
+// (one byte each, 0 to 2^BITS - 1), in the order of the step's weights.
+template <int BITS>
+inline void unpack(const uint8_t* lines, int t, __m512i* w) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const auto line = [&](int index) {
+    return _mm512_loadu_si512(lines + (t * step_lines(BITS) + index) * 64);
+  };
+  if (BITS == 8) {
+    w[0] = line(0);
+    w[1] = line(1);
+  } else {
+    const __m512i low = line(0);
+    w[0] = _mm512_and_si512(low, nibble);
+    w[1] = _mm512_and_si512(_mm512_srli_epi16(low, 4), nibble);
+  }
+}
+
+// The group's four tiles times `R` rows from `row`. A block's integer dot products, a step at a
+// time (`unpack`); with one row, two sums a tile (alternate runs of 4 weights), for two chains
+// of dependent instructions: integer sums, whose order changes no bit. Then per block, for each
+// row and column, (dot - zero point x the row's level sum) in float, times the weights' and the
+// row's scales, added to the row's total: the same instructions for every row, whatever R.
 template <int BITS, int R>
 void group_rows(const uint8_t* group, int64_t block, int64_t blocks, const QuantizedRows& x,
                 int64_t row, float* y, int64_t y_stride) {
   constexpr int CHAINS = R == 1 ? 2 : 1;
-  constexpr int64_t RUN = BITS == 4 ? 8 : 4;  // a column's weights in a 64-byte line
+  constexpr int SLOTS = STEP / 4;
   const int64_t bytes = tile_block_bytes(BITS, block), chunk = chunk_bytes(BITS, block);
-  const __m512i low_half = _mm512_set1_epi8(0x0F);
   __m512 totals[GROUP][R];
   UNROLL for (int t = 0; t < GROUP; ++t) UNROLL for (int r = 0; r < R; ++r) totals[t][r] =
       _mm512_setzero_ps();
@@ -138,26 +159,14 @@ void group_rows(const uint8_t* group, int64_t block, int64_t blocks, const Quant
     __m512i dots[GROUP][R][CHAINS];
     UNROLL for (int t = 0; t < GROUP; ++t) UNROLL for (int r = 0; r < R; ++r)
         UNROLL for (int c = 0; c < CHAINS; ++c) dots[t][r][c] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < block; k += 8) {
-      __m512i first[GROUP], second[GROUP];
-      const uint8_t* line = levels + (k / RUN) * GROUP * 64;
-      UNROLL for (int t = 0; t < GROUP; ++t) {
-        if (BITS == 4) {
-          const __m512i packed = _mm512_loadu_si512(line + t * 64);
-          first[t] = _mm512_and_si512(packed, low_half);
-          second[t] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_half);
-        } else {
-          first[t] = _mm512_loadu_si512(line + t * 64);
-          second[t] = _mm512_loadu_si512(line + (GROUP + t) * 64);
-        }
-      }
-      UNROLL for (int r = 0; r < R; ++r) {
-        const __m512i low = broadcast4(xb + r * x.width + k);
-        const __m512i high = broadcast4(xb + r * x.width + k + 4);
-        UNROLL for (int t = 0; t < GROUP; ++t) {
-          dots[t][r][0] = _mm512_dpbusd_epi32(dots[t][r][0], first[t], low);
-          dots[t][r][CHAINS - 1] = _mm512_dpbusd_epi32(dots[t][r][CHAINS - 1], second[t], high);
-        }
+    for (int64_t k = 0; k < block; k += STEP) {
+      __m512i w[GROUP][SLOTS];
+      const uint8_t* lines = levels + (k / STEP) * step_bytes(BITS);
+      UNROLL for (int t = 0; t < GROUP; ++t) unpack<BITS>(lines, t, w[t]);
+      UNROLL for (int r = 0; r < R; ++r) UNROLL for (int slot = 0; slot < SLOTS; ++slot) {
+        const __m512i a = broadcast4(xb + r * x.width + k + 4 * slot);
+        UNROLL for (int t = 0; t < GROUP; ++t) dots[t][r][slot % CHAINS] =
+            _mm512_dpbusd_epi32(dots[t][r][slot % CHAINS], w[t][slot], a);
       }
     }
     UNROLL for (int t = 0; t < GROUP; ++t) {
@@ -167,7 +176,7 @@ void group_rows(const uint8_t* group, int64_t block, int64_t blocks, const Quant
       UNROLL for (int r = 0; r < R; ++r) {
         const int64_t rb = (row + r) * x.blocks + b;
         __m512i dot = dots[t][r][0];
-        if (CHAINS == 2) dot = _mm512_add_epi32(dot, dots[t][r][CHAINS - 1]);
+        if (CHAINS == 2) dot = _mm512_add_epi32(dot, dots[t][r][1]);
         const __m512i shift = _mm512_mullo_epi32(zero_points, _mm512_set1_epi32(x.sums[rb]));
         const __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, shift));
         const __m512 scale = _mm512_mul_ps(weight_scales, _mm512_set1_ps(x.scales[rb]));
@@ -193,6 +202,21 @@ void group_all_rows(const uint8_t* group, int64_t block, int64_t blocks, const Q
 }
 
 #endif  // PRODUCTS_FAST
+
+// Level `level` of weight `k` of column `lane` of tile `tile` into its group's block at
+// `base`, in the lines `unpack` reads: column `lane`'s 4 bytes of a line at lane*4.
+void place(uint8_t* base, int64_t bits, int64_t tile, int64_t lane, int64_t k, uint8_t level) {
+  const int b = static_cast<int>(bits);
+  const int64_t within = k % STEP;
+  uint8_t* step = base + (k / STEP) * step_bytes(b);
+  const auto byte = [&](int64_t line) -> uint8_t& {
+    return step[(tile * step_lines(b) + line) * 64 + lane * 4 + within % 4];
+  };
+  if (bits == 8)
+    byte(within / 4) = level;  // two lines: weights 0-3, 4-7
+  else
+    byte(0) |= static_cast<uint8_t>((level & 15) << (within < 4 ? 0 : 4));
+}
 
 }  // namespace
 
@@ -227,15 +251,7 @@ at::Tensor block_repack(at::Tensor levels, at::Tensor scales, at::Tensor zeros, 
         for (int64_t b = 0; b < blocks; ++b) {
           uint8_t* base = dst + (g * blocks + b) * chunk;
           const uint8_t* weights = row + b * block;
-          for (int64_t k = 0; k < block; ++k) {
-            // 64 bytes a tile and a run of weights, the group's tiles side by side; column
-            // `lane`'s 4 bytes at lane*4. Eight bits: a run of 4 weights. Four: a run of 8,
-            // 0-3 in the low halves, 4-7 in the high ones.
-            const int64_t run = bits == 8 ? k / 4 : k / 8, in_run = bits == 8 ? k % 4 : k % 8;
-            uint8_t& byte = base[(run * GROUP + tile) * 64 + lane * 4 + in_run % 4];
-            byte |= static_cast<uint8_t>((weights[k] & (bits == 8 ? 255 : 15))
-                                         << (in_run < 4 ? 0 : 4));
-          }
+          for (int64_t k = 0; k < block; ++k) place(base, bits, tile, lane, k, weights[k]);
           const float scale = src_scales[column * blocks + b];
           std::memcpy(base + GROUP * bytes + c * 4, &scale, 4);
           base[GROUP * bytes + GROUP * TILE * 4 + c] = src_zeros[column * blocks + b];
@@ -268,12 +284,11 @@ at::Tensor block_product(at::Tensor x, at::Tensor packed, int64_t bits, int64_t 
   at::parallel_for(0, groups, 1, [&](int64_t first, int64_t last) {
     for (int64_t g = first; g < last; ++g) {
       float* y_group = out + g * GROUP * TILE;
+      const uint8_t* group = weights + g * group_bytes;
       if (bits == 4)
-        group_all_rows<4>(weights + g * group_bytes, block, blocks, quantized, rows, y_group,
-                          width);
+        group_all_rows<4>(group, block, blocks, quantized, rows, y_group, width);
       else
-        group_all_rows<8>(weights + g * group_bytes, block, blocks, quantized, rows, y_group,
-                          width);
+        group_all_rows<8>(group, block, blocks, quantized, rows, y_group, width);
     }
   });
 #else
