@@ -2,7 +2,8 @@
 
 int8.py     every linear layer and the embedding table in int8, computed by oneDNN (each token's
             row quantized on its own, so a prompt read in parts gives the same bits)
-blocks.py   linear layers in 4- and 8-bit blocks, computed by ONNX Runtime's MatMulNBits
+blocks.py   linear layers in 4- and 8-bit blocks, computed by the app's own kernel (given by the
+            caller: `BlockProducts`) or ONNX Runtime's MatMulNBits
 store.py    the quantized weights saved once (safetensors) and read on later starts
 threads.py  the thread pools' setting, made before PyTorch is imported
 
