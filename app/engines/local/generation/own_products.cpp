@@ -23,6 +23,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define PRODUCTS_FAST 1
@@ -42,10 +46,11 @@ constexpr int64_t GROUP = 4;
 // The bytes of one tile's block: 16 columns x `block` weights of `bits` each.
 int64_t tile_block_bytes(int64_t bits, int64_t block) { return TILE * block * bits / 8; }
 
-// Weights a column per step of the kernel's loop, and the 64-byte lines a tile and step: four bits, one line holding 8 weights a column (0-3 in the low halves,
-// 4-7 in the high ones); eight bits, two lines of 4. A tile's lines of a step are side by side,
-// then the next tile's: the kernel reads them in address order (read in another order, the
-// products of one row took up to 1.6x as long).
+// Weights a column per step of the kernel's loop, and the 64-byte lines a tile and step:
+// four bits, one line holding 8 weights a column (0-3 in the low halves, 4-7 in the high
+// ones); eight bits, two lines of 4. A tile's lines of a step are side by side, then the next
+// tile's: the kernel reads them in address order (read in another order, the products of one
+// row took up to 1.6x as long).
 constexpr int64_t STEP = 8;
 constexpr int64_t step_lines(int bits) { return TILE * STEP * bits / 8 / 64; }
 constexpr int64_t step_bytes(int bits) { return GROUP * step_lines(bits) * 64; }
@@ -218,6 +223,33 @@ void place(uint8_t* base, int64_t bits, int64_t tile, int64_t lane, int64_t k, u
     byte(0) |= static_cast<uint8_t>((level & 15) << (within < 4 ? 0 : 4));
 }
 
+// `size` zeroed bytes for a layer's packed weights, in pages of 2 MB where Linux gives them
+// (transparent huge pages, asked for with madvise: the default mode of most distributions).
+// The kernel reads its weights as one stream; with pages of 4 KB, the hardware's prefetcher
+// stops at every page and the TLB misses at every one: one row of the output layer took
+// 13.6-16.3 ms against 10.4-11.0 in huge pages, where ONNX Runtime took 10.6-12.3. Only whole
+// huge pages are asked for (the tail of a layer stays in small ones): no memory is wasted.
+at::Tensor weight_bytes(int64_t size) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t(2) << 20, page = 4096;
+  const uintptr_t kept = (static_cast<uintptr_t>(size) + page - 1) / page * page;
+  const uintptr_t span = kept + huge;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw != MAP_FAILED) {
+    const uintptr_t first = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t start = (first + huge - 1) / huge * huge;
+    if (start > first) munmap(raw, start - first);  // the slack before and after goes back
+    if (first + span > start + kept)
+      munmap(reinterpret_cast<void*>(start + kept), first + span - start - kept);
+    if (kept / huge > 0) madvise(reinterpret_cast<void*>(start), kept / huge * huge, MADV_HUGEPAGE);
+    return at::from_blob(
+        reinterpret_cast<void*>(start), {size},
+        [kept](void* data) { munmap(data, kept); }, at::TensorOptions().dtype(at::kByte));
+  }
+#endif
+  return at::zeros({size}, at::kByte);
+}
+
 }  // namespace
 
 bool block_products_fast() { return PRODUCTS_FAST; }
@@ -238,7 +270,7 @@ at::Tensor block_repack(at::Tensor levels, at::Tensor scales, at::Tensor zeros, 
               "scales and zero points: one a row and block");
   const int64_t width = GROUP * TILE, groups = (out + width - 1) / width;
   const int64_t bytes = tile_block_bytes(bits, block), chunk = chunk_bytes(bits, block);
-  at::Tensor packed = at::zeros({groups, blocks, chunk}, at::kByte);
+  at::Tensor packed = weight_bytes(groups * blocks * chunk).view({groups, blocks, chunk});
   const uint8_t* src = levels.data_ptr<uint8_t>();
   const float* src_scales = scales.data_ptr<float>();
   const uint8_t* src_zeros = zeros.data_ptr<uint8_t>();
