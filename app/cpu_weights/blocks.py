@@ -27,8 +27,8 @@ read at once, which the prefix cache rests on.
 Where the app's kernels are built and the CPU has AVX-512 VNNI, the same weights are multiplied
 by the app's own kernel instead (own_products.cpp, through `BlockProducts`): MatMulNBits spends
 more time unpacking a block of 32 four-bit weights than reading it, and unpacks it again for
-every row. Measured in Qwen3-VL-2B's 28 layers, in one process, interleaved: a decode step 6%
-faster with one reply, 7% with four, a 400-token prompt 9-12% (docs/cpu.md, "The app's
+every row. Measured in Qwen3-VL-2B's 28 layers, in one process, interleaved: a decode step 7%
+faster with one reply, 11% with four, a 400-token prompt 6-11% (docs/cpu.md, "The app's
 products").
 
 Threads: ONNX Runtime keeps its own pool (one, for every layer, as many threads as PyTorch's),

@@ -225,8 +225,8 @@ void place(uint8_t* base, int64_t bits, int64_t tile, int64_t lane, int64_t k, u
 
 // `size` zeroed bytes for a layer's packed weights, in pages of 2 MB where Linux gives them
 // (transparent huge pages, asked for with madvise: the default mode of most distributions).
-// The kernel reads its weights as one stream; with pages of 4 KB, the hardware's prefetcher
-// stops at every page and the TLB misses at every one: one row of the output layer took
+// The kernel reads its weights as one stream; with pages of 4 KB (where the hardware's
+// prefetchers stop at every page boundary: most likely why) one row of the output layer took
 // 13.6-16.3 ms against 10.4-11.0 in huge pages, where ONNX Runtime took 10.6-12.3. Only whole
 // huge pages are asked for (the tail of a layer stays in small ones): no memory is wasted.
 at::Tensor weight_bytes(int64_t size) {
