@@ -21,9 +21,8 @@ Lest another CPU meet another slow path, `int8_kernels_available` also times one
 against float32's, and checks a product whose 16-bit partial sums would overflow, before the
 path is taken: on a CPU with AVX2 but no VNNI (an AMD EPYC here) oneDNN's unsigned-by-signed
 kernel saturates them, and its layers were 26% off float32's. Where it is slow or wrong, the
-linear layers that would be int8 go to ONNX Runtime's 8-bit blocks instead
-(app/cpu_weights/blocks.py, exact at the extremes); the embedding table stays int8 (a
-lookup).
+linear layers that would be int8 go to 8-bit blocks instead (app/cpu_weights/blocks.py,
+exact at the extremes); the embedding table stays int8 (a lookup).
 
 PyTorch's dynamic int8 linear quantizes the activations with one scale for the whole call: a
 prompt read in two chunks then gives other numbers than the same prompt read at once, and the
@@ -77,7 +76,7 @@ def int8_kernels_available() -> bool:
         if not _exact_at_the_extremes():
             log.warning(
                 "oneDNN's int8 product is wrong on this CPU (its sums saturate): its int8 layers "
-                "go to ONNX Runtime's 8 bits (or float32, where that is missing)"
+                "go to 8-bit blocks (or float32, where ONNX Runtime is missing)"
             )
             return False
         # Timed again where it looks slow: on a machine busy with other work one round read
@@ -91,7 +90,7 @@ def int8_kernels_available() -> bool:
     if int8_ms > SLOWEST_INT8 * float_ms:
         log.warning(
             "oneDNN's int8 product takes %.1f ms on this CPU against float32's %.1f ms: "
-            "its int8 layers go to ONNX Runtime's 8 bits (or float32, where that is missing)",
+            "its int8 layers go to 8-bit blocks (or float32, where ONNX Runtime is missing)",
             int8_ms,
             float_ms,
         )
@@ -295,7 +294,7 @@ class Int8Part(nn.Module):
 # What is kept of a quantized layer (and saved by app/cpu_weights/store.py): its int8 rows,
 # their scales, and a linear layer's bias or an embedding's padding index.
 # A linear layer that `formats` gives a block format is kept in it instead (4 or 8 bits,
-# multiplied by ONNX Runtime: app/cpu_weights/blocks.py).
+# multiplied by the app's kernel or ONNX Runtime's: app/cpu_weights/blocks.py).
 Int8Layer = dict[str, Any]
 Keep = Callable[[str, Int8Layer], None]
 BlockFormats = Callable[[str], BlockFormat | None]
@@ -332,7 +331,7 @@ def quantize(
             is_linear = type(child) is nn.Linear
             fmt = formats(full_name) if is_linear and formats is not None else None
             if is_linear and fmt is None and not int8_kernels_available():
-                fmt = EIGHT_BITS  # oneDNN's int8 is slow or wrong here: ONNX Runtime's 8 bits
+                fmt = EIGHT_BITS  # oneDNN's int8 is slow or wrong here: 8-bit blocks
             if fmt is not None:
                 layer = quantize_blocks(child.weight, child.bias, fmt)
             else:

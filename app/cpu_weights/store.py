@@ -47,8 +47,8 @@ def store_folder(root: Path, checkpoint: Path, kind: str) -> Path:
     files = sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".json"))
     state = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     where = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
-    # Which kernel holds the int8 layers (oneDNN, or ONNX Runtime's 8 bits where oneDNN is
-    # slow) is part of what is saved.
+    # Which form holds the int8 layers (oneDNN's int8, or 8-bit blocks where oneDNN is slow
+    # or wrong) is part of what is saved.
     kernels = int8_kernels_available()
     what = json.dumps([state, FORMAT, torch.__version__, kernels])
     what = hashlib.sha256(what.encode()).hexdigest()
