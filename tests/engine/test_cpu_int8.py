@@ -140,7 +140,8 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
     fast = load_engine(path)
     assert fast.weights == "int4"
     assert _quantized_modules(fast.model) >= {"BlockLinear", "Int8Embedding"}
-    # The vision encoder stays int8; the language model is in 4 bits, 8 for the output layer.
+    # The vision encoder stays int8; the language model is in 4 bits (the output layer too), 8
+    # for the projections into the residual stream and attention's values.
     modules = dict(fast.model.named_modules())
     vision = [
         m
@@ -148,7 +149,7 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
         if n.startswith("model.visual.") and hasattr(m, "bits_a_weight")
     ]
     assert vision and all(getattr(m, "bits", 8) == 8 for m in vision)
-    assert type(modules["lm_head"]).__name__ == "BlockLinear" and fast.model.lm_head.bits == 8
+    assert type(modules["lm_head"]).__name__ == "BlockLinear" and fast.model.lm_head.bits == 4
     bits = {m.bits for n, m in fast.model.named_modules() if type(m).__name__ == "BlockLinear"}
     assert bits == {4, 8}
     int8 = load_engine(path, LoadOptions(dtype="int8"))
@@ -226,13 +227,20 @@ def test_a_changed_checkpoint_gets_new_int8_weights_and_the_old_ones_go(tmp_path
 
 def test_a_store_of_an_older_format_is_rebuilt_not_misread(tmp_path, monkeypatch, caplog):
     from app.cpu_weights import store as int8_store
+    from app.cpu_weights.blocks import EIGHT_BITS
     from app.cpu_weights.store import store_folder
+    from app.engines.local.loading import checkpoint
     from testkit.checkpoints import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
     root = tmp_path / "int8"
+    # As the app of format 3 saved it: the output layer in 8 bits.
     monkeypatch.setattr(int8_store, "FORMAT", int8_store.FORMAT - 1)
-    load_engine(str(path), LoadOptions(weights_store=root))
+    plan = checkpoint.block_plan
+    monkeypatch.setattr(
+        checkpoint, "block_plan", lambda name: EIGHT_BITS if name == "lm_head" else plan(name)
+    )
+    assert load_engine(str(path), LoadOptions(weights_store=root)).model.lm_head.bits == 8
     older = store_folder(root, path, "int4")
     monkeypatch.undo()
     with caplog.at_level("INFO", logger="app.cpu_weights.store"):
@@ -241,7 +249,7 @@ def test_a_store_of_an_older_format_is_rebuilt_not_misread(tmp_path, monkeypatch
     assert any("saved in" in m for m in said) and not any("read from" in m for m in said)
     assert [p.name for p in root.iterdir()] == [store_folder(root, path, "int4").name]
     assert older.name not in [p.name for p in root.iterdir()]
-    assert engine.model.lm_head.bits == 8
+    assert engine.model.lm_head.bits == 4
 
 
 def test_a_store_file_of_another_format_is_not_read(tmp_path, caplog):
@@ -259,4 +267,4 @@ def test_a_store_file_of_another_format_is_not_read(tmp_path, caplog):
         engine = load_engine(str(path), LoadOptions(weights_store=root))
     said = [r.getMessage() for r in caplog.records]
     assert any("of another format" in m for m in said) and any("saved in" in m for m in said)
-    assert engine.model.lm_head.bits == 8
+    assert engine.model.lm_head.bits == 4
