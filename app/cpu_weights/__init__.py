@@ -5,6 +5,8 @@ int8.py     every linear layer and the embedding table in int8, computed by oneD
 blocks.py   linear layers in 4- and 8-bit blocks, computed by the app's own kernel (given by the
             caller: `BlockProducts`) or ONNX Runtime's MatMulNBits
 store.py    the quantized weights saved once (safetensors) and read on later starts
+output.py   the output layer in 4 bits, its likeliest tokens' logits again from the tied int8
+            embedding rows
 threads.py  the thread pools' setting, made before PyTorch is imported
 
 This package imports nothing else of the app (tests/unit/test_code_shape.py holds it to that):

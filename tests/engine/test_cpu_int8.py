@@ -6,8 +6,10 @@ default), and close to float32."""
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,7 +151,14 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
         if n.startswith("model.visual.") and hasattr(m, "bits_a_weight")
     ]
     assert vision and all(getattr(m, "bits", 8) == 8 for m in vision)
-    assert type(modules["lm_head"]).__name__ == "BlockLinear" and fast.model.lm_head.bits == 4
+    # An output layer tied to the embedding in 4 bits, its likeliest tokens from the int8 rows;
+    # one of its own in 8 bits.
+    config = json.loads((Path(path) / "config.json").read_text())
+    if config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")):
+        assert type(modules["lm_head"]).__name__ == "RefinedOutput"
+        assert modules["lm_head.coarse"].bits == 4
+    else:
+        assert type(modules["lm_head"]).__name__ == "BlockLinear" and modules["lm_head"].bits == 8
     bits = {m.bits for n, m in fast.model.named_modules() if type(m).__name__ == "BlockLinear"}
     assert bits == {4, 8}
     int8 = load_engine(path, LoadOptions(dtype="int8"))
@@ -230,15 +239,16 @@ def test_a_store_of_an_older_format_is_rebuilt_not_misread(tmp_path, monkeypatch
     from app.cpu_weights.blocks import EIGHT_BITS
     from app.cpu_weights.store import store_folder
     from app.engines.local.loading import checkpoint
-    from testkit.checkpoints import build_tiny_checkpoint
+    from testkit.checkpoints import REAL_CONFIGS, build_from_config_folder
 
-    path = build_tiny_checkpoint(tmp_path / "ck", "qwen3_vl")
+    # Tiny widths with Qwen3-VL-2B's configuration: its output layer tied to the embedding.
+    path = build_from_config_folder(REAL_CONFIGS / "Qwen3-VL-2B-Instruct", tmp_path / "ck")
     root = tmp_path / "int8"
     # As the app of format 3 saved it: the output layer in 8 bits.
     monkeypatch.setattr(int8_store, "FORMAT", int8_store.FORMAT - 1)
     plan = checkpoint.block_plan
     monkeypatch.setattr(
-        checkpoint, "block_plan", lambda name: EIGHT_BITS if name == "lm_head" else plan(name)
+        checkpoint, "block_plan", lambda name, **_: EIGHT_BITS if name == "lm_head" else plan(name)
     )
     assert load_engine(str(path), LoadOptions(weights_store=root)).model.lm_head.bits == 8
     older = store_folder(root, path, "int4")
@@ -249,7 +259,7 @@ def test_a_store_of_an_older_format_is_rebuilt_not_misread(tmp_path, monkeypatch
     assert any("saved in" in m for m in said) and not any("read from" in m for m in said)
     assert [p.name for p in root.iterdir()] == [store_folder(root, path, "int4").name]
     assert older.name not in [p.name for p in root.iterdir()]
-    assert engine.model.lm_head.bits == 4
+    assert engine.model.lm_head.coarse.bits == 4
 
 
 def test_a_store_file_of_another_format_is_not_read(tmp_path, caplog):
@@ -267,4 +277,4 @@ def test_a_store_file_of_another_format_is_not_read(tmp_path, caplog):
         engine = load_engine(str(path), LoadOptions(weights_store=root))
     said = [r.getMessage() for r in caplog.records]
     assert any("of another format" in m for m in said) and any("saved in" in m for m in said)
-    assert engine.model.lm_head.bits == 4
+    assert engine.model.lm_head.bits == 8  # its own output layer, not tied

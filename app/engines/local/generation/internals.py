@@ -52,8 +52,9 @@ def outside_vision_encoder(layer_name: str) -> bool:
     return not layer_name.startswith(VISION_ENCODER)
 
 
-# The projections whose error costs the most per weight (attention's values and output, the
-# MLP's last product), by their names in every family.
+# The language model's output layer, and the projections whose error costs the most per weight
+# (attention's values and output, the MLP's last product), by their names in every family.
+OUTPUT_LAYER = "lm_head"
 SENSITIVE_PROJECTIONS = ("v_proj", "o_proj", "down_proj")
 _LANGUAGE_LAYER = re.compile(r"\.language_model\.layers\.(\d+)\.")
 

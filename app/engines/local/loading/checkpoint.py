@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from app.engines.base import EngineError
 from app.engines.local.generation.attention import use_bfloat16_kv
 from app.engines.local.generation.internals import (
+    OUTPUT_LAYER,
     SENSITIVE_PROJECTIONS,
     language_layer_index,
     outside_vision_encoder,
@@ -120,18 +122,21 @@ def weights_plan(options: LoadOptions, on_cuda: bool) -> WeightsPlan:
     return plan
 
 
-def block_plan(name: str) -> BlockFormat | None:
+def block_plan(name: str, tied_output: bool = False) -> BlockFormat | None:
     """A language-model layer's format (the vision encoder's: None, int8): 8 bits for the
     projections that write into the residual stream or carry attention's values
-    (`SENSITIVE_PROJECTIONS`), 4 bits for the rest, the output layer included (measured:
-    docs/cpu.md, "What each CPU path costs in fidelity"; in 8 bits the output layer took 8.7% more
-    bytes a token for a mean KL divergence of 0.0865 instead of 0.0884)."""
+    (`SENSITIVE_PROJECTIONS`) and for an output layer of its own; 4 bits for the rest, and for an
+    output layer `tied_output` to the input embedding, whose likeliest tokens are computed again
+    from the embedding's int8 rows (app/cpu_weights/output.py). Measured: docs/cpu.md, "What
+    each CPU path costs in fidelity"."""
     from app.cpu_weights.blocks import EIGHT_BITS, FOUR_BITS
 
     if not outside_vision_encoder(name):
         return None
     projection = name.rsplit(".", 1)[-1]
     if language_layer_index(name) is not None and projection in SENSITIVE_PROJECTIONS:
+        return EIGHT_BITS
+    if name == OUTPUT_LAYER and not tied_output:
         return EIGHT_BITS
     return FOUR_BITS
 
@@ -281,19 +286,27 @@ def _model(
     from transformers import AutoModelForImageTextToText
 
     from app.cpu_weights.int8 import to_cpu_kernels
+    from app.cpu_weights.output import refine_output, tied_output
     from app.cpu_weights.store import QuantizedStore, store_folder
 
-    formats = block_plan if plan.kind is WeightsKind.INT4 else None
+    blocks = plan.kind is WeightsKind.INT4
     store = None
     if plan.kind.cpu_kernels and store_root is not None:
         store = QuantizedStore(store_folder(store_root, path, plan.kind))
         attention = kwargs["attn_implementation"]
         if store.exists() and (model := store.load(path, attention, kernels)):
+            if blocks:
+                refine_output(model)
             return model
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.eval()
+    if not plan.kind.cpu_kernels:
+        return model
+    formats = functools.partial(block_plan, tied_output=tied_output(model)) if blocks else None
     if store is not None:
-        return store.quantize_and_save(model, formats, kernels)
-    if plan.kind.cpu_kernels:
-        return to_cpu_kernels(model, formats=formats, products=kernels)
+        model = store.quantize_and_save(model, formats, kernels)
+    else:
+        model = to_cpu_kernels(model, formats=formats, products=kernels)
+    if blocks:
+        refine_output(model)
     return model
