@@ -21,9 +21,9 @@ float32 scale searched for the least squared error and an integer zero point (5.
 weight), and 8 bits in blocks of 128 where an error costs the most (checkpoint.block_plan). The
 old format (blocks of 128 scaled by their largest value, 4.25 bits) was 2.7x Q4_K_M's
 divergence; these are 0.74x (with the output layer in 4 bits, its likeliest tokens computed
-again from int8 rows: output.py). Each row of the input is quantized on its own, so a token's output
-does not depend on the other rows of the call: a prompt read in parts gives the same bits as
-read at once, which the prefix cache rests on.
+again from int8 rows: output.py). Each row of the input is quantized on its own, so a token's
+output does not depend on the other rows of the call: a prompt read in parts gives the same bits
+as read at once, which the prefix cache rests on.
 
 Where the app's kernels are built and the CPU has AVX-512 VNNI, the same weights are multiplied
 by the app's own kernel instead (own_products.cpp, through `BlockProducts`): MatMulNBits spends

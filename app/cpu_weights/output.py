@@ -1,8 +1,8 @@
 """The output layer in 4-bit blocks, its likeliest tokens' logits computed again in 8 bits.
 
 Why: the output layer (151,936 x 2,048 in Qwen3-VL-2B) is a fifth of the bytes a decoded token
-reads; in 4-bit blocks instead of 8 it reads 38% fewer of them (the whole model 8.7% fewer, and
-a decode step on an AVX2 CPU took 123 -> 111 ms). But 4 bits blur the logits, and llama.cpp keeps
+reads; in 4-bit blocks instead of 8 it reads 38% fewer of them (the whole model 8.7% fewer; a
+decode step on an AVX2 CPU about 5% shorter). But 4 bits blur the logits, and llama.cpp keeps
 this layer in 6 bits even in Q4_K_M: in a trained model most of the probability sits on a few
 tokens, whose logits decide what is said. So the 4-bit logits only choose the `HEAD` likeliest
 tokens of each row; theirs are computed again from the int8 rows of the input embedding, which

@@ -32,8 +32,8 @@ from app.cpu_weights.int8 import (
 log = logging.getLogger(__name__)
 
 # Bump when what is saved changes: older folders are then not read. 2: per-layer pickles;
-# 3: safetensors, the format in each file's metadata; 4: the output layer in 4-bit blocks
-# (checkpoint.block_plan), not 8.
+# 3: safetensors, the format in each file's metadata; 4: an output layer tied to the embedding
+# in 4-bit blocks, not 8 (checkpoint.block_plan).
 FORMAT = 4
 REST = "rest.safetensors"
 DONE = "layers.json"  # written last: a folder without it is unfinished

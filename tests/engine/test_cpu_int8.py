@@ -142,8 +142,8 @@ def test_every_family_loads_4_bit_by_default_on_the_cpu_and_int8_or_float32_when
     fast = load_engine(path)
     assert fast.weights == "int4"
     assert _quantized_modules(fast.model) >= {"BlockLinear", "Int8Embedding"}
-    # The vision encoder stays int8; the language model is in 4 bits (the output layer too), 8
-    # for the projections into the residual stream and attention's values.
+    # The vision encoder stays int8; the language model is in 4 bits, 8 for the projections
+    # into the residual stream and attention's values.
     modules = dict(fast.model.named_modules())
     vision = [
         m
