@@ -35,18 +35,24 @@ class RefinedOutput(nn.Module):
     """The output layer: `coarse` (4-bit blocks) for every token, then the `head` likeliest
     tokens' logits from `rows` (an `Int8Embedding` of the same weights)."""
 
+    coarse: BlockLinear
     head: int
-    in_features: int
-    out_features: int
     rows: Int8Embedding
 
     def __init__(self, coarse: BlockLinear, rows: Int8Embedding, head: int = HEAD) -> None:
         super().__init__()
         self.coarse = coarse
         self.head = head
-        self.in_features, self.out_features = coarse.in_features, coarse.out_features
         # Not a submodule: the embedding is the model's own (saved and counted there).
         object.__setattr__(self, "rows", rows)
+
+    @property
+    def in_features(self) -> int:
+        return self.coarse.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.coarse.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.coarse(x)

@@ -241,6 +241,10 @@ def load_model(checkpoint: str, options: LoadOptions) -> LoadedModel:
     choice = build_kernels() if cpu_kernels else None
     kernels = choice.kernels if choice is not None else None
     model = _model(Path(path), plan, kwargs, options.weights_store, kernels)
+    if plan.kind is WeightsKind.INT4:
+        from app.cpu_weights.output import refine_output
+
+        refine_output(model)  # whether read from the store or quantized just now
     attention = kwargs["attn_implementation"]
     if choice is not None:
         attention = f"{choice.reason}{_own_parts(model, kernels)}, keys and values in bfloat16"
@@ -286,27 +290,22 @@ def _model(
     from transformers import AutoModelForImageTextToText
 
     from app.cpu_weights.int8 import to_cpu_kernels
-    from app.cpu_weights.output import refine_output, tied_output
+    from app.cpu_weights.output import tied_output
     from app.cpu_weights.store import QuantizedStore, store_folder
 
-    blocks = plan.kind is WeightsKind.INT4
     store = None
     if plan.kind.cpu_kernels and store_root is not None:
         store = QuantizedStore(store_folder(store_root, path, plan.kind))
         attention = kwargs["attn_implementation"]
         if store.exists() and (model := store.load(path, attention, kernels)):
-            if blocks:
-                refine_output(model)
             return model
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.eval()
     if not plan.kind.cpu_kernels:
         return model
-    formats = functools.partial(block_plan, tied_output=tied_output(model)) if blocks else None
+    formats = None
+    if plan.kind is WeightsKind.INT4:
+        formats = functools.partial(block_plan, tied_output=tied_output(model))
     if store is not None:
-        model = store.quantize_and_save(model, formats, kernels)
-    else:
-        model = to_cpu_kernels(model, formats=formats, products=kernels)
-    if blocks:
-        refine_output(model)
-    return model
+        return store.quantize_and_save(model, formats, kernels)
+    return to_cpu_kernels(model, formats=formats, products=kernels)
